@@ -1,0 +1,39 @@
+//! The object-safe lease trait the coordinator holds as `Arc<dyn Lease>`.
+
+use tokio::sync::watch;
+
+use crate::{BoxFuture, FencingToken, LeaseError, LeaseSettings, LeaseStatus};
+
+/// One owner's handle on a lease in an external store.
+///
+/// Contract (checked by the `testkit` conformance suite):
+/// - [`acquire`](Self::acquire) is idempotent for the holder and answers
+///   `Ok(false)` while another owner holds an unexpired lease; once acquired the
+///   handle renews every heartbeat interval until released or lost.
+/// - [`check_alive`](Self::check_alive) is true only while held and before the
+///   local validity deadline, which always falls before the store would grant
+///   the lease to anyone else (I2).
+/// - A loss flips `check_alive` to false at once and publishes
+///   [`LeaseStatus::Lost`].
+/// - [`release`](Self::release) of a lease we do not hold is `Ok(false)`.
+/// - [`fencing_token`](Self::fencing_token) strictly increases on every change
+///   of holder.
+pub trait Lease: Send + Sync + 'static {
+    /// The settings this handle was built with.
+    fn settings(&self) -> &LeaseSettings;
+
+    /// Tries to take the lease; `Ok(true)` means we hold it now.
+    fn acquire(&self) -> BoxFuture<'_, Result<bool, LeaseError>>;
+
+    /// Gives the lease up if we hold it; `Ok(false)` if we did not.
+    fn release(&self) -> BoxFuture<'_, Result<bool, LeaseError>>;
+
+    /// Whether we hold the lease right now. Local and cheap: no I/O.
+    fn check_alive(&self) -> bool;
+
+    /// A watch of the lease status; `Lost` is pushed the moment it is known.
+    fn status(&self) -> watch::Receiver<LeaseStatus>;
+
+    /// The token of our current tenure, `Some` only while held.
+    fn fencing_token(&self) -> Option<FencingToken>;
+}

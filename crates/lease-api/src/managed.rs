@@ -1,0 +1,337 @@
+//! The heartbeat and local-validity logic, written once for every backend.
+//!
+//! A backend only knows how to talk to its store ([`LeaseBackend`]). Timing,
+//! which is where lease implementations usually go wrong, lives here: the
+//! validity deadline is measured from the *start* of the last successful
+//! renew request, so the holder always stops believing before the store
+//! stops granting (I2).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+
+use crate::{BoxFuture, FencingToken, Lease, LeaseError, LeaseSettings, LeaseStatus, LostReason};
+
+/// What the store said to an acquire attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    /// We hold the lease now, with this token (the same token if we already held it).
+    Acquired(FencingToken),
+    /// Another owner holds an unexpired lease (named if the store says who).
+    HeldByOther(Option<String>),
+}
+
+/// What the store said to a renew attempt that reached it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewOutcome {
+    /// The lease is ours for another ttl.
+    Renewed,
+    /// The store says the lease is no longer ours; retrying cannot help.
+    Lost(LostReason),
+}
+
+/// Store I/O for one lease: the only part a backend writes.
+///
+/// Errors mean "no answer we can use" and are retried until the validity
+/// deadline; a definite "not yours any more" is [`RenewOutcome::Lost`].
+pub trait LeaseBackend: Send + Sync + 'static {
+    /// Takes the lease if it is free, expired, or already ours.
+    fn try_acquire<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+    ) -> BoxFuture<'a, Result<AcquireOutcome, LeaseError>>;
+
+    /// Extends our tenure `token` by one ttl.
+    fn renew<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+        token: FencingToken,
+    ) -> BoxFuture<'a, Result<RenewOutcome, LeaseError>>;
+
+    /// Frees the lease if the store still names us with `token`; `Ok(false)` otherwise.
+    fn release<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+        token: FencingToken,
+    ) -> BoxFuture<'a, Result<bool, LeaseError>>;
+}
+
+/// A [`Lease`] built from a [`LeaseBackend`]: acquire, heartbeat, local
+/// validity, loss detection and status publishing.
+///
+/// Dropping the handle stops renewing; the store then expires the lease after
+/// its ttl. Call [`Lease::release`] first to hand it over sooner.
+pub struct ManagedLease<B: LeaseBackend> {
+    shared: Arc<Shared<B>>,
+    /// Serialises acquire and release so they never interleave.
+    op_lock: tokio::sync::Mutex<()>,
+}
+
+struct Shared<B> {
+    backend: B,
+    settings: LeaseSettings,
+    /// Base instant for `deadline_nanos`.
+    origin: Instant,
+    /// Local validity deadline as nanoseconds after `origin`, plus one; 0 = not held.
+    /// Atomic so that `check_alive` is a load and a clock read.
+    deadline_nanos: AtomicU64,
+    tenure: Mutex<Tenure>,
+    status: watch::Sender<LeaseStatus>,
+}
+
+#[derive(Default)]
+struct Tenure {
+    token: Option<FencingToken>,
+    /// Bumped on every acquire, release and loss; a heartbeat task acts only
+    /// while its generation is current.
+    generation: u64,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+impl<B: LeaseBackend> ManagedLease<B> {
+    /// Wraps `backend`; nothing is sent to the store until [`Lease::acquire`].
+    pub fn new(backend: B, settings: LeaseSettings) -> Self {
+        let (status, _) = watch::channel(LeaseStatus::NotHeld);
+        Self {
+            shared: Arc::new(Shared {
+                backend,
+                settings,
+                origin: Instant::now(),
+                deadline_nanos: AtomicU64::new(0),
+                tenure: Mutex::new(Tenure::default()),
+                status,
+            }),
+            op_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The backend, for inspection in tests and metrics.
+    pub fn backend(&self) -> &B {
+        &self.shared.backend
+    }
+
+    /// The local validity deadline, `Some` while held.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.shared.deadline()
+    }
+
+    async fn acquire_inner(&self) -> Result<bool, LeaseError> {
+        let _op = self.op_lock.lock().await;
+        if self.check_alive() {
+            return Ok(true);
+        }
+        let shared = &self.shared;
+        let settings = &shared.settings;
+        let start = Instant::now();
+        let outcome = timeout(
+            settings.operation_timeout(),
+            shared.backend.try_acquire(settings),
+        )
+        .await
+        .map_err(|_| timeout_error(settings, "acquire"))??;
+        let token = match outcome {
+            AcquireOutcome::Acquired(token) => token,
+            AcquireOutcome::HeldByOther(by) => {
+                tracing::debug!(lease = settings.lease_name(), owner = settings.owner_name(), holder = ?by, "lease held by another owner");
+                return Ok(false);
+            }
+        };
+        let deadline = start + settings.ttl() - settings.safety_margin();
+        let mut tenure = shared.lock_tenure();
+        if let Some(old) = tenure.heartbeat.take() {
+            old.abort();
+        }
+        tenure.generation += 1;
+        tenure.token = Some(token);
+        shared.set_deadline(Some(deadline));
+        tenure.heartbeat = Some(tokio::spawn(heartbeat(
+            Arc::clone(shared),
+            tenure.generation,
+            token,
+        )));
+        shared.status.send_replace(LeaseStatus::Held(token));
+        tracing::info!(lease = settings.lease_name(), owner = settings.owner_name(), %token, "lease acquired");
+        Ok(true)
+    }
+
+    async fn release_inner(&self) -> Result<bool, LeaseError> {
+        let _op = self.op_lock.lock().await;
+        let shared = &self.shared;
+        let settings = &shared.settings;
+        let token = {
+            let mut tenure = shared.lock_tenure();
+            if let Some(task) = tenure.heartbeat.take() {
+                task.abort();
+            }
+            tenure.generation += 1;
+            shared.set_deadline(None);
+            tenure.token.take()
+        };
+        let Some(token) = token else {
+            return Ok(false);
+        };
+        // Not ours from this instant on, whatever the store answers.
+        shared.status.send_replace(LeaseStatus::NotHeld);
+        let released = timeout(
+            settings.operation_timeout(),
+            shared.backend.release(settings, token),
+        )
+        .await
+        .map_err(|_| timeout_error(settings, "release"))??;
+        tracing::info!(lease = settings.lease_name(), owner = settings.owner_name(), %token, released, "lease released");
+        Ok(released)
+    }
+}
+
+impl<B> Shared<B> {
+    fn lock_tenure(&self) -> MutexGuard<'_, Tenure> {
+        // The critical sections never panic; recover the data if one ever did.
+        self.tenure.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.deadline_nanos.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(self.origin + std::time::Duration::from_nanos(n - 1)),
+        }
+    }
+
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        let nanos = deadline.map_or(0, |d| {
+            let since = d.saturating_duration_since(self.origin).as_nanos();
+            u64::try_from(since).unwrap_or(u64::MAX - 1) + 1
+        });
+        self.deadline_nanos.store(nanos, Ordering::Release);
+    }
+
+    fn extend(&self, generation: u64, deadline: Instant) {
+        let tenure = self.lock_tenure();
+        if tenure.generation == generation {
+            self.set_deadline(Some(deadline));
+        }
+    }
+
+    fn lose(&self, generation: u64, reason: LostReason) {
+        let mut tenure = self.lock_tenure();
+        if tenure.generation != generation {
+            return;
+        }
+        // Order matters: check_alive turns false before anyone hears of the loss.
+        self.set_deadline(None);
+        tenure.generation += 1;
+        tenure.token = None;
+        tenure.heartbeat = None;
+        drop(tenure);
+        self.status.send_replace(LeaseStatus::Lost(reason.clone()));
+    }
+}
+
+impl<B: LeaseBackend> Lease for ManagedLease<B> {
+    fn settings(&self) -> &LeaseSettings {
+        &self.shared.settings
+    }
+
+    fn acquire(&self) -> BoxFuture<'_, Result<bool, LeaseError>> {
+        Box::pin(self.acquire_inner())
+    }
+
+    fn release(&self) -> BoxFuture<'_, Result<bool, LeaseError>> {
+        Box::pin(self.release_inner())
+    }
+
+    fn check_alive(&self) -> bool {
+        self.shared
+            .deadline()
+            .is_some_and(|deadline| Instant::now() < deadline)
+    }
+
+    fn status(&self) -> watch::Receiver<LeaseStatus> {
+        self.shared.status.subscribe()
+    }
+
+    fn fencing_token(&self) -> Option<FencingToken> {
+        let token = self.shared.lock_tenure().token;
+        token.filter(|_| self.check_alive())
+    }
+}
+
+impl<B: LeaseBackend> Drop for ManagedLease<B> {
+    fn drop(&mut self) {
+        if let Some(task) = self.shared.lock_tenure().heartbeat.take() {
+            task.abort();
+        }
+    }
+}
+
+fn timeout_error(settings: &LeaseSettings, operation: &'static str) -> LeaseError {
+    LeaseError::Timeout {
+        lease: settings.lease_name().to_owned(),
+        operation,
+        after: settings.operation_timeout(),
+    }
+}
+
+/// Renews every heartbeat interval; on failure retries until the validity
+/// deadline and then declares the lease lost. Never outlives its generation.
+async fn heartbeat<B: LeaseBackend>(shared: Arc<Shared<B>>, generation: u64, token: FencingToken) {
+    let settings = &shared.settings;
+    let retry_every = settings.heartbeat_interval() / 2;
+    loop {
+        sleep(settings.heartbeat_interval()).await;
+        let mut last_error: Option<String> = None;
+        loop {
+            let Some(deadline) = shared.deadline() else {
+                return;
+            };
+            let start = Instant::now();
+            if start >= deadline {
+                last_error.get_or_insert_with(|| {
+                    "validity deadline passed before a renew could start".into()
+                });
+                break;
+            }
+            let call = timeout(
+                settings.operation_timeout(),
+                shared.backend.renew(settings, token),
+            );
+            tokio::select! {
+                // At a tie the deadline wins: when unsure, we do not hold the lease.
+                biased;
+                () = sleep_until(deadline) => {
+                    last_error.get_or_insert_with(|| "renew still in flight at the validity deadline".into());
+                    break;
+                }
+                answer = call => match answer {
+                    Ok(Ok(RenewOutcome::Renewed)) => {
+                        shared.extend(generation, start + settings.ttl() - settings.safety_margin());
+                        last_error = None;
+                    }
+                    Ok(Ok(RenewOutcome::Lost(reason))) => {
+                        tracing::warn!(lease = settings.lease_name(), owner = settings.owner_name(), %token, %reason, "lease lost");
+                        shared.lose(generation, reason);
+                        return;
+                    }
+                    Ok(Err(error)) => last_error = Some(error.to_string()),
+                    Err(_) => last_error = Some(timeout_error(settings, "renew").to_string()),
+                }
+            }
+            let Some(error) = &last_error else {
+                break;
+            };
+            tracing::warn!(lease = settings.lease_name(), owner = settings.owner_name(), %token, %error, "lease renew failed, retrying until the validity deadline");
+            tokio::select! {
+                () = sleep(retry_every) => {}
+                () = sleep_until(deadline) => {}
+            }
+        }
+        if let Some(last_error) = last_error {
+            let reason = LostReason::RenewFailed { last_error };
+            tracing::warn!(lease = settings.lease_name(), owner = settings.owner_name(), %token, %reason, "lease lost");
+            shared.lose(generation, reason);
+            return;
+        }
+    }
+}

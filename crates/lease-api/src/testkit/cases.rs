@@ -1,0 +1,517 @@
+//! The conformance cases, one function each.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+
+use super::ConformanceBackend;
+use crate::{Lease, LeaseError, LeaseSettings, LeaseStatus};
+
+/// One conformance case; the letters follow the foundation issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Case {
+    /// a. Acquire on a free lease: true, alive, token present.
+    AcquireFree,
+    /// b. A second owner's acquire is false while the first holds it.
+    SecondOwnerRefused,
+    /// c. Re-acquire by the holder is idempotent, token unchanged.
+    ReacquireIdempotent,
+    /// d. Release, then another owner acquires with a strictly greater token.
+    ReleaseThenOtherAcquires,
+    /// e. Release by a non-holder is `Ok(false)` and leaves the holder alone.
+    ReleaseByNonHolder,
+    /// f. A holder cut off from the store is lost strictly before anyone else is granted it.
+    CutOffLostBeforeTakeover,
+    /// g. After the expiry another owner acquires, and the old holder stays out.
+    OtherAcquiresAfterExpiry,
+    /// h. Heartbeats keep the lease alive across 10 x ttl.
+    HeartbeatsKeepAlive,
+    /// i. Not alive before the first acquire nor after release.
+    NotAliveUnlessHeld,
+    /// j. A renew answered later than the operation timeout counts as failed.
+    SlowRenewFails,
+    /// k. Invalid settings are rejected with the field named.
+    InvalidSettingsRejected,
+    /// l. N owners acquire at once: exactly one gets true.
+    ConcurrentAcquireOneWins,
+}
+
+impl Case {
+    /// Every case, in the order [`super::run`] runs them.
+    pub const ALL: &'static [Case] = &[
+        Case::AcquireFree,
+        Case::SecondOwnerRefused,
+        Case::ReacquireIdempotent,
+        Case::ReleaseThenOtherAcquires,
+        Case::ReleaseByNonHolder,
+        Case::CutOffLostBeforeTakeover,
+        Case::OtherAcquiresAfterExpiry,
+        Case::HeartbeatsKeepAlive,
+        Case::NotAliveUnlessHeld,
+        Case::SlowRenewFails,
+        Case::InvalidSettingsRejected,
+        Case::ConcurrentAcquireOneWins,
+    ];
+
+    /// A stable snake_case name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::AcquireFree => "a_acquire_free",
+            Case::SecondOwnerRefused => "b_second_owner_refused",
+            Case::ReacquireIdempotent => "c_reacquire_idempotent",
+            Case::ReleaseThenOtherAcquires => "d_release_then_other_acquires",
+            Case::ReleaseByNonHolder => "e_release_by_non_holder",
+            Case::CutOffLostBeforeTakeover => "f_cut_off_lost_before_takeover",
+            Case::OtherAcquiresAfterExpiry => "g_other_acquires_after_expiry",
+            Case::HeartbeatsKeepAlive => "h_heartbeats_keep_alive",
+            Case::NotAliveUnlessHeld => "i_not_alive_unless_held",
+            Case::SlowRenewFails => "j_slow_renew_fails",
+            Case::InvalidSettingsRejected => "k_invalid_settings_rejected",
+            Case::ConcurrentAcquireOneWins => "l_concurrent_acquire_one_wins",
+        }
+    }
+
+    pub(super) async fn run(self, backend: &dyn ConformanceBackend) -> Result<(), String> {
+        let mut fx = Fixture::new(backend, self);
+        let outcome = match self {
+            Case::AcquireFree => acquire_free(&mut fx).await,
+            Case::SecondOwnerRefused => second_owner_refused(&mut fx).await,
+            Case::ReacquireIdempotent => reacquire_idempotent(&mut fx).await,
+            Case::ReleaseThenOtherAcquires => release_then_other_acquires(&mut fx).await,
+            Case::ReleaseByNonHolder => release_by_non_holder(&mut fx).await,
+            Case::CutOffLostBeforeTakeover => cut_off_lost_before_takeover(&mut fx).await,
+            Case::OtherAcquiresAfterExpiry => other_acquires_after_expiry(&mut fx).await,
+            Case::HeartbeatsKeepAlive => heartbeats_keep_alive(&mut fx).await,
+            Case::NotAliveUnlessHeld => not_alive_unless_held(&mut fx).await,
+            Case::SlowRenewFails => slow_renew_fails(&mut fx).await,
+            Case::InvalidSettingsRejected => invalid_settings_rejected(&mut fx),
+            Case::ConcurrentAcquireOneWins => concurrent_acquire_one_wins(&mut fx).await,
+        };
+        fx.cleanup().await;
+        outcome
+    }
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// Fresh lease and owner names per case, and cleanup of what the case touched.
+struct Fixture<'a> {
+    backend: &'a dyn ConformanceBackend,
+    template: LeaseSettings,
+    lease_name: String,
+    leases: Vec<Arc<dyn Lease>>,
+}
+
+static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl<'a> Fixture<'a> {
+    fn new(backend: &'a dyn ConformanceBackend, case: Case) -> Self {
+        let n = RUN_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let letter = &case.name()[..1];
+        Self {
+            backend,
+            template: backend.template(),
+            lease_name: format!("conformance-{letter}-{n}"),
+            leases: Vec::new(),
+        }
+    }
+
+    fn owner(&self, i: usize) -> String {
+        format!("{}-owner-{i}", self.lease_name)
+    }
+
+    fn settings(&self, lease_name: &str, owner: &str) -> Result<LeaseSettings, String> {
+        let t = &self.template;
+        LeaseSettings::builder(lease_name, owner)
+            .ttl(t.ttl())
+            .heartbeat_interval(t.heartbeat_interval())
+            .operation_timeout(t.operation_timeout())
+            .safety_margin(t.safety_margin())
+            .build()
+            .map_err(|e| format!("template settings rejected: {e}"))
+    }
+
+    /// A handle for owner `i` on this case's lease.
+    fn lease(&mut self, i: usize) -> Result<Arc<dyn Lease>, String> {
+        let settings = self.settings(&self.lease_name, &self.owner(i))?;
+        let lease = self
+            .backend
+            .create(settings)
+            .map_err(|e| format!("create for owner {i} failed: {e}"))?;
+        self.leases.push(Arc::clone(&lease));
+        Ok(lease)
+    }
+
+    fn ttl(&self) -> Duration {
+        self.template.ttl()
+    }
+
+    fn heartbeat(&self) -> Duration {
+        self.template.heartbeat_interval()
+    }
+
+    /// Polling step: fine enough to see any overlap of a heartbeat's length.
+    fn step(&self) -> Duration {
+        (self.heartbeat() / 4).max(Duration::from_millis(5))
+    }
+
+    async fn cleanup(&mut self) {
+        for (i, lease) in self.leases.iter().enumerate() {
+            self.backend.reconnect(lease.settings().owner_name());
+            if let Err(e) = lease.release().await {
+                tracing::debug!(owner = i, error = %e, "release during cleanup failed");
+            }
+        }
+        self.leases.clear();
+    }
+}
+
+async fn acquire(lease: &Arc<dyn Lease>) -> Result<bool, String> {
+    lease
+        .acquire()
+        .await
+        .map_err(|e| format!("acquire by `{}` failed: {e}", lease.settings().owner_name()))
+}
+
+async fn acquire_free(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    ensure!(acquire(&a).await?, "acquire on a free lease returned false");
+    ensure!(a.check_alive(), "check_alive is false right after acquire");
+    let token = a.fencing_token();
+    ensure!(token.is_some(), "no fencing token right after acquire");
+    let status = a.status().borrow().clone();
+    ensure!(
+        matches!(status, LeaseStatus::Held(t) if Some(t) == token),
+        "status is {status:?}, expected Held({token:?})"
+    );
+    Ok(())
+}
+
+async fn second_owner_refused(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    let b = fx.lease(2)?;
+    ensure!(acquire(&a).await?, "first acquire returned false");
+    ensure!(!acquire(&b).await?, "second owner acquired a held lease");
+    ensure!(!b.check_alive(), "refused owner reports check_alive");
+    ensure!(b.fencing_token().is_none(), "refused owner has a token");
+    ensure!(
+        a.check_alive(),
+        "holder lost the lease to a refused contender"
+    );
+    Ok(())
+}
+
+async fn reacquire_idempotent(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    let b = fx.lease(2)?;
+    ensure!(acquire(&a).await?, "first acquire returned false");
+    let first = a.fencing_token();
+    ensure!(
+        acquire(&a).await?,
+        "re-acquire by the holder returned false"
+    );
+    ensure!(a.check_alive(), "holder not alive after re-acquire");
+    ensure!(
+        a.fencing_token() == first,
+        "token changed on re-acquire: {first:?} -> {:?}",
+        a.fencing_token()
+    );
+    ensure!(
+        !acquire(&b).await?,
+        "re-acquire freed the lease for another owner"
+    );
+    Ok(())
+}
+
+async fn release_then_other_acquires(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    let b = fx.lease(2)?;
+    ensure!(acquire(&a).await?, "first acquire returned false");
+    let first = a.fencing_token().ok_or("holder has no token")?;
+    let released = a
+        .release()
+        .await
+        .map_err(|e| format!("release failed: {e}"))?;
+    ensure!(released, "release by the holder returned false");
+    ensure!(!a.check_alive(), "check_alive still true after release");
+    ensure!(
+        acquire(&b).await?,
+        "other owner could not acquire a released lease"
+    );
+    let second = b.fencing_token().ok_or("new holder has no token")?;
+    ensure!(
+        second > first,
+        "token did not increase on change of holder: {first} -> {second}"
+    );
+    Ok(())
+}
+
+async fn release_by_non_holder(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    let b = fx.lease(2)?;
+    let c = fx.lease(3)?;
+    ensure!(acquire(&a).await?, "first acquire returned false");
+    let released = b
+        .release()
+        .await
+        .map_err(|e| format!("release by a non-holder was an error: {e}"))?;
+    ensure!(!released, "release by a non-holder returned true");
+    ensure!(
+        a.check_alive(),
+        "holder lost the lease after a non-holder's release"
+    );
+    ensure!(
+        !acquire(&c).await?,
+        "a non-holder's release freed the holder's lease"
+    );
+    Ok(())
+}
+
+/// Cuts owner 1 off while it holds the lease and polls owner 2's acquire until
+/// it succeeds. Returns (instant owner 1's loss was published, start of owner 2's
+/// winning acquire, owner 2's handle).
+async fn cut_off_and_take_over(
+    fx: &mut Fixture<'_>,
+) -> Result<(Instant, Instant, Instant, Arc<dyn Lease>, Arc<dyn Lease>), String> {
+    let a = fx.lease(1)?;
+    let b = fx.lease(2)?;
+    ensure!(acquire(&a).await?, "first acquire returned false");
+    let mut status = a.status();
+    let lost_at = tokio::spawn(async move {
+        loop {
+            if matches!(*status.borrow_and_update(), LeaseStatus::Lost(_)) {
+                return Some(Instant::now());
+            }
+            if status.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
+    let cut_at = Instant::now();
+    fx.backend.cut_off(a.settings().owner_name());
+    let give_up = cut_at + fx.ttl() * 3;
+    let won_at = loop {
+        ensure!(
+            !(a.check_alive() && b.check_alive()),
+            "two owners alive at once"
+        );
+        ensure!(Instant::now() < give_up, "no takeover within 3 x ttl");
+        let attempt = Instant::now();
+        // Errors while the store settles are tolerated; only success ends the loop.
+        if matches!(b.acquire().await, Ok(true)) {
+            break attempt;
+        }
+        ensure!(
+            !(a.check_alive() && b.check_alive()),
+            "two owners alive at once"
+        );
+        sleep(fx.step()).await;
+    };
+    ensure!(
+        !a.check_alive(),
+        "cut-off holder still alive after takeover"
+    );
+    let lost_at = match tokio::time::timeout(fx.ttl(), lost_at).await {
+        Ok(Ok(Some(at))) => at,
+        _ => return Err("cut-off holder never published Lost".into()),
+    };
+    Ok((cut_at, lost_at, won_at, a, b))
+}
+
+async fn cut_off_lost_before_takeover(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let (cut_at, lost_at, won_at, _, _) = cut_off_and_take_over(fx).await?;
+    ensure!(
+        lost_at < won_at,
+        "Lost published {:?} after the cut, but the other owner's winning acquire started at {:?}",
+        lost_at - cut_at,
+        won_at - cut_at
+    );
+    Ok(())
+}
+
+async fn other_acquires_after_expiry(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let bound = fx.ttl() + fx.heartbeat() + fx.template.operation_timeout() + fx.step() * 2;
+    let (cut_at, _, won_at, a, b) = cut_off_and_take_over(fx).await?;
+    ensure!(
+        won_at - cut_at <= bound,
+        "takeover took {:?} after the cut, more than ttl + heartbeat + timeout ({bound:?})",
+        won_at - cut_at
+    );
+    fx.backend.reconnect(a.settings().owner_name());
+    ensure!(
+        !acquire(&a).await?,
+        "old holder re-acquired a lease another owner holds"
+    );
+    ensure!(b.check_alive(), "new holder not alive");
+    Ok(())
+}
+
+async fn heartbeats_keep_alive(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    let b = fx.lease(2)?;
+    ensure!(acquire(&a).await?, "first acquire returned false");
+    let token = a.fencing_token();
+    let start = Instant::now();
+    let end = start + fx.ttl() * 10;
+    let mut next_contend = start;
+    while Instant::now() < end {
+        ensure!(
+            a.check_alive(),
+            "lease not alive {:?} after acquire",
+            Instant::now() - start
+        );
+        if Instant::now() >= next_contend {
+            ensure!(!acquire(&b).await?, "contender acquired a renewed lease");
+            next_contend += fx.ttl() / 2;
+        }
+        sleep(fx.heartbeat() / 2).await;
+    }
+    ensure!(a.fencing_token() == token, "token changed while renewing");
+    Ok(())
+}
+
+async fn not_alive_unless_held(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    ensure!(!a.check_alive(), "alive before the first acquire");
+    ensure!(
+        a.fencing_token().is_none(),
+        "token before the first acquire"
+    );
+    ensure!(
+        *a.status().borrow() == LeaseStatus::NotHeld,
+        "status before acquire is {:?}",
+        *a.status().borrow()
+    );
+    ensure!(acquire(&a).await?, "acquire returned false");
+    let released = a
+        .release()
+        .await
+        .map_err(|e| format!("release failed: {e}"))?;
+    ensure!(released, "release by the holder returned false");
+    ensure!(!a.check_alive(), "alive after release");
+    ensure!(a.fencing_token().is_none(), "token after release");
+    ensure!(
+        *a.status().borrow() == LeaseStatus::NotHeld,
+        "status after release is {:?}",
+        *a.status().borrow()
+    );
+    let again = a
+        .release()
+        .await
+        .map_err(|e| format!("second release was an error: {e}"))?;
+    ensure!(!again, "second release returned true");
+    Ok(())
+}
+
+async fn slow_renew_fails(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    ensure!(acquire(&a).await?, "acquire returned false");
+    let slow_at = Instant::now();
+    let latency = fx.template.operation_timeout() + fx.heartbeat();
+    fx.backend.set_latency(a.settings().owner_name(), latency);
+    // The last successful renew started no later than `slow_at`, so the lease
+    // must be gone by then + ttl (the store's expiry) at the latest.
+    let deadline = slow_at + fx.ttl();
+    while a.check_alive() {
+        ensure!(
+            Instant::now() < deadline,
+            "renews slower than the operation timeout kept the lease alive past the ttl"
+        );
+        sleep(fx.step()).await;
+    }
+    // Lost is published at the same instant check_alive turned false; allow
+    // the publishing task one scheduling step, no more.
+    let mut status = a.status();
+    let published = tokio::time::timeout(
+        fx.step(),
+        status.wait_for(|s| matches!(s, LeaseStatus::Lost(_))),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    ensure!(
+        published,
+        "status after slow renews is {:?}, expected Lost",
+        *status.borrow()
+    );
+    Ok(())
+}
+
+fn invalid_settings_rejected(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let t = fx.template.clone();
+    let checks: [(&str, Result<LeaseSettings, crate::SettingsError>); 4] = [
+        ("lease_name", LeaseSettings::builder("", "o").build()),
+        ("owner_name", LeaseSettings::builder("l", "").build()),
+        (
+            "heartbeat_interval",
+            LeaseSettings::builder("l", "o")
+                .ttl(t.ttl())
+                .heartbeat_interval(t.ttl())
+                .build(),
+        ),
+        (
+            "operation_timeout",
+            LeaseSettings::builder("l", "o")
+                .operation_timeout(Duration::ZERO)
+                .build(),
+        ),
+    ];
+    for (field, result) in checks {
+        match result {
+            Ok(_) => return Err(format!("settings with a bad `{field}` were accepted")),
+            Err(e) => ensure!(
+                e.field() == field,
+                "error names `{}`, expected `{field}`",
+                e.field()
+            ),
+        }
+    }
+    if let Some(bad_name) = fx.backend.invalid_lease_name() {
+        let settings = fx.settings(&bad_name, &fx.owner(1))?;
+        match fx.backend.create(settings) {
+            Ok(_) => return Err(format!("backend accepted lease name {bad_name:?}")),
+            Err(LeaseError::InvalidSettings(e)) => ensure!(
+                e.field() == "lease_name",
+                "bad lease name reported as field `{}`",
+                e.field()
+            ),
+            Err(other) => {
+                return Err(format!(
+                    "bad lease name gave {other}, expected InvalidSettings"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn concurrent_acquire_one_wins(fx: &mut Fixture<'_>) -> Result<(), String> {
+    const OWNERS: usize = 5;
+    let leases = (1..=OWNERS)
+        .map(|i| fx.lease(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let answers = futures::future::join_all(leases.iter().map(|l| l.acquire())).await;
+    let mut winners = 0;
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Ok(true) => winners += 1,
+            Ok(false) => {}
+            Err(e) => return Err(format!("concurrent acquire by owner {} failed: {e}", i + 1)),
+        }
+    }
+    ensure!(
+        winners == 1,
+        "{winners} of {OWNERS} concurrent acquires won"
+    );
+    let alive = leases.iter().filter(|l| l.check_alive()).count();
+    ensure!(alive == 1, "{alive} owners alive after concurrent acquire");
+    Ok(())
+}

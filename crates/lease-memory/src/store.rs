@@ -1,0 +1,246 @@
+//! The shared store: lease records, injected faults and the grant history.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lease_api::{AcquireOutcome, FencingToken, LeaseSettings, LostReason, RenewOutcome};
+use tokio::time::Instant;
+
+use crate::{InMemoryLease, MemoryBackend};
+
+/// The lease store of one process; clones share the same state.
+#[derive(Clone, Default)]
+pub struct InMemoryLeaseStore {
+    state: Arc<Mutex<StoreState>>,
+}
+
+/// One owner's tenure of one lease, as the store saw it: the ground truth the
+/// invariant checker compares coordinators against (I2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The lease name.
+    pub lease: String,
+    /// Who held it.
+    pub owner: String,
+    /// The fencing token of this tenure.
+    pub token: FencingToken,
+    /// When the store granted it.
+    pub from: Instant,
+    /// When it ended (release or revocation), or when it expires/expired if
+    /// it was neither released nor revoked.
+    pub until: Instant,
+}
+
+#[derive(Default)]
+struct StoreState {
+    records: HashMap<String, Record>,
+    faults: HashMap<String, Faults>,
+    history: Vec<Grant>,
+}
+
+struct Record {
+    holder: Option<String>,
+    token: u64,
+    expires_at: Instant,
+    /// Index of the current tenure in `history`.
+    grant: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Reach {
+    #[default]
+    Connected,
+    /// Calls fail at once, like a refused connection.
+    Unreachable,
+    /// Calls never get an answer, like a black-holed network.
+    Hanging,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Faults {
+    pub(crate) reach: Reach,
+    pub(crate) latency: Duration,
+}
+
+impl InMemoryLeaseStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A handle for `settings.owner_name()` on this store.
+    pub fn lease(&self, settings: LeaseSettings) -> InMemoryLease {
+        InMemoryLease::new(MemoryBackend::new(self.clone()), settings)
+    }
+
+    /// Calls by `owner` fail at once (connection refused) until [`reconnect`](Self::reconnect).
+    pub fn cut_off(&self, owner: &str) {
+        self.lock()
+            .faults
+            .entry(owner.to_owned())
+            .or_default()
+            .reach = Reach::Unreachable;
+    }
+
+    /// Calls by `owner` never get an answer (they run into the operation
+    /// timeout) until [`reconnect`](Self::reconnect).
+    pub fn black_hole(&self, owner: &str) {
+        self.lock()
+            .faults
+            .entry(owner.to_owned())
+            .or_default()
+            .reach = Reach::Hanging;
+    }
+
+    /// Every call by `owner` waits `latency` before it reaches the store.
+    pub fn set_latency(&self, owner: &str, latency: Duration) {
+        self.lock()
+            .faults
+            .entry(owner.to_owned())
+            .or_default()
+            .latency = latency;
+    }
+
+    /// Removes every fault injected for `owner`.
+    pub fn reconnect(&self, owner: &str) {
+        self.lock().faults.remove(owner);
+    }
+
+    /// Ends the current tenure of `lease` now, whoever holds it; the holder
+    /// learns it on its next renew. Returns the owner that lost it.
+    pub fn revoke(&self, lease: &str) -> Option<String> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let StoreState {
+            records, history, ..
+        } = &mut *state;
+        let record = records.get_mut(lease)?;
+        let holder = record.holder.take().filter(|_| record.expires_at > now)?;
+        history[record.grant].until = now;
+        tracing::info!(lease, owner = %holder, "lease revoked in the store");
+        Some(holder)
+    }
+
+    /// The current holder of `lease` and its token, if its tenure has not expired.
+    pub fn holder(&self, lease: &str) -> Option<(String, FencingToken)> {
+        let now = Instant::now();
+        let state = self.lock();
+        let record = state.records.get(lease)?;
+        let holder = record.holder.as_ref().filter(|_| record.expires_at > now)?;
+        Some((holder.clone(), FencingToken::new(record.token)))
+    }
+
+    /// Who held `lease` at instant `at`, according to the store.
+    pub fn holder_at(&self, lease: &str, at: Instant) -> Option<String> {
+        self.lock()
+            .history
+            .iter()
+            .find(|g| g.lease == lease && g.from <= at && at < g.until)
+            .map(|g| g.owner.clone())
+    }
+
+    /// Every tenure of every lease, in the order they were granted.
+    pub fn history(&self) -> Vec<Grant> {
+        self.lock().history.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StoreState> {
+        // Critical sections never panic; recover the data if one ever did.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn faults(&self, owner: &str) -> Faults {
+        self.lock().faults.get(owner).copied().unwrap_or_default()
+    }
+
+    pub(crate) fn acquire(&self, lease: &str, owner: &str, ttl: Duration) -> AcquireOutcome {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let StoreState {
+            records, history, ..
+        } = &mut *state;
+        let record = records.entry(lease.to_owned()).or_insert_with(|| Record {
+            holder: None,
+            token: 0,
+            expires_at: now,
+            grant: usize::MAX,
+        });
+        let live = record.expires_at > now;
+        match &record.holder {
+            Some(holder) if live && holder == owner => {
+                record.expires_at = now + ttl;
+                history[record.grant].until = record.expires_at;
+                return AcquireOutcome::Acquired(FencingToken::new(record.token));
+            }
+            Some(holder) if live => return AcquireOutcome::HeldByOther(Some(holder.clone())),
+            _ => {}
+        }
+        // Free or expired: a new tenure with a strictly greater token.
+        record.token += 1;
+        record.holder = Some(owner.to_owned());
+        record.expires_at = now + ttl;
+        record.grant = history.len();
+        history.push(Grant {
+            lease: lease.to_owned(),
+            owner: owner.to_owned(),
+            token: FencingToken::new(record.token),
+            from: now,
+            until: record.expires_at,
+        });
+        AcquireOutcome::Acquired(FencingToken::new(record.token))
+    }
+
+    pub(crate) fn renew(
+        &self,
+        lease: &str,
+        owner: &str,
+        token: FencingToken,
+        ttl: Duration,
+    ) -> RenewOutcome {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let StoreState {
+            records, history, ..
+        } = &mut *state;
+        let Some(record) = records.get_mut(lease) else {
+            return RenewOutcome::Lost(LostReason::Revoked);
+        };
+        let ours = record.holder.as_deref() == Some(owner) && record.token == token.get();
+        if !ours {
+            return RenewOutcome::Lost(match &record.holder {
+                Some(other) if record.expires_at > now => LostReason::TakenOver {
+                    by: Some(other.clone()),
+                },
+                Some(_) => LostReason::Expired,
+                None => LostReason::Revoked,
+            });
+        }
+        if record.expires_at <= now {
+            return RenewOutcome::Lost(LostReason::Expired);
+        }
+        record.expires_at = now + ttl;
+        history[record.grant].until = record.expires_at;
+        RenewOutcome::Renewed
+    }
+
+    pub(crate) fn release(&self, lease: &str, owner: &str, token: FencingToken) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let StoreState {
+            records, history, ..
+        } = &mut *state;
+        let Some(record) = records.get_mut(lease) else {
+            return false;
+        };
+        let ours = record.holder.as_deref() == Some(owner)
+            && record.token == token.get()
+            && record.expires_at > now;
+        if ours {
+            record.holder = None;
+            record.expires_at = now;
+            history[record.grant].until = now;
+        }
+        ours
+    }
+}
