@@ -35,7 +35,7 @@ impl ConformanceBackend for Memory {
     fn template(&self) -> LeaseSettings {
         LeaseSettings::builder("template", "template")
             .build()
-            .unwrap()
+            .expect("valid settings")
     }
 
     fn create(&self, settings: LeaseSettings) -> Result<Arc<dyn Lease>, LeaseError> {
@@ -186,7 +186,7 @@ impl ConformanceBackend for BrokenExclusion {
     fn template(&self) -> LeaseSettings {
         LeaseSettings::builder("template", "template")
             .build()
-            .unwrap()
+            .expect("valid settings")
     }
     fn create(&self, settings: LeaseSettings) -> Result<Arc<dyn Lease>, LeaseError> {
         Ok(Arc::new(NoMutualExclusion {
