@@ -1,0 +1,134 @@
+//! The unit every transport carries, and its byte encoding.
+//!
+//! A frame is `[protocol version: u8][postcard header][payload bytes]`. The
+//! payload is left as raw bytes so higher layers choose their own encoding and
+//! decoding a frame never copies it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+
+/// The wire protocol version; a peer speaking another one is refused.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Which subsystem an envelope is for; each has its own inbox on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Channel(pub u16);
+
+impl Channel {
+    /// SWIM membership traffic.
+    pub const MEMBERSHIP: Channel = Channel(0);
+}
+
+/// A message between two nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Sender.
+    pub from: NodeId,
+    /// Addressee.
+    pub to: NodeId,
+    /// Subsystem.
+    pub channel: Channel,
+    /// The subsystem's own bytes.
+    pub payload: Bytes,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    from: NodeId,
+    to: NodeId,
+    channel: Channel,
+}
+
+/// Why bytes off the wire are not an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The frame has no bytes at all.
+    #[error("empty frame")]
+    Empty,
+    /// The peer speaks another protocol version.
+    #[error("unsupported protocol version {found} (this node speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion {
+        /// The version byte received.
+        found: u8,
+    },
+    /// The header could not be decoded.
+    #[error("undecodable envelope header: {0}")]
+    Header(postcard::Error),
+    /// The frame is larger than the configured maximum.
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Frame size in bytes.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+}
+
+impl Envelope {
+    /// Encodes the envelope as one frame.
+    pub fn encode(&self) -> Bytes {
+        let header = Header {
+            from: self.from,
+            to: self.to,
+            channel: self.channel,
+        };
+        let mut buf = BytesMut::with_capacity(1 + 16 + self.payload.len());
+        buf.put_u8(PROTOCOL_VERSION);
+        // Writing into a growable buffer cannot fail for these plain fields.
+        let header_bytes =
+            postcard::to_stdvec(&header).expect("a header of integers always encodes");
+        buf.extend_from_slice(&header_bytes);
+        buf.extend_from_slice(&self.payload);
+        buf.freeze()
+    }
+
+    /// Decodes one frame; never panics, whatever the bytes.
+    pub fn decode(frame: Bytes) -> Result<Self, FrameError> {
+        let (&version, rest) = frame.split_first().ok_or(FrameError::Empty)?;
+        if version != PROTOCOL_VERSION {
+            return Err(FrameError::UnsupportedVersion { found: version });
+        }
+        let (header, payload) =
+            postcard::take_from_bytes::<Header>(rest).map_err(FrameError::Header)?;
+        let payload = frame.slice(frame.len() - payload.len()..);
+        Ok(Self {
+            from: header.from,
+            to: header.to,
+            channel: header.channel,
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let e = Envelope {
+            from: NodeId(3),
+            to: NodeId(70_000),
+            channel: Channel(9),
+            payload: Bytes::from_static(b"hello"),
+        };
+        let frame = e.encode();
+        assert_eq!(frame[0], PROTOCOL_VERSION);
+        assert_eq!(Envelope::decode(frame).unwrap(), e);
+    }
+
+    #[test]
+    fn typed_errors() {
+        assert_eq!(Envelope::decode(Bytes::new()), Err(FrameError::Empty));
+        assert_eq!(
+            Envelope::decode(Bytes::from_static(&[9, 1, 2, 3])),
+            Err(FrameError::UnsupportedVersion { found: 9 })
+        );
+        assert!(matches!(
+            Envelope::decode(Bytes::from_static(&[PROTOCOL_VERSION, 0xff])),
+            Err(FrameError::Header(_))
+        ));
+    }
+}

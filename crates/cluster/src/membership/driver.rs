@@ -1,0 +1,258 @@
+//! The task that drives foca: inputs in, effects out, view published.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, State, Timer};
+use futures::StreamExt;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::time::DelayQueue;
+
+use super::MembershipSettings;
+use super::identity::MemberId;
+use super::view::{ClusterEvent, ClusterState, ClusterView, Member, MemberStatus};
+use crate::{Channel, Envelope, NodeAddr, Transport};
+
+type Swim = Foca<MemberId, PostcardCodec, StdRng, NoCustomBroadcast>;
+
+/// What foca asked for during one call, carried out right after it.
+#[derive(Default)]
+struct Effects {
+    sends: Vec<(MemberId, Bytes)>,
+    timers: Vec<(Timer<MemberId>, Duration)>,
+    notifications: Vec<OwnedNotification<MemberId>>,
+}
+
+impl foca::Runtime<MemberId> for Effects {
+    fn notify(&mut self, notification: foca::Notification<'_, MemberId>) {
+        self.notifications.push(notification.to_owned());
+    }
+
+    fn send_to(&mut self, to: MemberId, data: &[u8]) {
+        self.sends.push((to, Bytes::copy_from_slice(data)));
+    }
+
+    fn submit_after(&mut self, event: Timer<MemberId>, after: Duration) {
+        self.timers.push((event, after));
+    }
+}
+
+struct Driver {
+    swim: Swim,
+    transport: Arc<dyn Transport>,
+    timers: DelayQueue<Timer<MemberId>>,
+    effects: Effects,
+    seeds: Vec<MemberId>,
+    state: watch::Sender<Arc<ClusterState>>,
+    events: broadcast::Sender<ClusterEvent>,
+}
+
+pub(super) fn spawn(
+    transport: Arc<dyn Transport>,
+    addr: NodeAddr,
+    settings: MembershipSettings,
+    config: foca::Config,
+) -> (
+    ClusterView,
+    mpsc::Sender<oneshot::Sender<()>>,
+    JoinHandle<()>,
+) {
+    let local = transport.local_node();
+    let identity = MemberId {
+        node: local,
+        addr: addr.clone(),
+        generation: settings.generation,
+    };
+    let mut members = BTreeMap::new();
+    members.insert(
+        local,
+        Member {
+            node: local,
+            addr,
+            status: MemberStatus::Up,
+        },
+    );
+    let (state, state_rx) = watch::channel(Arc::new(ClusterState { local, members }));
+    let (events, _) = broadcast::channel(1024);
+    let view = ClusterView::new(state_rx, events.clone());
+    let inbox = transport.subscribe(Channel::MEMBERSHIP);
+    let seeds = settings
+        .seeds
+        .iter()
+        .filter(|(node, _)| *node != local)
+        .map(|(node, addr)| MemberId {
+            node: *node,
+            addr: addr.clone(),
+            generation: 0,
+        })
+        .collect();
+    let driver = Driver {
+        swim: Foca::new(
+            identity,
+            config,
+            StdRng::seed_from_u64(settings.rng_seed),
+            PostcardCodec,
+        ),
+        transport,
+        timers: DelayQueue::new(),
+        effects: Effects::default(),
+        seeds,
+        state,
+        events,
+    };
+    let (leave_tx, leave_rx) = mpsc::channel(1);
+    let task = tokio::spawn(driver.run(inbox, leave_rx, settings.announce_interval));
+    (view, leave_tx, task)
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Envelope>,
+        mut leave: mpsc::Receiver<oneshot::Sender<()>>,
+        announce_interval: Duration,
+    ) {
+        let local = self.transport.local_node();
+        tracing::info!(node = %local, seeds = self.seeds.len(), "membership starting");
+        self.announce_to_seeds();
+        let mut rejoin = tokio::time::interval(announce_interval);
+        rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(envelope) = inbox.recv() => {
+                    let result = self.swim.handle_data(&envelope.payload, &mut self.effects);
+                    if let Err(error) = result {
+                        tracing::debug!(node = %local, from = %envelope.from, %error, "membership message ignored");
+                    }
+                }
+                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                    let result = self.swim.handle_timer(expired.into_inner(), &mut self.effects);
+                    if let Err(error) = result {
+                        tracing::debug!(node = %local, %error, "membership timer failed");
+                    }
+                }
+                _ = rejoin.tick() => {
+                    // Alone (never joined, or everyone else went away): knock on the seeds again.
+                    if self.swim.iter_members().next().is_none() {
+                        self.announce_to_seeds();
+                    }
+                }
+                Some(done) = leave.recv() => {
+                    if let Err(error) = self.swim.leave_cluster(&mut self.effects) {
+                        tracing::debug!(node = %local, %error, "leave failed");
+                    }
+                    self.apply_effects();
+                    tracing::info!(node = %local, "left the cluster");
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            self.apply_effects();
+        }
+    }
+
+    fn announce_to_seeds(&mut self) {
+        for seed in self.seeds.clone() {
+            if let Err(error) = self.swim.announce(seed, &mut self.effects) {
+                tracing::debug!(%error, "announce failed");
+            }
+        }
+        self.apply_effects();
+    }
+
+    fn apply_effects(&mut self) {
+        for (to, data) in self.effects.sends.drain(..) {
+            self.transport.learn_address(to.node, &to.addr);
+            if let Err(error) = self.transport.send(to.node, Channel::MEMBERSHIP, data) {
+                tracing::debug!(to = %to.node, %error, "membership send failed");
+            }
+        }
+        for (timer, after) in self.effects.timers.drain(..) {
+            self.timers.insert(timer, after);
+        }
+        let local = self.transport.local_node();
+        for note in self.effects.notifications.drain(..) {
+            match note {
+                OwnedNotification::Active => tracing::info!(node = %local, "joined the cluster"),
+                OwnedNotification::Idle => {
+                    tracing::info!(node = %local, "no other member reachable")
+                }
+                OwnedNotification::Rejoin(id) => {
+                    tracing::info!(node = %local, generation = id.generation, "declared down; rejoined with a new generation")
+                }
+                OwnedNotification::Defunct => tracing::warn!(node = %local, "declared down"),
+                _ => {}
+            }
+        }
+        self.publish();
+    }
+
+    /// Rebuilds the view from foca's member list and announces what changed.
+    fn publish(&mut self) {
+        let identity = self.swim.identity();
+        let mut members = BTreeMap::new();
+        members.insert(
+            identity.node,
+            Member {
+                node: identity.node,
+                addr: identity.addr.clone(),
+                status: MemberStatus::Up,
+            },
+        );
+        for member in self.swim.iter_members() {
+            let id = member.id();
+            let status = match member.state() {
+                State::Suspect => MemberStatus::Suspect,
+                _ => MemberStatus::Up,
+            };
+            members.insert(
+                id.node,
+                Member {
+                    node: id.node,
+                    addr: id.addr.clone(),
+                    status,
+                },
+            );
+        }
+        let old = Arc::clone(&self.state.borrow());
+        if old.members == members {
+            return;
+        }
+        let next = ClusterState {
+            local: old.local,
+            members,
+        };
+        let local = old.local;
+        for (node, member) in &next.members {
+            match old.members.get(node) {
+                None => {
+                    tracing::info!(%local, member = %node, addr = %member.addr, "member up");
+                    let _ = self.events.send(ClusterEvent::MemberUp(*node));
+                }
+                Some(before) if before.status != member.status => {
+                    if member.status == MemberStatus::Suspect {
+                        tracing::info!(%local, member = %node, "member suspected");
+                    } else {
+                        tracing::info!(%local, member = %node, "member no longer suspected");
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for node in old.members.keys().filter(|n| !next.members.contains_key(n)) {
+            tracing::info!(%local, member = %node, "member down");
+            let _ = self.events.send(ClusterEvent::MemberDown(*node));
+        }
+        let (from, to) = (old.leader(), next.leader());
+        if from != to {
+            tracing::info!(%local, ?from, ?to, "leader changed");
+            let _ = self.events.send(ClusterEvent::LeaderChanged { from, to });
+        }
+        self.state.send_replace(Arc::new(next));
+    }
+}

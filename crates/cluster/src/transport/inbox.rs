@@ -1,0 +1,101 @@
+//! Per-channel inboxes of one node, and the node's traffic counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+
+use crate::{Channel, Envelope, NodeId};
+
+/// A snapshot of one node's transport counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Envelopes accepted by `send`.
+    pub sent: u64,
+    /// Envelopes handed to a subscriber.
+    pub delivered: u64,
+    /// Sends refused because a peer queue was full.
+    pub dropped_queue_full: u64,
+    /// Received envelopes for a channel nobody subscribed to.
+    pub dropped_no_subscriber: u64,
+    /// Received envelopes whose subscriber's inbox was full.
+    pub dropped_inbox_full: u64,
+    /// Frames that could not be decoded (the connection was closed).
+    pub bad_frames: u64,
+}
+
+/// Routes received envelopes to the subscriber of their channel.
+pub(crate) struct Inboxes {
+    node: NodeId,
+    capacity: usize,
+    subscribers: Mutex<HashMap<Channel, mpsc::Sender<Envelope>>>,
+    pub(crate) sent: AtomicU64,
+    delivered: AtomicU64,
+    pub(crate) dropped_queue_full: AtomicU64,
+    dropped_no_subscriber: AtomicU64,
+    dropped_inbox_full: AtomicU64,
+    pub(crate) bad_frames: AtomicU64,
+}
+
+impl Inboxes {
+    pub(crate) fn new(node: NodeId, capacity: usize) -> Self {
+        Self {
+            node,
+            capacity: capacity.max(1),
+            subscribers: Mutex::new(HashMap::new()),
+            sent: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            dropped_queue_full: AtomicU64::new(0),
+            dropped_no_subscriber: AtomicU64::new(0),
+            dropped_inbox_full: AtomicU64::new(0),
+            bad_frames: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Channel, mpsc::Sender<Envelope>>> {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn subscribe(&self, channel: Channel) -> mpsc::Receiver<Envelope> {
+        let (tx, rx) = mpsc::channel(self.capacity);
+        self.lock().insert(channel, tx);
+        rx
+    }
+
+    /// Hands `envelope` to its channel's subscriber; a drop is counted and logged.
+    pub(crate) fn deliver(&self, envelope: Envelope) {
+        let channel = envelope.channel;
+        let sender = self.lock().get(&channel).cloned();
+        let Some(sender) = sender else {
+            self.dropped_no_subscriber.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(node = %self.node, ?channel, from = %envelope.from, "dropped: no subscriber for channel");
+            return;
+        };
+        match sender.try_send(envelope) {
+            Ok(()) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(e)) => {
+                self.dropped_inbox_full.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %self.node, ?channel, from = %e.from, capacity = self.capacity, "dropped: inbox full");
+            }
+            Err(mpsc::error::TrySendError::Closed(e)) => {
+                self.dropped_no_subscriber.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(node = %self.node, ?channel, from = %e.from, "dropped: subscriber gone");
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> TransportStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransportStats {
+            sent: get(&self.sent),
+            delivered: get(&self.delivered),
+            dropped_queue_full: get(&self.dropped_queue_full),
+            dropped_no_subscriber: get(&self.dropped_no_subscriber),
+            dropped_inbox_full: get(&self.dropped_inbox_full),
+            bad_frames: get(&self.bad_frames),
+        }
+    }
+}

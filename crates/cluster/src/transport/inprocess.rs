@@ -1,0 +1,255 @@
+//! Many nodes in one process, on a network that tests can break at will.
+//!
+//! Messages are encoded to frames and decoded again on delivery, exactly as
+//! over TCP, so serialization is always exercised. All timing is tokio time
+//! and all randomness comes from one seeded RNG, so a simulation with paused
+//! time replays identically from its seed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tokio::sync::mpsc;
+
+use super::{Inboxes, SendError, Transport, TransportStats};
+use crate::{Channel, Envelope, NodeAddr, NodeId};
+
+/// Capacity of each channel inbox of an in-process node.
+const INBOX_CAPACITY: usize = 65_536;
+
+/// Latency and loss of one directed link.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkFaults {
+    /// Delay before delivery.
+    pub latency: Duration,
+    /// Probability in `[0, 1]` that a message is lost.
+    pub drop_probability: f64,
+}
+
+/// The shared network; cheap to clone. Each node joins with [`join`](Self::join).
+#[derive(Clone)]
+pub struct InProcessNetwork {
+    state: Arc<Mutex<NetState>>,
+}
+
+struct NetState {
+    nodes: HashMap<NodeId, Arc<Inboxes>>,
+    /// Directed links that lose everything.
+    blocked: HashSet<(NodeId, NodeId)>,
+    isolated: HashSet<NodeId>,
+    links: HashMap<(NodeId, NodeId), LinkFaults>,
+    default_link: LinkFaults,
+    rng: StdRng,
+    dropped_by_network: u64,
+}
+
+impl NetState {
+    fn reachable(&self, from: NodeId, to: NodeId) -> bool {
+        !self.blocked.contains(&(from, to))
+            && !self.isolated.contains(&from)
+            && !self.isolated.contains(&to)
+    }
+}
+
+impl InProcessNetwork {
+    /// A fully connected network whose random losses come from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(NetState {
+                nodes: HashMap::new(),
+                blocked: HashSet::new(),
+                isolated: HashSet::new(),
+                links: HashMap::new(),
+                default_link: LinkFaults::default(),
+                rng: StdRng::seed_from_u64(seed),
+                dropped_by_network: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Attaches `node`; a node that joins again (a restart) replaces its old
+    /// attachment, whose transport then stops working.
+    pub fn join(&self, node: NodeId) -> InProcessTransport {
+        let inboxes = Arc::new(Inboxes::new(node, INBOX_CAPACITY));
+        self.lock().nodes.insert(node, Arc::clone(&inboxes));
+        InProcessTransport {
+            node,
+            network: self.clone(),
+            inboxes,
+        }
+    }
+
+    /// Detaches `node` (a crash): messages to and from it are lost.
+    pub fn kill(&self, node: NodeId) {
+        self.lock().nodes.remove(&node);
+    }
+
+    /// Splits the network: nodes in different groups cannot reach each other.
+    /// Nodes in no group keep their links.
+    pub fn partition(&self, groups: &[&[NodeId]]) {
+        let mut state = self.lock();
+        for (i, a) in groups.iter().enumerate() {
+            for b in groups.iter().skip(i + 1) {
+                for &x in a.iter() {
+                    for &y in b.iter() {
+                        state.blocked.insert((x, y));
+                        state.blocked.insert((y, x));
+                    }
+                }
+            }
+        }
+        tracing::info!(?groups, "network partitioned");
+    }
+
+    /// Cuts the link from `from` to `to` only; `to` can still reach `from`.
+    pub fn cut_one_way(&self, from: NodeId, to: NodeId) {
+        self.lock().blocked.insert((from, to));
+        tracing::info!(%from, %to, "one-way cut");
+    }
+
+    /// Cuts `node` off from every other node, including nodes that join later.
+    pub fn isolate(&self, node: NodeId) {
+        self.lock().isolated.insert(node);
+        tracing::info!(%node, "node isolated");
+    }
+
+    /// Sets latency and loss on the directed link `from` -> `to`.
+    pub fn set_link(&self, from: NodeId, to: NodeId, faults: LinkFaults) {
+        self.lock().links.insert((from, to), faults);
+    }
+
+    /// Sets latency and loss for every link without its own setting.
+    pub fn set_default_link(&self, faults: LinkFaults) {
+        self.lock().default_link = faults;
+    }
+
+    /// Removes every partition, cut and isolation; latency and loss stay.
+    pub fn heal(&self) {
+        let mut state = self.lock();
+        state.blocked.clear();
+        state.isolated.clear();
+        tracing::info!("network healed");
+    }
+
+    /// Whether a message from `from` to `to` would currently be carried.
+    pub fn can_reach(&self, from: NodeId, to: NodeId) -> bool {
+        self.lock().reachable(from, to)
+    }
+
+    /// Messages lost by partitions, cuts, isolation, loss or dead nodes.
+    pub fn dropped_by_network(&self) -> u64 {
+        self.lock().dropped_by_network
+    }
+
+    /// Decides the fate of one frame: `Some(latency)` if it will be carried.
+    fn route(&self, from: NodeId, to: NodeId) -> Option<Duration> {
+        let mut state = self.lock();
+        let faults = state
+            .links
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(state.default_link);
+        let lost = faults.drop_probability > 0.0
+            && state
+                .rng
+                .random_bool(faults.drop_probability.clamp(0.0, 1.0));
+        if lost || !state.reachable(from, to) || !state.nodes.contains_key(&to) {
+            state.dropped_by_network += 1;
+            return None;
+        }
+        Some(faults.latency)
+    }
+
+    /// Delivers a frame that arrived at `to`, unless the link broke meanwhile.
+    fn arrive(&self, from: NodeId, to: NodeId, frame: Bytes) {
+        let target = {
+            let mut state = self.lock();
+            let target = state
+                .nodes
+                .get(&to)
+                .filter(|_| state.reachable(from, to))
+                .cloned();
+            if target.is_none() {
+                state.dropped_by_network += 1;
+            }
+            target
+        };
+        let Some(inboxes) = target else { return };
+        match Envelope::decode(frame) {
+            Ok(envelope) => inboxes.deliver(envelope),
+            Err(error) => {
+                inboxes.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%from, %to, %error, "undecodable frame dropped");
+            }
+        }
+    }
+}
+
+/// One node's attachment to an [`InProcessNetwork`].
+pub struct InProcessTransport {
+    node: NodeId,
+    network: InProcessNetwork,
+    inboxes: Arc<Inboxes>,
+}
+
+impl InProcessTransport {
+    fn attached(&self) -> bool {
+        self.network
+            .lock()
+            .nodes
+            .get(&self.node)
+            .is_some_and(|current| Arc::ptr_eq(current, &self.inboxes))
+    }
+}
+
+impl Transport for InProcessTransport {
+    fn local_node(&self) -> NodeId {
+        self.node
+    }
+
+    fn send(&self, to: NodeId, channel: Channel, payload: Bytes) -> Result<(), SendError> {
+        if !self.attached() {
+            return Err(SendError::Closed(self.node));
+        }
+        let frame = Envelope {
+            from: self.node,
+            to,
+            channel,
+            payload,
+        }
+        .encode();
+        self.inboxes.sent.fetch_add(1, Ordering::Relaxed);
+        let Some(latency) = self.network.route(self.node, to) else {
+            return Ok(());
+        };
+        let from = self.node;
+        if latency.is_zero() {
+            self.network.arrive(from, to, frame);
+        } else {
+            let network = self.network.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(latency).await;
+                network.arrive(from, to, frame);
+            });
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self, channel: Channel) -> mpsc::Receiver<Envelope> {
+        self.inboxes.subscribe(channel)
+    }
+
+    fn learn_address(&self, _node: NodeId, _addr: &NodeAddr) {}
+
+    fn stats(&self) -> TransportStats {
+        self.inboxes.stats()
+    }
+}

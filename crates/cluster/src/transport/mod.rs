@@ -1,0 +1,71 @@
+//! How envelopes move between nodes, whatever carries them.
+//!
+//! Two implementations share one contract: [`InProcessNetwork`] for tests and
+//! simulations (every message still goes through the byte encoding), and
+//! [`TcpTransport`] for real deployments.
+
+mod inbox;
+pub mod inprocess;
+pub mod tcp;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::{Channel, Envelope, NodeAddr, NodeId};
+
+pub(crate) use inbox::Inboxes;
+pub use inbox::TransportStats;
+pub use inprocess::{InProcessNetwork, InProcessTransport, LinkFaults};
+pub use tcp::{TcpSettings, TcpTransport};
+
+/// Sends envelopes to other nodes and hands received ones to subscribers.
+///
+/// Sending is at-most-once and never blocks: a message is queued or refused
+/// at once. Messages lost by the network itself are not reported to the sender
+/// (a real network cannot); every drop inside this node is counted in
+/// [`stats`](Self::stats).
+pub trait Transport: Send + Sync + 'static {
+    /// This node.
+    fn local_node(&self) -> NodeId;
+
+    /// Queues `payload` for `to` on `channel`.
+    fn send(&self, to: NodeId, channel: Channel, payload: Bytes) -> Result<(), SendError>;
+
+    /// Receives every envelope for `channel` from now on. A second subscription
+    /// to the same channel replaces the first.
+    fn subscribe(&self, channel: Channel) -> mpsc::Receiver<Envelope>;
+
+    /// Tells the transport where `node` listens (membership learns addresses).
+    fn learn_address(&self, node: NodeId, addr: &NodeAddr);
+
+    /// Counters of this node's traffic and drops.
+    fn stats(&self) -> TransportStats;
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No address is known for the peer.
+    #[error("no address known for {0}")]
+    UnknownPeer(NodeId),
+    /// The peer's send queue is full; the message was dropped and counted.
+    #[error("send queue to {peer} is full ({capacity} frames)")]
+    QueueFull {
+        /// The peer.
+        peer: NodeId,
+        /// The queue capacity.
+        capacity: usize,
+    },
+    /// The encoded message exceeds the maximum frame size.
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// This node's transport has been shut down.
+    #[error("transport of {0} is closed")]
+    Closed(NodeId),
+}
