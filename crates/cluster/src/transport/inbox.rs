@@ -23,6 +23,8 @@ pub struct TransportStats {
     pub dropped_inbox_full: u64,
     /// Frames that could not be decoded (the connection was closed).
     pub bad_frames: u64,
+    /// Peers refused at the handshake (wrong cluster or protocol version).
+    pub refused_handshakes: u64,
 }
 
 /// Routes received envelopes to the subscriber of their channel.
@@ -36,6 +38,7 @@ pub(crate) struct Inboxes {
     dropped_no_subscriber: AtomicU64,
     dropped_inbox_full: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
+    pub(crate) refused_handshakes: AtomicU64,
 }
 
 impl Inboxes {
@@ -50,6 +53,7 @@ impl Inboxes {
             dropped_no_subscriber: AtomicU64::new(0),
             dropped_inbox_full: AtomicU64::new(0),
             bad_frames: AtomicU64::new(0),
+            refused_handshakes: AtomicU64::new(0),
         }
     }
 
@@ -96,6 +100,7 @@ impl Inboxes {
             dropped_no_subscriber: get(&self.dropped_no_subscriber),
             dropped_inbox_full: get(&self.dropped_inbox_full),
             bad_frames: get(&self.bad_frames),
+            refused_handshakes: get(&self.refused_handshakes),
         }
     }
 }

@@ -308,6 +308,10 @@ async fn inbound(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), Connection
         None
     };
     if let Some(reason) = refusal {
+        inner
+            .inboxes
+            .refused_handshakes
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(node = %inner.settings.node, peer = %hello.node, %reason, "handshake refused");
         let reply = postcard::to_stdvec(&HelloReply::Refused(reason.clone()))
             .map_err(|e| ConnectionError::Handshake(e.to_string()))?;

@@ -1,0 +1,52 @@
+//! Whatever bytes arrive, decoding gives an envelope or a typed error, never a panic.
+
+use bytes::{Bytes, BytesMut};
+use cluster::{Channel, Envelope, FrameError, NodeId, PROTOCOL_VERSION};
+use proptest::prelude::*;
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn random_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        match Envelope::decode(Bytes::from(bytes.clone())) {
+            Ok(envelope) => {
+                // Whatever decoded must re-encode to the same frame.
+                prop_assert_eq!(envelope.encode(), Bytes::from(bytes));
+            }
+            Err(FrameError::Empty) => prop_assert!(bytes.is_empty()),
+            Err(FrameError::UnsupportedVersion { found }) => prop_assert_ne!(found, PROTOCOL_VERSION),
+            Err(FrameError::Header(_)) => prop_assert_eq!(bytes[0], PROTOCOL_VERSION),
+            Err(FrameError::TooLarge { .. }) => prop_assert!(false, "decode has no size limit"),
+        }
+    }
+
+    #[test]
+    fn random_streams_through_the_tcp_codec_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512)
+    ) {
+        let mut codec = LengthDelimitedCodec::builder().max_frame_length(64).new_codec();
+        let mut buf = BytesMut::from(&bytes[..]);
+        // Stop at the first codec error: the connection would be closed there.
+        while let Ok(Some(frame)) = codec.decode(&mut buf) {
+            let _ = Envelope::decode(frame.freeze());
+        }
+    }
+
+    #[test]
+    fn envelopes_round_trip(
+        from in any::<u64>(),
+        to in any::<u64>(),
+        channel in any::<u16>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..128),
+    ) {
+        let envelope = Envelope {
+            from: NodeId(from),
+            to: NodeId(to),
+            channel: Channel(channel),
+            payload: Bytes::from(payload),
+        };
+        prop_assert_eq!(Envelope::decode(envelope.encode()), Ok(envelope));
+    }
+}

@@ -1,0 +1,265 @@
+//! TCP transport on loopback, in real time with short timeouts.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster::{
+    Channel, Envelope, Membership, MembershipSettings, NodeAddr, NodeId, TcpSettings, TcpTransport,
+    Transport,
+};
+use futures::SinkExt;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+const CH: Channel = Channel(5);
+const CLUSTER: &str = "test-cluster";
+
+async fn node(i: u64) -> TcpTransport {
+    node_in(CLUSTER, i, "127.0.0.1:0").await
+}
+
+async fn node_in(cluster: &str, i: u64, listen: &str) -> TcpTransport {
+    let mut settings = TcpSettings::new(cluster, NodeId(i), listen.parse().unwrap());
+    settings.max_frame_size = 64 * 1024;
+    settings.backoff_min = Duration::from_millis(20);
+    settings.backoff_max = Duration::from_millis(200);
+    TcpTransport::bind(settings).await.unwrap()
+}
+
+fn addr_of(t: &TcpTransport) -> NodeAddr {
+    NodeAddr::from(t.local_addr())
+}
+
+async fn recv(inbox: &mut mpsc::Receiver<Envelope>) -> Envelope {
+    timeout(Duration::from_secs(5), inbox.recv())
+        .await
+        .expect("delivered within 5 s")
+        .expect("inbox open")
+}
+
+/// Sends until one arrives: the first frames may race the connection setup.
+async fn send_until_delivered(
+    from: &TcpTransport,
+    to: NodeId,
+    inbox: &mut mpsc::Receiver<Envelope>,
+) -> Envelope {
+    for _ in 0..100 {
+        from.send(to, CH, Bytes::from_static(b"ping")).unwrap();
+        if let Ok(Some(e)) = timeout(Duration::from_millis(100), inbox.recv()).await {
+            return e;
+        }
+    }
+    panic!("nothing from {} reached {to}", from.local_node());
+}
+
+#[tokio::test]
+async fn three_nodes_form_a_cluster_and_exchange_messages() {
+    let transports: Vec<Arc<TcpTransport>> = vec![
+        Arc::new(node(1).await),
+        Arc::new(node(2).await),
+        Arc::new(node(3).await),
+    ];
+    let seed = vec![(NodeId(1), addr_of(&transports[0]))];
+    let mut inboxes: Vec<_> = transports.iter().map(|t| t.subscribe(CH)).collect();
+    let members: Vec<Membership> = transports
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut settings = MembershipSettings::new(seed.clone());
+            settings.heartbeat_interval = Duration::from_millis(200);
+            settings.probe_timeout = Duration::from_millis(100);
+            settings.down_after = Duration::from_secs(1);
+            settings.announce_interval = Duration::from_millis(300);
+            settings.rng_seed = i as u64;
+            Membership::start(Arc::clone(t) as Arc<dyn Transport>, addr_of(t), settings).unwrap()
+        })
+        .collect();
+    for _ in 0..100 {
+        if members.iter().all(|m| m.view().members().len() == 3) {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    for m in &members {
+        assert_eq!(m.view().members(), vec![NodeId(1), NodeId(2), NodeId(3)]);
+        assert_eq!(m.view().leader(), Some(NodeId(1)));
+    }
+    // Membership taught every node every address: application traffic flows.
+    transports[2]
+        .send(NodeId(2), CH, Bytes::from_static(b"3 to 2"))
+        .unwrap();
+    let got = recv(&mut inboxes[1]).await;
+    assert_eq!(
+        (got.from, got.payload),
+        (NodeId(3), Bytes::from_static(b"3 to 2"))
+    );
+    transports[1]
+        .send(NodeId(1), CH, Bytes::from_static(b"2 to 1"))
+        .unwrap();
+    assert_eq!(recv(&mut inboxes[0]).await.from, NodeId(2));
+}
+
+#[tokio::test]
+async fn a_stranger_from_another_cluster_is_refused() {
+    let a = node(1).await;
+    let mut inbox = a.subscribe(CH);
+    let stranger = node_in("other-cluster", 9, "127.0.0.1:0").await;
+    stranger.learn_address(NodeId(1), &addr_of(&a));
+    for _ in 0..5 {
+        stranger
+            .send(NodeId(1), CH, Bytes::from_static(b"let me in"))
+            .unwrap();
+    }
+    sleep(Duration::from_millis(500)).await;
+    assert!(
+        inbox.try_recv().is_err(),
+        "nothing from a stranger is delivered"
+    );
+    assert!(a.stats().refused_handshakes >= 1);
+}
+
+/// Opens a raw connection to `to` and completes a valid handshake as `as_node`.
+async fn raw_peer(to: &TcpTransport, as_node: u64) -> Framed<TcpStream, LengthDelimitedCodec> {
+    let stream = TcpStream::connect(to.local_addr()).await.unwrap();
+    let mut framed = Framed::new(stream, LengthDelimitedCodec::new());
+    // Hello is (protocol version, cluster name, node id, listen address) in postcard.
+    let hello =
+        postcard::to_stdvec(&(cluster::PROTOCOL_VERSION, CLUSTER, as_node, "127.0.0.1:1")).unwrap();
+    framed.send(Bytes::from(hello)).await.unwrap();
+    let reply = futures::StreamExt::next(&mut framed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&reply[..], &[0], "Accepted");
+    framed
+}
+
+async fn assert_closed(framed: Framed<TcpStream, LengthDelimitedCodec>) {
+    let mut stream = framed.into_inner();
+    let mut buf = [0u8; 16];
+    let n = timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("closed within 5 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "connection closed by the node");
+}
+
+#[tokio::test]
+async fn a_garbage_frame_closes_only_that_connection() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut inbox = a.subscribe(CH);
+    b.learn_address(NodeId(1), &addr_of(&a));
+    send_until_delivered(&b, NodeId(1), &mut inbox).await;
+
+    let mut raw = raw_peer(&a, 7).await;
+    raw.send(Bytes::from_static(&[cluster::PROTOCOL_VERSION, 0xff, 0xff]))
+        .await
+        .unwrap();
+    assert_closed(raw).await;
+    assert_eq!(a.stats().bad_frames, 1);
+
+    // The node and its other peer carry on.
+    b.send(NodeId(1), CH, Bytes::from_static(b"still here"))
+        .unwrap();
+    assert_eq!(
+        recv(&mut inbox).await.payload,
+        Bytes::from_static(b"still here")
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_only_that_connection() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut inbox = a.subscribe(CH);
+    b.learn_address(NodeId(1), &addr_of(&a));
+    send_until_delivered(&b, NodeId(1), &mut inbox).await;
+
+    let raw = raw_peer(&a, 7).await;
+    let mut stream = raw.into_inner();
+    // A length prefix of 1 MiB against a 64 KiB maximum.
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &(1u32 << 20).to_be_bytes())
+        .await
+        .unwrap();
+    assert_closed(Framed::new(stream, LengthDelimitedCodec::new())).await;
+    assert_eq!(a.stats().bad_frames, 1);
+
+    b.send(NodeId(1), CH, Bytes::from_static(b"still here"))
+        .unwrap();
+    assert_eq!(
+        recv(&mut inbox).await.payload,
+        Bytes::from_static(b"still here")
+    );
+    // Sending one too large is refused at the sender, typed.
+    let big = Bytes::from(vec![0u8; 70 * 1024]);
+    assert!(matches!(
+        b.send(NodeId(1), CH, big),
+        Err(cluster::SendError::TooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_spoofed_sender_closes_the_connection() {
+    let a = node(1).await;
+    let mut inbox = a.subscribe(CH);
+    let mut raw = raw_peer(&a, 7).await;
+    let forged = Envelope {
+        from: NodeId(3),
+        to: NodeId(1),
+        channel: CH,
+        payload: Bytes::from_static(b"i am node 3"),
+    };
+    raw.send(forged.encode()).await.unwrap();
+    assert_closed(raw).await;
+    assert!(inbox.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_killed_and_restarted_peer_is_reconnected() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let b_addr = b.local_addr();
+    let mut inbox = b.subscribe(CH);
+    a.learn_address(NodeId(2), &NodeAddr::from(b_addr));
+    send_until_delivered(&a, NodeId(2), &mut inbox).await;
+
+    drop(inbox);
+    drop(b);
+    sleep(Duration::from_millis(100)).await;
+    let b = node_in(CLUSTER, 2, &b_addr.to_string()).await;
+    let mut inbox = b.subscribe(CH);
+    let got = send_until_delivered(&a, NodeId(2), &mut inbox).await;
+    assert_eq!(got.from, NodeId(1));
+}
+
+#[tokio::test]
+async fn a_full_send_queue_is_an_error_and_counted() {
+    let mut settings = TcpSettings::new(CLUSTER, NodeId(1), "127.0.0.1:0".parse().unwrap());
+    settings.send_queue = 4;
+    let a = TcpTransport::bind(settings).await.unwrap();
+    // Nobody listens there: frames pile up in the queue.
+    a.learn_address(NodeId(2), &NodeAddr::from("127.0.0.1:9"));
+    let mut refused = 0;
+    for _ in 0..20 {
+        if let Err(e) = a.send(NodeId(2), CH, Bytes::from_static(b"x")) {
+            assert!(
+                matches!(e, cluster::SendError::QueueFull { capacity: 4, .. }),
+                "{e}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused >= 15, "{refused}");
+    assert_eq!(a.stats().dropped_queue_full, refused);
+    assert_eq!(
+        a.send(NodeId(3), CH, Bytes::new()),
+        Err(cluster::SendError::UnknownPeer(NodeId(3)))
+    );
+}
