@@ -185,6 +185,15 @@ impl Transport for TcpTransport {
                 max,
             });
         }
+        if to == self.inner.settings.node {
+            // Loopback: same codec, no socket.
+            self.inner.inboxes.sent.fetch_add(1, Ordering::Relaxed);
+            match Envelope::decode(frame) {
+                Ok(envelope) => self.inner.inboxes.deliver(envelope),
+                Err(error) => tracing::error!(%error, "own frame undecodable"),
+            }
+            return Ok(());
+        }
         let peers = lock(&self.inner.peers);
         let peer = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
         match peer.queue.try_send(frame) {

@@ -1,0 +1,21 @@
+//! The sharding data plane: identifiers, the entity API, the protocol, shards
+//! and regions, allocation strategies, and the coordinator's state model.
+//!
+//! The coordinator itself (leader- and lease-gated) lives in
+//! `sharding-coordinator`; this crate never depends on a lease backend.
+
+pub mod coordinator;
+mod entity;
+mod extractor;
+mod ids;
+pub mod protocol;
+pub mod region;
+
+pub use entity::Entity;
+pub use extractor::MessageExtractor;
+pub use ids::{EntityId, ShardId, TypeName, shard_of};
+pub use protocol::Epoch;
+pub use region::{
+    RegionConfig, RegionEvent, RegionObserver, RegionSettings, RegionStatsSnapshot, ShardRegion,
+    ShardingError,
+};

@@ -1,0 +1,206 @@
+//! The messages between regions and coordinators, and between regions.
+//!
+//! Modelled on Akka's sharding protocol. Every coordinator-to-region message is
+//! a [`Directive`] that carries the coordinator's [`Epoch`]; a region refuses a
+//! directive whose epoch is below one it already obeyed (I3).
+
+use std::fmt;
+
+use bytes::Bytes;
+use cluster::{Channel, NodeId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{EntityId, ShardId, TypeName};
+
+/// The authority of a coordinator: the lease's fencing token, or without a
+/// lease the leader's term. Strictly increases across coordinator changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "epoch-{}", self.0)
+    }
+}
+
+/// Region to coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordinatorMsg {
+    /// A region announces itself and the shards it hosts; sent until acked,
+    /// and again whenever the leader changes.
+    Register {
+        /// The shards this region hosts now.
+        shards: Vec<ShardId>,
+        /// The highest epoch this region has obeyed.
+        max_epoch: Epoch,
+    },
+    /// Where does this shard live?
+    GetShardHome {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// The region started hosting the shard.
+    ShardStarted {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// The region stopped routing to the shard's old home.
+    BeginHandOffAck {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// The region stopped every entity of the shard.
+    ShardStopped {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// The region is shutting down: move its shards elsewhere.
+    GracefulShutdownReq,
+}
+
+/// Coordinator to region: every one carries the coordinator's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Directive {
+    /// Your registration is accepted.
+    RegisterAck {
+        /// Coordinator epoch.
+        epoch: Epoch,
+    },
+    /// `shard` lives in `region`.
+    ShardHome {
+        /// Coordinator epoch.
+        epoch: Epoch,
+        /// The shard.
+        shard: ShardId,
+        /// Its home.
+        region: NodeId,
+    },
+    /// Start hosting `shard`.
+    HostShard {
+        /// Coordinator epoch.
+        epoch: Epoch,
+        /// The shard.
+        shard: ShardId,
+    },
+    /// `shard` is about to move: stop routing to its current home, buffer instead.
+    BeginHandOff {
+        /// Coordinator epoch.
+        epoch: Epoch,
+        /// The shard.
+        shard: ShardId,
+    },
+    /// Stop every entity of `shard` and report `ShardStopped`.
+    HandOff {
+        /// Coordinator epoch.
+        epoch: Epoch,
+        /// The shard.
+        shard: ShardId,
+    },
+}
+
+impl Directive {
+    /// The epoch of the coordinator that issued it.
+    pub fn epoch(&self) -> Epoch {
+        match *self {
+            Directive::RegisterAck { epoch }
+            | Directive::ShardHome { epoch, .. }
+            | Directive::HostShard { epoch, .. }
+            | Directive::BeginHandOff { epoch, .. }
+            | Directive::HandOff { epoch, .. } => epoch,
+        }
+    }
+
+    /// The shard it concerns, if any.
+    pub fn shard(&self) -> Option<ShardId> {
+        match *self {
+            Directive::RegisterAck { .. } => None,
+            Directive::ShardHome { shard, .. }
+            | Directive::HostShard { shard, .. }
+            | Directive::BeginHandOff { shard, .. }
+            | Directive::HandOff { shard, .. } => Some(shard),
+        }
+    }
+
+    /// A short name for logs and histories.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Directive::RegisterAck { .. } => "RegisterAck",
+            Directive::ShardHome { .. } => "ShardHome",
+            Directive::HostShard { .. } => "HostShard",
+            Directive::BeginHandOff { .. } => "BeginHandOff",
+            Directive::HandOff { .. } => "HandOff",
+        }
+    }
+}
+
+/// Everything a region receives on its channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionMsg {
+    /// From the coordinator.
+    Directive(Directive),
+    /// A user message for an entity, forwarded by another region.
+    Deliver {
+        /// The entity's shard.
+        shard: ShardId,
+        /// The entity.
+        entity: EntityId,
+        /// The postcard-encoded user message.
+        payload: Vec<u8>,
+        /// Set for `ask`: the asking node and its request number.
+        reply_to: Option<(NodeId, u64)>,
+        /// Forwarding hops so far; bounded to stop loops while tables disagree.
+        hops: u8,
+    },
+    /// The answer to a forwarded `ask`.
+    Reply {
+        /// The request number.
+        request: u64,
+        /// The postcard-encoded reply, or why there is none.
+        result: Result<Vec<u8>, String>,
+    },
+}
+
+/// Bytes that are not a valid protocol message.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable {what}: {source}")]
+pub struct ProtocolError {
+    what: &'static str,
+    #[source]
+    source: postcard::Error,
+}
+
+/// Encodes a protocol or user message with postcard.
+pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, postcard::Error> {
+    postcard::to_stdvec(value).map(Bytes::from)
+}
+
+/// Decodes a protocol or user message; `what` names it in the error.
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, ProtocolError> {
+    postcard::from_bytes(bytes).map_err(|source| ProtocolError { what, source })
+}
+
+/// The two channels of an entity type: its regions' and its coordinators'.
+///
+/// Derived from a stable hash of the type name so every node agrees without
+/// configuration; [`TypeChannels::of`] is deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TypeChannels {
+    /// Where regions listen.
+    pub region: Channel,
+    /// Where coordinators listen.
+    pub coordinator: Channel,
+}
+
+impl TypeChannels {
+    /// The channels of `type_name` (never the membership channel).
+    pub fn of(type_name: &TypeName) -> Self {
+        let hash = crate::shard_of(&EntityId(type_name.0.clone()), 32_000).0;
+        // Even numbers from 1024 upwards: region = n, coordinator = n + 1.
+        let base = 1024 + u16::try_from(hash).unwrap_or(0) * 2;
+        Self {
+            region: Channel(base),
+            coordinator: Channel(base + 1),
+        }
+    }
+}

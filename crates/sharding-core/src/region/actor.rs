@@ -1,0 +1,505 @@
+//! The region task: shard locations, buffering, forwarding, directives.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use cluster::{ClusterView, Envelope, NodeId, Transport};
+use tokio::sync::{mpsc, oneshot};
+
+use super::delivery::{Delivery, ReplyLink, ReplyTo};
+use super::shard::{EntityFactory, Shard, ShardCmd, Stopped};
+use super::{RegionCmd, RegionEvent, RegionObserver, Shared, ShardingError};
+use crate::protocol::{CoordinatorMsg, Directive, Epoch, RegionMsg, TypeChannels, decode, encode};
+use crate::{Entity, ShardId};
+
+/// Forwarding hops after which a message is dropped (tables disagree too long).
+const MAX_HOPS: u8 = 3;
+
+pub(super) struct Parts<E: Entity> {
+    pub(super) shared: Arc<Shared<E>>,
+    pub(super) factory: EntityFactory<E>,
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) view: ClusterView,
+    pub(super) channels: TypeChannels,
+    pub(super) commands: mpsc::Receiver<RegionCmd<E>>,
+    pub(super) observer: Option<RegionObserver>,
+}
+
+pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
+    let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
+    let link = Arc::new(ReplyLink {
+        transport: Arc::clone(&parts.transport),
+        channel: parts.channels.region,
+    });
+    let inbox = parts.transport.subscribe(parts.channels.region);
+    let actor = Actor {
+        node: parts.shared.node,
+        shared: parts.shared,
+        factory: parts.factory,
+        transport: parts.transport,
+        view: parts.view,
+        channels: parts.channels,
+        observer: parts.observer,
+        link,
+        locations: HashMap::new(),
+        hosted: HashSet::new(),
+        handing_off: HashMap::new(),
+        pending: HashMap::new(),
+        asks: HashMap::new(),
+        next_request: 0,
+        max_epoch: Epoch::default(),
+        registered_with: None,
+        leader: None,
+        stopped_tx,
+        shutting_down: None,
+    };
+    tokio::spawn(actor.run(parts.commands, inbox, stopped_rx));
+}
+
+struct Actor<E: Entity> {
+    node: NodeId,
+    shared: Arc<Shared<E>>,
+    factory: EntityFactory<E>,
+    transport: Arc<dyn Transport>,
+    view: ClusterView,
+    channels: TypeChannels,
+    observer: Option<RegionObserver>,
+    link: Arc<ReplyLink>,
+    /// Known homes of shards (this node included).
+    locations: HashMap<ShardId, NodeId>,
+    /// Shards with a running shard task here (handing-off ones included).
+    hosted: HashSet<ShardId>,
+    /// Shards being handed off, and the coordinator node that asked.
+    handing_off: HashMap<ShardId, NodeId>,
+    /// Messages waiting for their shard's home.
+    pending: HashMap<ShardId, VecDeque<Delivery<E>>>,
+    /// Asks forwarded to other nodes, by request number.
+    asks: HashMap<u64, oneshot::Sender<Result<E::Reply, ShardingError>>>,
+    next_request: u64,
+    /// The highest epoch obeyed (I3).
+    max_epoch: Epoch,
+    registered_with: Option<NodeId>,
+    leader: Option<NodeId>,
+    stopped_tx: mpsc::UnboundedSender<Stopped<E>>,
+    shutting_down: Option<oneshot::Sender<()>>,
+}
+
+impl<E: Entity> Actor<E> {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<RegionCmd<E>>,
+        mut inbox: mpsc::Receiver<Envelope>,
+        mut stopped: mpsc::UnboundedReceiver<Stopped<E>>,
+    ) {
+        let mut view = self.view.watch();
+        let mut tick = tokio::time::interval(self.shared.settings.retry_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.on_view_change();
+        loop {
+            tokio::select! {
+                Some(cmd) = commands.recv() => match cmd {
+                    RegionCmd::Route(d) => self.route(d),
+                    RegionCmd::Shutdown(done) => {
+                        tracing::info!(node = %self.node, type_name = %self.shared.type_name, "region shutting down");
+                        self.shutting_down = Some(done);
+                        self.request_shutdown();
+                    }
+                },
+                Some(s) = stopped.recv() => self.shard_stopped(s),
+                Some(envelope) = inbox.recv() => self.on_envelope(envelope),
+                Ok(()) = view.changed() => self.on_view_change(),
+                _ = tick.tick() => self.retry(),
+                else => break,
+            }
+            if self.shutting_down.is_some() && self.hosted.is_empty() {
+                break;
+            }
+        }
+        self.stop();
+        if let Some(done) = self.shutting_down.take() {
+            let _ = done.send(());
+        }
+    }
+
+    fn stop(&mut self) {
+        // Dropping the senders stops every shard.
+        self.shared
+            .local
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for (_, queue) in self.pending.drain() {
+            for d in queue {
+                self.shared.stats.buffered.fetch_sub(1, Ordering::Relaxed);
+                self.shared.stats.dropped_undeliverable.fetch_add(1, Ordering::Relaxed);
+                d.fail(ShardingError::RegionStopped);
+            }
+        }
+        tracing::info!(node = %self.node, type_name = %self.shared.type_name, "region stopped");
+    }
+
+    fn observe(&self, event: RegionEvent) {
+        if let Some(observer) = &self.observer {
+            observer(&self.shared.type_name, self.node, &event);
+        }
+    }
+
+    fn on_view_change(&mut self) {
+        let state = self.view.state();
+        let leader = state.leader();
+        if leader != self.leader {
+            tracing::debug!(node = %self.node, ?leader, "region sees a new leader; registering");
+            self.leader = leader;
+            self.registered_with = None;
+            self.register();
+        }
+        // Homes on nodes that left are void: ask again on the next message.
+        self.locations
+            .retain(|_, home| *home == self.node || state.contains(*home));
+    }
+
+    fn retry(&mut self) {
+        if self.registered_with.is_none() {
+            self.register();
+        }
+        let waiting: Vec<ShardId> = self.pending.keys().copied().collect();
+        for shard in waiting {
+            self.request_home(shard);
+        }
+        if self.shutting_down.is_some() {
+            self.request_shutdown();
+        }
+        self.asks.retain(|_, tx| !tx.is_closed());
+    }
+
+    fn to_coordinator(&self, node: NodeId, msg: &CoordinatorMsg) {
+        let sent = encode(msg)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                self.transport
+                    .send(node, self.channels.coordinator, bytes)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = sent {
+            tracing::debug!(node = %self.node, coordinator = %node, ?msg, %error, "message to coordinator not sent");
+        }
+    }
+
+    fn register(&self) {
+        let Some(leader) = self.leader else { return };
+        let mut shards: Vec<ShardId> = self
+            .hosted
+            .iter()
+            .filter(|s| !self.handing_off.contains_key(s))
+            .copied()
+            .collect();
+        shards.sort();
+        self.to_coordinator(
+            leader,
+            &CoordinatorMsg::Register {
+                shards,
+                max_epoch: self.max_epoch,
+            },
+        );
+    }
+
+    fn request_home(&self, shard: ShardId) {
+        if let Some(leader) = self.leader {
+            self.to_coordinator(leader, &CoordinatorMsg::GetShardHome { shard });
+        }
+    }
+
+    fn request_shutdown(&self) {
+        if let Some(leader) = self.leader {
+            self.to_coordinator(leader, &CoordinatorMsg::GracefulShutdownReq);
+        }
+    }
+
+    fn route(&mut self, d: Delivery<E>) {
+        match self.locations.get(&d.shard).copied() {
+            Some(home) if home == self.node => self.deliver_local(d),
+            Some(home) => self.forward(home, d),
+            None => self.buffer(d),
+        }
+    }
+
+    fn deliver_local(&mut self, d: Delivery<E>) {
+        if !self.hosted.contains(&d.shard) {
+            self.start_shard(d.shard);
+        }
+        let sender = self.shared.local().get(&d.shard).cloned();
+        let Some(sender) = sender else {
+            // Handing off: wait for the next home.
+            return self.buffer(d);
+        };
+        match sender.try_send(ShardCmd::Deliver(d)) {
+            Ok(()) => {
+                self.shared.stats.delivered_local.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(ShardCmd::Deliver(d))) => {
+                let capacity = self.shared.settings.shard_inbox;
+                self.drop_delivery(d, ShardingError::BufferFull { capacity }, true);
+            }
+            Err(mpsc::error::TrySendError::Closed(ShardCmd::Deliver(d))) => self.buffer(d),
+            Err(_) => {}
+        }
+    }
+
+    fn forward(&mut self, home: NodeId, d: Delivery<E>) {
+        if d.hops >= MAX_HOPS {
+            let why = format!("dropped after {} hops (shard tables disagree)", d.hops);
+            return self.drop_delivery(d, ShardingError::Undeliverable(why), false);
+        }
+        let payload = match encode(&d.message) {
+            Ok(p) => p.to_vec(),
+            Err(e) => return self.drop_delivery(d, ShardingError::Codec(e.to_string()), false),
+        };
+        let Delivery {
+            shard,
+            entity,
+            reply,
+            hops,
+            ..
+        } = d;
+        let (reply_to, local_ask) = match reply {
+            ReplyTo::Nobody => (None, None),
+            ReplyTo::Local(tx) => {
+                let request = self.next_request;
+                self.next_request += 1;
+                self.asks.insert(request, tx);
+                (Some((self.node, request)), Some(request))
+            }
+            ReplyTo::Remote {
+                origin, request, ..
+            } => (Some((origin, request)), None),
+        };
+        let msg = RegionMsg::Deliver {
+            shard,
+            entity,
+            payload,
+            reply_to,
+            hops: hops + 1,
+        };
+        let sent = encode(&msg)
+            .map_err(|e| ShardingError::Codec(e.to_string()))
+            .and_then(|bytes| {
+                self.transport
+                    .send(home, self.channels.region, bytes)
+                    .map_err(|e| ShardingError::Undeliverable(e.to_string()))
+            });
+        match sent {
+            Ok(()) => {
+                self.shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.shared.stats.dropped_undeliverable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %self.node, %home, %shard, %error, "forward failed, message dropped");
+                if let Some(tx) = local_ask.and_then(|r| self.asks.remove(&r)) {
+                    let _ = tx.send(Err(error));
+                }
+            }
+        }
+    }
+
+    fn buffer(&mut self, d: Delivery<E>) {
+        let capacity = self.shared.settings.buffer_size;
+        let buffered = self.shared.stats.buffered.load(Ordering::Relaxed);
+        if buffered >= capacity {
+            return self.drop_delivery(d, ShardingError::BufferFull { capacity }, true);
+        }
+        let shard = d.shard;
+        let queue = self.pending.entry(shard).or_default();
+        let first = queue.is_empty();
+        queue.push_back(d);
+        self.shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
+        if first {
+            self.request_home(shard);
+        }
+    }
+
+    fn drop_delivery(&self, d: Delivery<E>, error: ShardingError, full: bool) {
+        let counter = if full {
+            &self.shared.stats.dropped_buffer_full
+        } else {
+            &self.shared.stats.dropped_undeliverable
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(node = %self.node, shard = %d.shard, entity = %d.entity, %error, "message dropped");
+        d.fail(error);
+    }
+
+    fn flush(&mut self, shard: ShardId) {
+        if let Some(queue) = self.pending.remove(&shard) {
+            self.shared
+                .stats
+                .buffered
+                .fetch_sub(queue.len(), Ordering::Relaxed);
+            for d in queue {
+                self.route(d);
+            }
+        }
+    }
+
+    fn start_shard(&mut self, shard: ShardId) {
+        let sender = Shard::spawn(
+            shard,
+            Arc::clone(&self.factory),
+            self.shared.settings.passivate_after,
+            self.shared.settings.shard_inbox,
+            Arc::clone(&self.shared.stats),
+            self.stopped_tx.clone(),
+        );
+        self.shared
+            .local
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(shard, sender);
+        self.hosted.insert(shard);
+        self.locations.insert(shard, self.node);
+        tracing::debug!(node = %self.node, %shard, "shard started");
+        self.observe(RegionEvent::ShardStarted(shard));
+    }
+
+    fn shard_stopped(&mut self, stopped: Stopped<E>) {
+        let shard = stopped.shard;
+        self.hosted.remove(&shard);
+        tracing::debug!(node = %self.node, %shard, "shard stopped");
+        self.observe(RegionEvent::ShardStopped(shard));
+        if let Some(coordinator) = self.handing_off.remove(&shard) {
+            self.to_coordinator(coordinator, &CoordinatorMsg::ShardStopped { shard });
+        }
+        for d in stopped.undelivered {
+            self.route(d);
+        }
+    }
+
+    fn on_envelope(&mut self, envelope: Envelope) {
+        let msg: RegionMsg = match decode("region message", &envelope.payload) {
+            Ok(m) => m,
+            Err(error) => {
+                self.shared.stats.dropped_undeliverable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %self.node, from = %envelope.from, %error, "bad region message dropped");
+                return;
+            }
+        };
+        match msg {
+            RegionMsg::Directive(directive) => self.on_directive(envelope.from, directive),
+            RegionMsg::Deliver {
+                shard,
+                entity,
+                payload,
+                reply_to,
+                hops,
+            } => {
+                let reply = match reply_to {
+                    None => ReplyTo::Nobody,
+                    Some((origin, request)) => ReplyTo::Remote {
+                        origin,
+                        request,
+                        link: Arc::clone(&self.link),
+                    },
+                };
+                match decode::<E::Message>("entity message", &payload) {
+                    Ok(message) => self.route(Delivery {
+                        shard,
+                        entity,
+                        message,
+                        reply,
+                        hops,
+                    }),
+                    Err(error) => {
+                        self.shared.stats.dropped_undeliverable.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(node = %self.node, from = %envelope.from, %entity, %error, "undecodable entity message dropped");
+                        reply.send(Err(ShardingError::Codec(error.to_string())));
+                    }
+                }
+            }
+            RegionMsg::Reply { request, result } => {
+                let Some(tx) = self.asks.remove(&request) else {
+                    return; // the asker timed out already
+                };
+                let answer = match result {
+                    Ok(bytes) => decode::<E::Reply>("entity reply", &bytes)
+                        .map_err(|e| ShardingError::Codec(e.to_string())),
+                    Err(remote) => Err(ShardingError::Remote(remote)),
+                };
+                let _ = tx.send(answer);
+            }
+        }
+    }
+
+    fn on_directive(&mut self, from: NodeId, directive: Directive) {
+        let epoch = directive.epoch();
+        if epoch < self.max_epoch {
+            // I3: a coordinator older than one we obeyed cannot move anything.
+            self.shared.stats.refused_directives.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node = %self.node, %from, kind = directive.kind(), %epoch, max_epoch = %self.max_epoch, "directive with a stale epoch refused");
+            self.observe(RegionEvent::DirectiveRefused {
+                from,
+                kind: directive.kind(),
+                epoch,
+                max_epoch: self.max_epoch,
+            });
+            return;
+        }
+        self.max_epoch = epoch;
+        self.shared.max_epoch.store(epoch.0, Ordering::Relaxed);
+        self.observe(RegionEvent::DirectiveObeyed {
+            from,
+            kind: directive.kind(),
+            epoch,
+            shard: directive.shard(),
+        });
+        match directive {
+            Directive::RegisterAck { .. } => {
+                self.registered_with = Some(from);
+                let waiting: Vec<ShardId> = self.pending.keys().copied().collect();
+                for shard in waiting {
+                    self.request_home(shard);
+                }
+            }
+            Directive::ShardHome { shard, region, .. } => {
+                self.locations.insert(shard, region);
+                if region == self.node && !self.hosted.contains(&shard) {
+                    self.start_shard(shard);
+                }
+                self.flush(shard);
+            }
+            Directive::HostShard { shard, .. } => {
+                if !self.hosted.contains(&shard) {
+                    self.start_shard(shard);
+                }
+                self.to_coordinator(from, &CoordinatorMsg::ShardStarted { shard });
+                self.flush(shard);
+            }
+            Directive::BeginHandOff { shard, .. } => {
+                if !self.hosted.contains(&shard) {
+                    self.locations.remove(&shard);
+                }
+                self.to_coordinator(from, &CoordinatorMsg::BeginHandOffAck { shard });
+            }
+            Directive::HandOff { shard, .. } => {
+                self.locations.remove(&shard);
+                let sender = self
+                    .shared
+                    .local
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&shard);
+                match sender {
+                    Some(sender) => {
+                        self.handing_off.insert(shard, from);
+                        // If the shard already stopped on its own, the Stopped
+                        // notice is on its way and answers the coordinator.
+                        let _ = sender.try_send(ShardCmd::HandOff);
+                    }
+                    None if self.handing_off.contains_key(&shard) => {
+                        self.handing_off.insert(shard, from);
+                    }
+                    None => self.to_coordinator(from, &CoordinatorMsg::ShardStopped { shard }),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! A user message on its way to an entity, and where its reply goes.
+
+use std::sync::Arc;
+
+use cluster::{Channel, NodeId, Transport};
+use tokio::sync::oneshot;
+
+use crate::protocol::{RegionMsg, encode};
+use crate::{Entity, EntityId, ShardId, ShardingError};
+
+/// Where an entity's reply goes.
+pub(crate) enum ReplyTo<E: Entity> {
+    /// `tell`: nobody waits.
+    Nobody,
+    /// `ask` on this node.
+    Local(oneshot::Sender<Result<E::Reply, ShardingError>>),
+    /// `ask` on another node: reply over the transport.
+    Remote {
+        origin: NodeId,
+        request: u64,
+        link: Arc<ReplyLink>,
+    },
+}
+
+/// What a remote reply needs to travel back.
+pub(crate) struct ReplyLink {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) channel: Channel,
+}
+
+/// One user message for one entity.
+pub(crate) struct Delivery<E: Entity> {
+    pub(crate) shard: ShardId,
+    pub(crate) entity: EntityId,
+    pub(crate) message: E::Message,
+    pub(crate) reply: ReplyTo<E>,
+    pub(crate) hops: u8,
+}
+
+impl<E: Entity> ReplyTo<E> {
+    /// Sends the entity's answer (or the reason there is none) to whoever asked.
+    pub(crate) fn send(self, result: Result<E::Reply, ShardingError>) {
+        match self {
+            ReplyTo::Nobody => {}
+            ReplyTo::Local(tx) => {
+                // The asker may have timed out and gone; nothing to do then.
+                let _ = tx.send(result);
+            }
+            ReplyTo::Remote {
+                origin,
+                request,
+                link,
+            } => {
+                let result = result
+                    .map_err(|e| e.to_string())
+                    .and_then(|reply| encode(&reply).map(|b| b.to_vec()).map_err(|e| e.to_string()));
+                let sent = encode(&RegionMsg::Reply { request, result })
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        link.transport
+                            .send(origin, link.channel, bytes)
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(error) = sent {
+                    tracing::warn!(%origin, request, %error, "reply to a remote ask lost");
+                }
+            }
+        }
+    }
+}
+
+impl<E: Entity> Delivery<E> {
+    /// Gives up on this delivery, telling an asker why.
+    pub(crate) fn fail(self, error: ShardingError) {
+        self.reply.send(Err(error));
+    }
+}

@@ -1,0 +1,375 @@
+//! The shard region: one per entity type per node; routes every message to
+//! the one place its entity lives.
+//!
+//! Routing a message to a shard hosted on this node is a map read and a
+//! channel send from the caller's task (the hot path); everything else
+//! (remote shards, unknown shards, directives) goes through the region task.
+
+mod actor;
+mod delivery;
+mod shard;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use cluster::{ClusterView, NodeId, Transport};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{Epoch, TypeChannels};
+use crate::{Entity, EntityId, MessageExtractor, ShardId, TypeName};
+
+use delivery::{Delivery, ReplyTo};
+use shard::ShardCmd;
+
+/// Tunables of a region. Defaults follow DESIGN.md section 10.
+#[derive(Debug, Clone)]
+pub struct RegionSettings {
+    /// Number of shards of the type; must be the same on every node (default 64).
+    pub num_shards: u32,
+    /// How often unanswered `GetShardHome` and `Register` are retried (default 2 s).
+    pub retry_interval: Duration,
+    /// Messages buffered for shards whose home is unknown (default 100 000).
+    pub buffer_size: usize,
+    /// Idle entities are stopped after this long (default 120 s).
+    pub passivate_after: Duration,
+    /// How long `ask` waits for a reply (default 5 s).
+    pub ask_timeout: Duration,
+    /// Capacity of each hosted shard's inbox (default 100 000).
+    pub shard_inbox: usize,
+}
+
+impl Default for RegionSettings {
+    fn default() -> Self {
+        Self {
+            num_shards: 64,
+            retry_interval: Duration::from_secs(2),
+            buffer_size: 100_000,
+            passivate_after: Duration::from_secs(120),
+            ask_timeout: Duration::from_secs(5),
+            shard_inbox: 100_000,
+        }
+    }
+}
+
+/// Why a message was not delivered or an ask not answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShardingError {
+    /// The region's buffer is full; the message was dropped and counted.
+    #[error("region buffer full ({capacity} messages); message dropped")]
+    BufferFull {
+        /// The buffer capacity.
+        capacity: usize,
+    },
+    /// No reply within the ask timeout.
+    #[error("no reply from entity `{entity}` within {after:?}")]
+    AskTimeout {
+        /// The entity asked.
+        entity: EntityId,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The message or reply could not be encoded or decoded.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The message could not be delivered (forwarding loop, dead peer...).
+    #[error("undeliverable: {0}")]
+    Undeliverable(String),
+    /// The region has stopped.
+    #[error("region stopped")]
+    RegionStopped,
+    /// A remote region reported an error.
+    #[error("remote: {0}")]
+    Remote(String),
+}
+
+/// Counters of one region; every drop is counted here (and logged).
+#[derive(Debug, Default)]
+pub struct RegionStats {
+    delivered_local: AtomicU64,
+    forwarded: AtomicU64,
+    buffered: AtomicUsize,
+    dropped_buffer_full: AtomicU64,
+    dropped_undeliverable: AtomicU64,
+    refused_directives: AtomicU64,
+    entities_started: AtomicU64,
+    entities_passivated: AtomicU64,
+}
+
+/// A snapshot of [`RegionStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegionStatsSnapshot {
+    /// Messages handed to a local shard.
+    pub delivered_local: u64,
+    /// Messages forwarded to another node.
+    pub forwarded: u64,
+    /// Messages waiting for their shard's home right now.
+    pub buffered: usize,
+    /// Messages dropped because the buffer was full.
+    pub dropped_buffer_full: u64,
+    /// Messages dropped for other reasons (undecodable, forwarding loop, send failure).
+    pub dropped_undeliverable: u64,
+    /// Directives refused for a stale epoch (I3).
+    pub refused_directives: u64,
+    /// Entity incarnations started.
+    pub entities_started: u64,
+    /// Entities stopped for being idle.
+    pub entities_passivated: u64,
+}
+
+impl RegionStats {
+    fn snapshot(&self) -> RegionStatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RegionStatsSnapshot {
+            delivered_local: get(&self.delivered_local),
+            forwarded: get(&self.forwarded),
+            buffered: self.buffered.load(Ordering::Relaxed),
+            dropped_buffer_full: get(&self.dropped_buffer_full),
+            dropped_undeliverable: get(&self.dropped_undeliverable),
+            refused_directives: get(&self.refused_directives),
+            entities_started: get(&self.entities_started),
+            entities_passivated: get(&self.entities_passivated),
+        }
+    }
+
+    fn entity_started(&self) {
+        self.entities_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn entity_passivated(&self) {
+        self.entities_passivated.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a region observed, for probes and histories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionEvent {
+    /// A directive passed the epoch check and was carried out.
+    DirectiveObeyed {
+        /// From which coordinator node.
+        from: NodeId,
+        /// `HostShard`, `HandOff`...
+        kind: &'static str,
+        /// Its epoch.
+        epoch: Epoch,
+        /// Its shard, if any.
+        shard: Option<ShardId>,
+    },
+    /// A directive was refused: its epoch is below one already obeyed (I3).
+    DirectiveRefused {
+        /// From which coordinator node.
+        from: NodeId,
+        /// `HostShard`, `HandOff`...
+        kind: &'static str,
+        /// Its epoch.
+        epoch: Epoch,
+        /// The highest epoch obeyed so far.
+        max_epoch: Epoch,
+    },
+    /// This node started hosting a shard.
+    ShardStarted(ShardId),
+    /// This node stopped hosting a shard.
+    ShardStopped(ShardId),
+}
+
+/// Receives region events; must be cheap, it runs on the region task.
+pub type RegionObserver = Arc<dyn Fn(&TypeName, NodeId, &RegionEvent) + Send + Sync>;
+
+/// Everything needed to start a region.
+pub struct RegionConfig<E: Entity> {
+    /// The entity type.
+    pub type_name: TypeName,
+    /// Maps messages to entities and shards.
+    pub extractor: Arc<dyn MessageExtractor<E::Message>>,
+    /// Builds an entity for an id.
+    pub factory: Arc<dyn Fn(&EntityId) -> E + Send + Sync>,
+    /// Tunables.
+    pub settings: RegionSettings,
+    /// Optional observer of directives and shard moves (histories, metrics).
+    pub observer: Option<RegionObserver>,
+}
+
+pub(crate) enum RegionCmd<E: Entity> {
+    Route(Delivery<E>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct Shared<E: Entity> {
+    type_name: TypeName,
+    node: NodeId,
+    num_shards: u32,
+    extractor: Arc<dyn MessageExtractor<E::Message>>,
+    /// Shards hosted here, read on every local send.
+    local: RwLock<HashMap<ShardId, mpsc::Sender<ShardCmd<E>>>>,
+    commands: mpsc::Sender<RegionCmd<E>>,
+    settings: RegionSettings,
+    stats: Arc<RegionStats>,
+    max_epoch: AtomicU64,
+}
+
+impl<E: Entity> Shared<E> {
+    fn local(&self) -> RwLockReadGuard<'_, HashMap<ShardId, mpsc::Sender<ShardCmd<E>>>> {
+        self.local.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The handle users send messages through; cheap to clone.
+pub struct ShardRegion<E: Entity> {
+    shared: Arc<Shared<E>>,
+}
+
+impl<E: Entity> Clone for ShardRegion<E> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<E: Entity> ShardRegion<E> {
+    /// Starts the region of `config.type_name` on the node behind `transport`.
+    pub fn start(config: RegionConfig<E>, transport: Arc<dyn Transport>, view: ClusterView) -> Self {
+        let node = transport.local_node();
+        let channels = TypeChannels::of(&config.type_name);
+        let (commands, commands_rx) = mpsc::channel(config.settings.buffer_size.max(1));
+        let stats = Arc::new(RegionStats::default());
+        let shared = Arc::new(Shared {
+            type_name: config.type_name.clone(),
+            node,
+            num_shards: config.settings.num_shards.max(1),
+            extractor: config.extractor,
+            local: RwLock::new(HashMap::new()),
+            commands,
+            settings: config.settings.clone(),
+            stats: Arc::clone(&stats),
+            max_epoch: AtomicU64::new(0),
+        });
+        actor::spawn(actor::Parts {
+            shared: Arc::clone(&shared),
+            factory: config.factory,
+            transport,
+            view,
+            channels,
+            commands: commands_rx,
+            observer: config.observer,
+        });
+        Self { shared }
+    }
+
+    /// Sends `message` to its entity: at most once, never blocking. An error
+    /// means it was not accepted (and was counted).
+    pub fn tell(&self, message: E::Message) -> Result<(), ShardingError> {
+        let delivery = self.delivery(message, ReplyTo::Nobody);
+        self.route(delivery)
+    }
+
+    /// Sends `message` and waits for the entity's reply, up to the ask timeout.
+    pub async fn ask(&self, message: E::Message) -> Result<E::Reply, ShardingError> {
+        let (tx, rx) = oneshot::channel();
+        let delivery = self.delivery(message, ReplyTo::Local(tx));
+        let entity = delivery.entity.clone();
+        self.route(delivery)?;
+        let after = self.shared.settings.ask_timeout;
+        match tokio::time::timeout(after, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ShardingError::Undeliverable(format!(
+                "message to `{entity}` was dropped"
+            ))),
+            Err(_) => Err(ShardingError::AskTimeout { entity, after }),
+        }
+    }
+
+    /// The shards hosted on this node now.
+    pub fn hosted_shards(&self) -> Vec<ShardId> {
+        let mut shards: Vec<_> = self.shared.local().keys().copied().collect();
+        shards.sort();
+        shards
+    }
+
+    /// The shard of `entity`.
+    pub fn shard_of(&self, entity: &EntityId) -> ShardId {
+        self.shared.extractor.shard_id(entity, self.shared.num_shards)
+    }
+
+    /// The highest coordinator epoch this region has obeyed.
+    pub fn max_epoch(&self) -> Epoch {
+        Epoch(self.shared.max_epoch.load(Ordering::Relaxed))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RegionStatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The entity type.
+    pub fn type_name(&self) -> &TypeName {
+        &self.shared.type_name
+    }
+
+    /// This node.
+    pub fn node(&self) -> NodeId {
+        self.shared.node
+    }
+
+    /// Hands this node's shards off through the coordinator, then stops the
+    /// region. Gives up waiting after `timeout` (the shards then stop here
+    /// and are re-allocated when the node leaves).
+    pub async fn shutdown(&self, timeout: Duration) {
+        let (done, wait) = oneshot::channel();
+        if self.shared.commands.send(RegionCmd::Shutdown(done)).await.is_ok() {
+            let _ = tokio::time::timeout(timeout, wait).await;
+        }
+    }
+
+    fn delivery(&self, message: E::Message, reply: ReplyTo<E>) -> Delivery<E> {
+        let entity = self.shared.extractor.entity_id(&message);
+        let shard = self.shared.extractor.shard_id(&entity, self.shared.num_shards);
+        Delivery {
+            shard,
+            entity,
+            message,
+            reply,
+            hops: 0,
+        }
+    }
+
+    /// The hot path: straight to a local shard when there is one.
+    fn route(&self, delivery: Delivery<E>) -> Result<(), ShardingError> {
+        let shared = &*self.shared;
+        let delivery = match shared.local().get(&delivery.shard) {
+            Some(shard) => match shard.try_send(ShardCmd::Deliver(delivery)) {
+                Ok(()) => {
+                    shared.stats.delivered_local.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(self.full(shared.settings.shard_inbox));
+                }
+                // The shard is stopping; let the region task reroute.
+                Err(mpsc::error::TrySendError::Closed(ShardCmd::Deliver(d))) => d,
+                Err(mpsc::error::TrySendError::Closed(ShardCmd::HandOff)) => return Ok(()),
+            },
+            None => delivery,
+        };
+        let capacity = shared.settings.buffer_size;
+        if shared.stats.buffered.load(Ordering::Relaxed) >= capacity {
+            return Err(self.full(capacity));
+        }
+        match shared.commands.try_send(RegionCmd::Route(delivery)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.full(capacity)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ShardingError::RegionStopped),
+        }
+    }
+
+    fn full(&self, capacity: usize) -> ShardingError {
+        self.shared
+            .stats
+            .dropped_buffer_full
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(type_name = %self.shared.type_name, capacity, "buffer full, message dropped");
+        ShardingError::BufferFull { capacity }
+    }
+}
