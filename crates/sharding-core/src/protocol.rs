@@ -15,7 +15,9 @@ use crate::{EntityId, ShardId, TypeName};
 
 /// The authority of a coordinator: the lease's fencing token, or without a
 /// lease the leader's term. Strictly increases across coordinator changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Epoch(pub u64);
 
 impl fmt::Display for Epoch {

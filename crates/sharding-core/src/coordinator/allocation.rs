@@ -181,6 +181,9 @@ mod tests {
         }
         let sizes: Vec<_> = t.values().map(BTreeSet::len).collect();
         assert_eq!(sizes.iter().sum::<usize>(), 40);
-        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+        assert!(
+            sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+            "{sizes:?}"
+        );
     }
 }

@@ -87,7 +87,10 @@ impl CoordinatorState {
             }
             CoordinatorEvent::ShardHomeAllocated { shard, region } => {
                 if let Some(&home) = self.shards.get(&shard) {
-                    return Err(StateError::ShardAlreadyAllocated { shard, region: home });
+                    return Err(StateError::ShardAlreadyAllocated {
+                        shard,
+                        region: home,
+                    });
                 }
                 self.regions
                     .get_mut(&region)

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::delivery::{Delivery, ReplyLink, ReplyTo};
 use super::shard::{EntityFactory, Shard, ShardCmd, Stopped};
-use super::{RegionCmd, RegionEvent, RegionObserver, Shared, ShardingError};
+use super::{RegionCmd, RegionEvent, RegionObserver, ShardingError, Shared};
 use crate::protocol::{CoordinatorMsg, Directive, Epoch, RegionMsg, TypeChannels, decode, encode};
 use crate::{Entity, ShardId};
 
@@ -132,7 +132,10 @@ impl<E: Entity> Actor<E> {
         for (_, queue) in self.pending.drain() {
             for d in queue {
                 self.shared.stats.buffered.fetch_sub(1, Ordering::Relaxed);
-                self.shared.stats.dropped_undeliverable.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .dropped_undeliverable
+                    .fetch_add(1, Ordering::Relaxed);
                 d.fail(ShardingError::RegionStopped);
             }
         }
@@ -174,13 +177,11 @@ impl<E: Entity> Actor<E> {
     }
 
     fn to_coordinator(&self, node: NodeId, msg: &CoordinatorMsg) {
-        let sent = encode(msg)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                self.transport
-                    .send(node, self.channels.coordinator, bytes)
-                    .map_err(|e| e.to_string())
-            });
+        let sent = encode(msg).map_err(|e| e.to_string()).and_then(|bytes| {
+            self.transport
+                .send(node, self.channels.coordinator, bytes)
+                .map_err(|e| e.to_string())
+        });
         if let Err(error) = sent {
             tracing::debug!(node = %self.node, coordinator = %node, ?msg, %error, "message to coordinator not sent");
         }
@@ -235,7 +236,10 @@ impl<E: Entity> Actor<E> {
         };
         match sender.try_send(ShardCmd::Deliver(d)) {
             Ok(()) => {
-                self.shared.stats.delivered_local.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .delivered_local
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Full(ShardCmd::Deliver(d))) => {
                 let capacity = self.shared.settings.shard_inbox;
@@ -293,7 +297,10 @@ impl<E: Entity> Actor<E> {
                 self.shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             }
             Err(error) => {
-                self.shared.stats.dropped_undeliverable.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .dropped_undeliverable
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(node = %self.node, %home, %shard, %error, "forward failed, message dropped");
                 if let Some(tx) = local_ask.and_then(|r| self.asks.remove(&r)) {
                     let _ = tx.send(Err(error));
@@ -378,7 +385,10 @@ impl<E: Entity> Actor<E> {
         let msg: RegionMsg = match decode("region message", &envelope.payload) {
             Ok(m) => m,
             Err(error) => {
-                self.shared.stats.dropped_undeliverable.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .dropped_undeliverable
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(node = %self.node, from = %envelope.from, %error, "bad region message dropped");
                 return;
             }
@@ -409,7 +419,10 @@ impl<E: Entity> Actor<E> {
                         hops,
                     }),
                     Err(error) => {
-                        self.shared.stats.dropped_undeliverable.fetch_add(1, Ordering::Relaxed);
+                        self.shared
+                            .stats
+                            .dropped_undeliverable
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(node = %self.node, from = %envelope.from, %entity, %error, "undecodable entity message dropped");
                         reply.send(Err(ShardingError::Codec(error.to_string())));
                     }
@@ -433,7 +446,10 @@ impl<E: Entity> Actor<E> {
         let epoch = directive.epoch();
         if epoch < self.max_epoch {
             // I3: a coordinator older than one we obeyed cannot move anything.
-            self.shared.stats.refused_directives.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .stats
+                .refused_directives
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(node = %self.node, %from, kind = directive.kind(), %epoch, max_epoch = %self.max_epoch, "directive with a stale epoch refused");
             self.observe(RegionEvent::DirectiveRefused {
                 from,

@@ -51,9 +51,11 @@ impl<E: Entity> ReplyTo<E> {
                 request,
                 link,
             } => {
-                let result = result
-                    .map_err(|e| e.to_string())
-                    .and_then(|reply| encode(&reply).map(|b| b.to_vec()).map_err(|e| e.to_string()));
+                let result = result.map_err(|e| e.to_string()).and_then(|reply| {
+                    encode(&reply)
+                        .map(|b| b.to_vec())
+                        .map_err(|e| e.to_string())
+                });
                 let sent = encode(&RegionMsg::Reply { request, result })
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| {

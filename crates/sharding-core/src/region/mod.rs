@@ -230,7 +230,11 @@ impl<E: Entity> Clone for ShardRegion<E> {
 
 impl<E: Entity> ShardRegion<E> {
     /// Starts the region of `config.type_name` on the node behind `transport`.
-    pub fn start(config: RegionConfig<E>, transport: Arc<dyn Transport>, view: ClusterView) -> Self {
+    pub fn start(
+        config: RegionConfig<E>,
+        transport: Arc<dyn Transport>,
+        view: ClusterView,
+    ) -> Self {
         let node = transport.local_node();
         let channels = TypeChannels::of(&config.type_name);
         let (commands, commands_rx) = mpsc::channel(config.settings.buffer_size.max(1));
@@ -290,7 +294,9 @@ impl<E: Entity> ShardRegion<E> {
 
     /// The shard of `entity`.
     pub fn shard_of(&self, entity: &EntityId) -> ShardId {
-        self.shared.extractor.shard_id(entity, self.shared.num_shards)
+        self.shared
+            .extractor
+            .shard_id(entity, self.shared.num_shards)
     }
 
     /// The highest coordinator epoch this region has obeyed.
@@ -318,14 +324,23 @@ impl<E: Entity> ShardRegion<E> {
     /// and are re-allocated when the node leaves).
     pub async fn shutdown(&self, timeout: Duration) {
         let (done, wait) = oneshot::channel();
-        if self.shared.commands.send(RegionCmd::Shutdown(done)).await.is_ok() {
+        if self
+            .shared
+            .commands
+            .send(RegionCmd::Shutdown(done))
+            .await
+            .is_ok()
+        {
             let _ = tokio::time::timeout(timeout, wait).await;
         }
     }
 
     fn delivery(&self, message: E::Message, reply: ReplyTo<E>) -> Delivery<E> {
         let entity = self.shared.extractor.entity_id(&message);
-        let shard = self.shared.extractor.shard_id(&entity, self.shared.num_shards);
+        let shard = self
+            .shared
+            .extractor
+            .shard_id(&entity, self.shared.num_shards);
         Delivery {
             shard,
             entity,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::delivery::Delivery;
 use super::RegionStats;
+use super::delivery::Delivery;
 use crate::{Entity, EntityId, ShardId};
 
 /// The shared entity constructor.
@@ -169,7 +169,13 @@ impl<E: Entity> Shard<E> {
             self.passivate_after,
         ));
         self.stats.entity_started();
-        self.entities.insert(id, Slot::Running { mailbox, incarnation });
+        self.entities.insert(
+            id,
+            Slot::Running {
+                mailbox,
+                incarnation,
+            },
+        );
     }
 
     fn passivate(&mut self, entity: EntityId, incarnation: u64) {

@@ -1,0 +1,63 @@
+//! The entity every harness scenario drives: a counter per id.
+
+use serde::{Deserialize, Serialize};
+use sharding_core::{Entity, EntityId};
+
+/// A message to a counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterMsg {
+    /// The counter's id.
+    pub id: String,
+    /// What to do.
+    pub op: CounterOp,
+}
+
+/// Counter operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CounterOp {
+    /// Add to the counter; replies with the new value.
+    Add(i64),
+    /// Replies with the current value.
+    Get,
+}
+
+impl CounterMsg {
+    /// `Add(n)` to counter `id`.
+    pub fn add(id: impl Into<String>, n: i64) -> Self {
+        Self {
+            id: id.into(),
+            op: CounterOp::Add(n),
+        }
+    }
+
+    /// `Get` from counter `id`.
+    pub fn get(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            op: CounterOp::Get,
+        }
+    }
+
+    /// The entity id extractor for counters.
+    pub fn entity_id(&self) -> EntityId {
+        EntityId(self.id.clone())
+    }
+}
+
+/// A counter entity; its value lives only in memory (it restarts at 0).
+#[derive(Debug, Default)]
+pub struct Counter {
+    value: i64,
+}
+
+impl Entity for Counter {
+    type Message = CounterMsg;
+    type Reply = i64;
+
+    async fn handle(&mut self, message: CounterMsg) -> i64 {
+        if let CounterOp::Add(n) = message.op {
+            self.value += n;
+        }
+        self.value
+    }
+}

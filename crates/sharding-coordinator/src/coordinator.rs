@@ -1,0 +1,523 @@
+//! The ShardCoordinator of one entity type on one node.
+//!
+//! It runs on every node; only the one on the leader of its view is active.
+//! Every transition of [`Phase`] happens in [`Coordinator::step`], and every
+//! message handler first checks [`Coordinator::is_active`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use cluster::{ClusterView, Envelope, NodeId, Transport};
+use sharding_core::coordinator::{CoordinatorEvent, CoordinatorState};
+use sharding_core::protocol::{CoordinatorMsg, Directive, RegionMsg, TypeChannels, decode, encode};
+use sharding_core::{Epoch, ShardId, TypeName};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+
+use crate::{
+    CoordinatorObserver, CoordinatorRecord, CoordinatorSettings, CoordinatorStatus, Phase,
+};
+
+/// A shard on its way from one region to the next.
+struct Handoff {
+    from: NodeId,
+    started: Instant,
+    /// Regions that have not acknowledged `BeginHandOff` yet.
+    awaiting: BTreeSet<NodeId>,
+    handoff_sent: bool,
+}
+
+pub(crate) struct Coordinator {
+    type_name: TypeName,
+    node: NodeId,
+    transport: Arc<dyn Transport>,
+    view: ClusterView,
+    channels: TypeChannels,
+    settings: CoordinatorSettings,
+    observer: Option<CoordinatorObserver>,
+    status: watch::Sender<CoordinatorStatus>,
+
+    phase: Phase,
+    /// When recovery ends at the latest.
+    recovery_deadline: Option<Instant>,
+    /// Regions registered during recovery, and the shards each claimed.
+    claims: BTreeMap<NodeId, Vec<ShardId>>,
+    state: CoordinatorState,
+    /// The epoch of the current tenure; directives carry it.
+    epoch: Epoch,
+    /// The highest epoch this node has used or heard of: the next tenure is above it.
+    highest_epoch: Epoch,
+    handoffs: BTreeMap<ShardId, Handoff>,
+    /// `GetShardHome` waiting for a handoff to finish.
+    deferred: HashMap<ShardId, BTreeSet<NodeId>>,
+    /// Requests received while recovering, served once active.
+    buffered: VecDeque<(NodeId, CoordinatorMsg)>,
+    shutting_down: BTreeSet<NodeId>,
+}
+
+pub(crate) struct Parts {
+    pub(crate) type_name: TypeName,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) view: ClusterView,
+    pub(crate) settings: CoordinatorSettings,
+    pub(crate) observer: Option<CoordinatorObserver>,
+}
+
+impl Coordinator {
+    pub(crate) fn spawn(
+        parts: Parts,
+    ) -> (
+        watch::Receiver<CoordinatorStatus>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let channels = TypeChannels::of(&parts.type_name);
+        let inbox = parts.transport.subscribe(channels.coordinator);
+        let (status, status_rx) = watch::channel(CoordinatorStatus {
+            phase: Phase::Standby,
+            epoch: None,
+        });
+        let coordinator = Coordinator {
+            node: parts.transport.local_node(),
+            type_name: parts.type_name,
+            transport: parts.transport,
+            view: parts.view,
+            channels,
+            settings: parts.settings,
+            observer: parts.observer,
+            status,
+            phase: Phase::Standby,
+            recovery_deadline: None,
+            claims: BTreeMap::new(),
+            state: CoordinatorState::default(),
+            epoch: Epoch::default(),
+            highest_epoch: Epoch::default(),
+            handoffs: BTreeMap::new(),
+            deferred: HashMap::new(),
+            buffered: VecDeque::new(),
+            shutting_down: BTreeSet::new(),
+        };
+        (status_rx, tokio::spawn(coordinator.run(inbox)))
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Envelope>) {
+        let mut view = self.view.watch();
+        let mut rebalance = tokio::time::interval(self.settings.rebalance_interval);
+        rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.step();
+        loop {
+            let recovery = self.recovery_deadline;
+            tokio::select! {
+                Some(envelope) = inbox.recv() => self.on_envelope(envelope),
+                Ok(()) = view.changed() => self.on_view_change(),
+                _ = rebalance.tick() => self.on_rebalance_tick(),
+                () = sleep_until(recovery.unwrap_or_else(Instant::now)), if recovery.is_some() => {}
+                else => break,
+            }
+            self.step();
+        }
+    }
+
+    /// Leader of its own view: the cheap local predicate.
+    fn is_leader(&self) -> bool {
+        self.view.is_leader()
+    }
+
+    /// Whether this coordinator may act: every handler checks it.
+    fn is_active(&self) -> bool {
+        self.phase == Phase::Active && self.is_leader()
+    }
+
+    /// Every phase transition, in one place.
+    fn step(&mut self) {
+        let leader = self.is_leader();
+        match self.phase {
+            Phase::Standby if leader => {
+                self.claims.clear();
+                self.state = CoordinatorState::default();
+                self.recovery_deadline = Some(Instant::now() + self.settings.recovery_timeout);
+                self.set_phase(Phase::Recovering);
+            }
+            Phase::Recovering if !leader => self.enter_standby(),
+            Phase::Recovering => {
+                let members = self.view.members();
+                let everyone = members.iter().all(|m| self.claims.contains_key(m));
+                let timed_out = self.recovery_deadline.is_some_and(|d| Instant::now() >= d);
+                if everyone || timed_out {
+                    self.finish_recovery();
+                }
+            }
+            Phase::Active if !leader => self.enter_standby(),
+            Phase::Standby | Phase::Active => {}
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        let epoch = (phase == Phase::Active).then_some(self.epoch);
+        tracing::info!(node = %self.node, type_name = %self.type_name, ?phase, ?epoch, "coordinator phase");
+        self.status.send_replace(CoordinatorStatus { phase, epoch });
+        self.record(CoordinatorRecord::PhaseChanged { phase, epoch });
+    }
+
+    fn enter_standby(&mut self) {
+        self.recovery_deadline = None;
+        self.claims.clear();
+        self.state = CoordinatorState::default();
+        self.handoffs.clear();
+        self.deferred.clear();
+        self.buffered.clear();
+        self.shutting_down.clear();
+        self.set_phase(Phase::Standby);
+    }
+
+    fn finish_recovery(&mut self) {
+        self.recovery_deadline = None;
+        // Without a lease the epoch is a term above anything any region obeyed.
+        self.epoch = Epoch(self.highest_epoch.0 + 1);
+        self.highest_epoch = self.epoch;
+        self.set_phase(Phase::Active);
+        let claims = std::mem::take(&mut self.claims);
+        for (region, shards) in claims {
+            self.register(region, &shards);
+        }
+        while let Some((from, msg)) = self.buffered.pop_front() {
+            self.handle(from, msg);
+        }
+    }
+
+    fn record(&self, record: CoordinatorRecord) {
+        if let Some(observer) = &self.observer {
+            observer(&self.type_name, self.node, &record);
+        }
+    }
+
+    fn apply(&mut self, event: CoordinatorEvent) {
+        if let Err(error) = self.state.apply(&event) {
+            // The handlers check before applying; this is a bug, not bad input.
+            tracing::error!(node = %self.node, ?event, %error, "coordinator event rejected");
+        }
+    }
+
+    /// Sends a directive, only while active: a passive coordinator never directs.
+    fn direct(&self, to: NodeId, directive: Directive) {
+        if !self.is_active() {
+            return;
+        }
+        self.record(CoordinatorRecord::DirectiveSent { to, directive });
+        let sent = encode(&RegionMsg::Directive(directive))
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                self.transport
+                    .send(to, self.channels.region, bytes)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = sent {
+            tracing::debug!(node = %self.node, %to, kind = directive.kind(), %error, "directive not sent");
+        }
+    }
+
+    fn on_envelope(&mut self, envelope: Envelope) {
+        let msg: CoordinatorMsg = match decode("coordinator message", &envelope.payload) {
+            Ok(msg) => msg,
+            Err(error) => {
+                tracing::warn!(node = %self.node, from = %envelope.from, %error, "bad coordinator message dropped");
+                return;
+            }
+        };
+        match self.phase {
+            Phase::Standby => {
+                tracing::trace!(node = %self.node, from = %envelope.from, ?msg, "standby: ignored");
+            }
+            Phase::Recovering => match msg {
+                CoordinatorMsg::Register { shards, max_epoch } => {
+                    self.highest_epoch = self.highest_epoch.max(max_epoch);
+                    self.claims.insert(envelope.from, shards);
+                }
+                other if self.buffered.len() < self.settings.buffer_size => {
+                    self.buffered.push_back((envelope.from, other));
+                }
+                other => {
+                    tracing::warn!(node = %self.node, from = %envelope.from, ?other, "recovery buffer full, request dropped (the region retries)");
+                }
+            },
+            Phase::Active => self.handle(envelope.from, msg),
+        }
+    }
+
+    fn handle(&mut self, from: NodeId, msg: CoordinatorMsg) {
+        if !self.is_active() {
+            return;
+        }
+        match msg {
+            CoordinatorMsg::Register { shards, max_epoch } => {
+                if max_epoch >= self.epoch {
+                    // A region obeyed a newer term than ours (another side of a
+                    // partition): move above it so our directives are obeyed.
+                    self.epoch = Epoch(max_epoch.0 + 1);
+                    self.highest_epoch = self.epoch;
+                    self.status.send_replace(CoordinatorStatus {
+                        phase: Phase::Active,
+                        epoch: Some(self.epoch),
+                    });
+                }
+                self.register(from, &shards);
+            }
+            CoordinatorMsg::GetShardHome { shard } => self.get_shard_home(from, shard),
+            CoordinatorMsg::ShardStarted { shard } => {
+                tracing::trace!(node = %self.node, region = %from, %shard, "shard started");
+            }
+            CoordinatorMsg::BeginHandOffAck { shard } => {
+                let ready = self.handoffs.get_mut(&shard).is_some_and(|h| {
+                    h.awaiting.remove(&from);
+                    h.awaiting.is_empty() && !h.handoff_sent
+                });
+                if ready {
+                    self.send_handoff(shard);
+                }
+            }
+            CoordinatorMsg::ShardStopped { shard } => {
+                if self.handoffs.get(&shard).is_some_and(|h| h.from == from) {
+                    self.handoffs.remove(&shard);
+                    if self.state.home(shard) == Some(from) {
+                        self.apply(CoordinatorEvent::ShardHomeDeallocated { shard });
+                    }
+                    tracing::debug!(node = %self.node, %shard, region = %from, "handoff complete");
+                    // Re-home it now rather than on the next message, so a
+                    // rebalance really moves the shard.
+                    self.allocate(from, shard);
+                    self.serve_deferred(shard);
+                }
+            }
+            CoordinatorMsg::GracefulShutdownReq => {
+                if self.state.is_registered(from) && self.shutting_down.insert(from) {
+                    tracing::info!(node = %self.node, region = %from, "region shutting down; handing its shards off");
+                }
+                let shards: Vec<ShardId> = self
+                    .state
+                    .regions()
+                    .get(&from)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                for shard in shards {
+                    self.start_handoff(shard);
+                }
+            }
+        }
+    }
+
+    /// Registers a region and the shards it hosts; a shard already homed
+    /// elsewhere is handed off from the newcomer (one home per shard).
+    fn register(&mut self, region: NodeId, shards: &[ShardId]) {
+        if !self.state.is_registered(region) {
+            self.apply(CoordinatorEvent::RegionRegistered { region });
+        }
+        // Shards we think it hosts but it does not claim were lost (a restart).
+        let lost: Vec<ShardId> = self
+            .state
+            .regions()
+            .get(&region)
+            .map(|hosted| {
+                hosted
+                    .iter()
+                    .filter(|s| !shards.contains(s))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for shard in lost {
+            if !self.handoffs.contains_key(&shard) {
+                self.apply(CoordinatorEvent::ShardHomeDeallocated { shard });
+            }
+        }
+        for &shard in shards {
+            match self.state.home(shard) {
+                None => self.apply(CoordinatorEvent::ShardHomeAllocated { shard, region }),
+                Some(home) if home == region => {}
+                Some(home) => {
+                    tracing::warn!(node = %self.node, %shard, %home, claimant = %region, "shard claimed twice; handing off from the claimant");
+                    self.direct(
+                        region,
+                        Directive::HandOff {
+                            epoch: self.epoch,
+                            shard,
+                        },
+                    );
+                }
+            }
+        }
+        self.direct(region, Directive::RegisterAck { epoch: self.epoch });
+    }
+
+    fn get_shard_home(&mut self, requester: NodeId, shard: ShardId) {
+        if !self.state.is_registered(requester) {
+            return; // it registers first, then asks again
+        }
+        if self.handoffs.contains_key(&shard) {
+            self.deferred.entry(shard).or_default().insert(requester);
+            return;
+        }
+        let home = match self.state.home(shard) {
+            Some(home) => home,
+            None => match self.allocate(requester, shard) {
+                Some(home) => home,
+                None => return, // no region to place it in yet; the requester retries
+            },
+        };
+        self.direct(
+            requester,
+            Directive::ShardHome {
+                epoch: self.epoch,
+                shard,
+                region: home,
+            },
+        );
+    }
+
+    /// Picks a home for an unallocated shard through the strategy and tells
+    /// that region to host it.
+    fn allocate(&mut self, requester: NodeId, shard: ShardId) -> Option<NodeId> {
+        let candidates = self
+            .state
+            .regions()
+            .iter()
+            .filter(|(r, _)| !self.shutting_down.contains(r))
+            .map(|(r, s)| (*r, s.clone()))
+            .collect();
+        let home = self
+            .settings
+            .strategy
+            .allocate(requester, shard, &candidates)?;
+        self.apply(CoordinatorEvent::ShardHomeAllocated {
+            shard,
+            region: home,
+        });
+        self.direct(
+            home,
+            Directive::HostShard {
+                epoch: self.epoch,
+                shard,
+            },
+        );
+        Some(home)
+    }
+
+    fn serve_deferred(&mut self, shard: ShardId) {
+        for requester in self.deferred.remove(&shard).unwrap_or_default() {
+            self.get_shard_home(requester, shard);
+        }
+    }
+
+    fn start_handoff(&mut self, shard: ShardId) {
+        let Some(from) = self.state.home(shard) else {
+            return;
+        };
+        if self.handoffs.contains_key(&shard) {
+            return;
+        }
+        let awaiting: BTreeSet<NodeId> = self.state.regions().keys().copied().collect();
+        tracing::debug!(node = %self.node, %shard, %from, "handoff starting");
+        self.handoffs.insert(
+            shard,
+            Handoff {
+                from,
+                started: Instant::now(),
+                awaiting: awaiting.clone(),
+                handoff_sent: false,
+            },
+        );
+        for region in awaiting {
+            self.direct(
+                region,
+                Directive::BeginHandOff {
+                    epoch: self.epoch,
+                    shard,
+                },
+            );
+        }
+    }
+
+    fn send_handoff(&mut self, shard: ShardId) {
+        let Some(handoff) = self.handoffs.get_mut(&shard) else {
+            return;
+        };
+        handoff.handoff_sent = true;
+        let from = handoff.from;
+        self.direct(
+            from,
+            Directive::HandOff {
+                epoch: self.epoch,
+                shard,
+            },
+        );
+    }
+
+    fn on_rebalance_tick(&mut self) {
+        if !self.is_active() {
+            return;
+        }
+        // Abandon handoffs that took too long: the shard stays where it was.
+        let now = Instant::now();
+        let expired: Vec<ShardId> = self
+            .handoffs
+            .iter()
+            .filter(|(_, h)| now.duration_since(h.started) >= self.settings.handoff_timeout)
+            .map(|(s, _)| *s)
+            .collect();
+        for shard in expired {
+            tracing::warn!(node = %self.node, %shard, "handoff timed out; shard stays");
+            self.handoffs.remove(&shard);
+            self.serve_deferred(shard);
+        }
+        let regions = self
+            .state
+            .regions()
+            .iter()
+            .filter(|(r, _)| !self.shutting_down.contains(r))
+            .map(|(r, s)| (*r, s.clone()))
+            .collect();
+        let in_progress: BTreeSet<ShardId> = self.handoffs.keys().copied().collect();
+        for shard in self.settings.strategy.rebalance(&regions, &in_progress) {
+            self.start_handoff(shard);
+        }
+    }
+
+    fn on_view_change(&mut self) {
+        if !self.is_active() {
+            return;
+        }
+        let state = self.view.state();
+        let gone: Vec<NodeId> = self
+            .state
+            .regions()
+            .keys()
+            .filter(|r| !state.contains(**r))
+            .copied()
+            .collect();
+        for region in gone {
+            tracing::info!(node = %self.node, %region, "region terminated; its shards will be re-allocated");
+            self.apply(CoordinatorEvent::RegionTerminated { region });
+            self.shutting_down.remove(&region);
+            let finished: Vec<ShardId> = self
+                .handoffs
+                .iter_mut()
+                .filter_map(|(shard, h)| {
+                    h.awaiting.remove(&region);
+                    (h.from == region).then_some(*shard)
+                })
+                .collect();
+            for shard in finished {
+                self.handoffs.remove(&shard);
+                self.serve_deferred(shard);
+            }
+            let ready: Vec<ShardId> = self
+                .handoffs
+                .iter()
+                .filter(|(_, h)| h.awaiting.is_empty() && !h.handoff_sent)
+                .map(|(s, _)| *s)
+                .collect();
+            for shard in ready {
+                self.send_handoff(shard);
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Settings of a sharded entity type.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sharding_core::coordinator::{LeastShardAllocationStrategy, ShardAllocationStrategy};
+use sharding_core::{Entity, EntityId, MessageExtractor, RegionObserver, RegionSettings, TypeName};
+
+use crate::CoordinatorObserver;
+
+/// Tunables of the coordinator. Defaults follow DESIGN.md section 10.
+#[derive(Clone)]
+pub struct CoordinatorSettings {
+    /// A handoff not finished within this is abandoned; the shard stays (default 60 s).
+    pub handoff_timeout: Duration,
+    /// How often the strategy is asked for a rebalance (default 10 s).
+    pub rebalance_interval: Duration,
+    /// A new coordinator allocates nothing until every member registered or
+    /// this passed (default 5 s).
+    pub recovery_timeout: Duration,
+    /// Requests buffered while recovering (default 100 000).
+    pub buffer_size: usize,
+    /// Where shards go and which move.
+    pub strategy: Arc<dyn ShardAllocationStrategy>,
+}
+
+impl Default for CoordinatorSettings {
+    fn default() -> Self {
+        Self {
+            handoff_timeout: Duration::from_secs(60),
+            rebalance_interval: Duration::from_secs(10),
+            recovery_timeout: Duration::from_secs(5),
+            buffer_size: 100_000,
+            strategy: Arc::new(LeastShardAllocationStrategy::default()),
+        }
+    }
+}
+
+/// Everything [`crate::ClusterSharding::start`] needs for one entity type.
+pub struct ShardingSettings<E: Entity> {
+    /// The entity type's name; the same on every node.
+    pub type_name: TypeName,
+    /// Maps messages to entities (and entities to shards).
+    pub extractor: Arc<dyn MessageExtractor<E::Message>>,
+    /// Builds an entity for an id.
+    pub factory: Arc<dyn Fn(&EntityId) -> E + Send + Sync>,
+    /// Region tunables.
+    pub region: RegionSettings,
+    /// Coordinator tunables.
+    pub coordinator: CoordinatorSettings,
+    /// Observes region events (histories, metrics).
+    pub region_observer: Option<RegionObserver>,
+    /// Observes coordinator events (histories, metrics).
+    pub coordinator_observer: Option<CoordinatorObserver>,
+}
+
+impl<E: Entity> ShardingSettings<E> {
+    /// Settings with defaults for `type_name`, routing by `extractor`, building
+    /// entities with `factory`.
+    pub fn new(
+        type_name: impl Into<TypeName>,
+        extractor: impl MessageExtractor<E::Message>,
+        factory: impl Fn(&EntityId) -> E + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            type_name: type_name.into(),
+            extractor: Arc::new(extractor),
+            factory: Arc::new(factory),
+            region: RegionSettings::default(),
+            coordinator: CoordinatorSettings::default(),
+            region_observer: None,
+            coordinator_observer: None,
+        }
+    }
+}

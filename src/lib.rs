@@ -1,0 +1,15 @@
+//! Cluster sharding with a lease-guarded ShardCoordinator.
+//!
+//! This facade re-exports the workspace crates; depend on it, or on the
+//! individual crates. Lease backends come in by feature: `lease-memory`
+//! (default).
+
+pub use cluster;
+pub use lease_api;
+#[cfg(feature = "lease-memory")]
+pub use lease_memory;
+pub use sharding_coordinator;
+pub use sharding_core;
+
+pub use sharding_coordinator::{ClusterSharding, ShardingSettings};
+pub use sharding_core::{Entity, EntityId, ShardRegion};

@@ -1,0 +1,6 @@
+//! Multi-node tests on the in-process network, in paused time.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod sharding_basics;
+mod support;
