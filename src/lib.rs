@@ -13,3 +13,8 @@ pub use sharding_core;
 
 pub use sharding_coordinator::{ClusterSharding, ShardingSettings};
 pub use sharding_core::{Entity, EntityId, ShardRegion};
+
+/// The README's Rust examples, compiled and run by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -30,8 +30,3 @@ pub use store::{Grant, InMemoryLeaseStore};
 
 /// One owner's lease on an [`InMemoryLeaseStore`].
 pub type InMemoryLease = lease_api::ManagedLease<MemoryBackend>;
-
-/// The README's Rust examples, compiled and run by `cargo test --doc`.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;

@@ -1,0 +1,341 @@
+//! One region on the in-process network, with a scripted coordinator.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster::{
+    Envelope, InProcessNetwork, InProcessTransport, Membership, MembershipSettings, NodeAddr,
+    NodeId, Transport,
+};
+use serde::{Deserialize, Serialize};
+use sharding_core::protocol::{CoordinatorMsg, Directive, RegionMsg, TypeChannels, decode, encode};
+use sharding_core::{
+    Entity, EntityId, Epoch, RegionConfig, RegionEvent, RegionSettings, ShardId, ShardRegion,
+    ShardingError, TypeName,
+};
+use tokio::sync::mpsc;
+use tokio::time::sleep;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Add {
+    id: String,
+    n: i64,
+}
+
+#[derive(Default)]
+struct Counter(i64);
+
+impl Entity for Counter {
+    type Message = Add;
+    type Reply = i64;
+    async fn handle(&mut self, m: Add) -> i64 {
+        self.0 += m.n;
+        self.0
+    }
+}
+
+const REGION: NodeId = NodeId(1);
+const COORDINATOR: NodeId = NodeId(9);
+
+struct Rig {
+    region: ShardRegion<Counter>,
+    coordinator: InProcessTransport,
+    to_coordinator: mpsc::Receiver<Envelope>,
+    replies: mpsc::Receiver<Envelope>,
+    channels: TypeChannels,
+    events: Arc<Mutex<Vec<RegionEvent>>>,
+    _membership: Membership,
+}
+
+fn rig(settings: RegionSettings) -> Rig {
+    let network = InProcessNetwork::new(1);
+    let transport = Arc::new(network.join(REGION));
+    let membership = Membership::start(
+        transport.clone(),
+        NodeAddr::from("inproc:1"),
+        MembershipSettings::new(Vec::new()),
+    )
+    .unwrap();
+    let type_name = TypeName::from("counter");
+    let channels = TypeChannels::of(&type_name);
+    let coordinator = network.join(COORDINATOR);
+    // The region sends to its view's leader (itself, alone): intercept there.
+    let to_coordinator = transport.subscribe(channels.coordinator);
+    // Answers to directives go to the node that sent them.
+    let replies = coordinator.subscribe(channels.coordinator);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    let region = ShardRegion::start(
+        RegionConfig {
+            type_name,
+            extractor: Arc::new(|m: &Add| EntityId(m.id.clone())),
+            factory: Arc::new(|_: &EntityId| Counter::default()),
+            settings,
+            observer: Some(Arc::new(move |_, _, e: &RegionEvent| {
+                sink.lock().unwrap().push(e.clone());
+            })),
+        },
+        transport,
+        membership.view(),
+    );
+    Rig {
+        region,
+        coordinator,
+        to_coordinator,
+        replies,
+        channels,
+        events,
+        _membership: membership,
+    }
+}
+
+impl Rig {
+    fn direct(&self, directive: Directive) {
+        let bytes = encode(&RegionMsg::Directive(directive)).unwrap();
+        self.coordinator
+            .send(REGION, self.channels.region, bytes)
+            .unwrap();
+    }
+
+    /// Messages the region sent towards a coordinator so far.
+    fn sent(&mut self) -> Vec<CoordinatorMsg> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.to_coordinator.try_recv() {
+            out.push(decode("coordinator message", &e.payload).unwrap());
+        }
+        while let Ok(e) = self.replies.try_recv() {
+            out.push(decode("coordinator message", &e.payload).unwrap());
+        }
+        out
+    }
+
+    /// Plays a coordinator that homes every requested shard on the region.
+    async fn answer_home_requests(&mut self, epoch: Epoch) {
+        sleep(Duration::from_millis(10)).await;
+        for msg in self.sent() {
+            if let CoordinatorMsg::GetShardHome { shard } = msg {
+                self.direct(Directive::ShardHome {
+                    epoch,
+                    shard,
+                    region: REGION,
+                });
+            }
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_directive_with_a_lower_epoch_is_refused() {
+    let mut rig = rig(RegionSettings::default());
+    let shard = ShardId(3);
+    rig.direct(Directive::HostShard {
+        epoch: Epoch(5),
+        shard,
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.hosted_shards(), vec![shard]);
+    assert_eq!(rig.region.max_epoch(), Epoch(5));
+    assert!(rig.sent().contains(&CoordinatorMsg::ShardStarted { shard }));
+
+    // A stale coordinator (epoch 4) tries to move the shard: refused.
+    rig.direct(Directive::HandOff {
+        epoch: Epoch(4),
+        shard,
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.hosted_shards(), vec![shard], "still hosted");
+    assert_eq!(rig.region.stats().refused_directives, 1);
+    assert!(
+        rig.events
+            .lock()
+            .unwrap()
+            .contains(&RegionEvent::DirectiveRefused {
+                from: COORDINATOR,
+                kind: "HandOff",
+                epoch: Epoch(4),
+                max_epoch: Epoch(5),
+            })
+    );
+    assert!(!rig.sent().contains(&CoordinatorMsg::ShardStopped { shard }));
+
+    // The current coordinator's handoff is obeyed.
+    rig.direct(Directive::HandOff {
+        epoch: Epoch(5),
+        shard,
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert!(rig.region.hosted_shards().is_empty());
+    assert!(rig.sent().contains(&CoordinatorMsg::ShardStopped { shard }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_entities_are_passivated_and_restarted_on_the_next_message() {
+    let mut rig = rig(RegionSettings {
+        passivate_after: Duration::from_secs(10),
+        ..RegionSettings::default()
+    });
+    rig.region
+        .tell(Add {
+            id: "a".into(),
+            n: 5,
+        })
+        .unwrap();
+    rig.answer_home_requests(Epoch(1)).await;
+    assert_eq!(
+        rig.region
+            .ask(Add {
+                id: "a".into(),
+                n: 1
+            })
+            .await
+            .unwrap(),
+        6
+    );
+    assert_eq!(rig.region.stats().entities_started, 1);
+
+    sleep(Duration::from_secs(11)).await;
+    assert_eq!(rig.region.stats().entities_passivated, 1);
+    // A fresh incarnation: in-memory state starts over.
+    assert_eq!(
+        rig.region
+            .ask(Add {
+                id: "a".into(),
+                n: 1
+            })
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(rig.region.stats().entities_started, 2);
+
+    // Activity keeps an entity alive.
+    for _ in 0..5 {
+        sleep(Duration::from_secs(6)).await;
+        rig.region
+            .tell(Add {
+                id: "a".into(),
+                n: 1,
+            })
+            .unwrap();
+    }
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.stats().entities_passivated, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn buffer_overflow_is_an_error_to_the_caller_and_counted() {
+    let rig = rig(RegionSettings {
+        buffer_size: 10,
+        ..RegionSettings::default()
+    });
+    // No coordinator answers: everything waits in the buffer.
+    for i in 0..10 {
+        rig.region
+            .tell(Add {
+                id: format!("e{i}"),
+                n: 1,
+            })
+            .unwrap();
+    }
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.stats().buffered, 10);
+    assert_eq!(
+        rig.region.tell(Add {
+            id: "x".into(),
+            n: 1
+        }),
+        Err(ShardingError::BufferFull { capacity: 10 })
+    );
+    assert!(matches!(
+        rig.region
+            .ask(Add {
+                id: "y".into(),
+                n: 1
+            })
+            .await,
+        Err(ShardingError::BufferFull { capacity: 10 })
+    ));
+    assert_eq!(rig.region.stats().dropped_buffer_full, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn buffered_messages_are_delivered_once_the_home_is_known() {
+    let mut rig = rig(RegionSettings::default());
+    for i in 0..50 {
+        rig.region
+            .tell(Add {
+                id: format!("e{}", i % 5),
+                n: 1,
+            })
+            .unwrap();
+    }
+    rig.answer_home_requests(Epoch(1)).await;
+    for i in 0..5 {
+        let v = rig
+            .region
+            .ask(Add {
+                id: format!("e{i}"),
+                n: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, 10, "entity e{i}");
+    }
+    assert_eq!(rig.region.stats().buffered, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_ask_times_out() {
+    let rig = rig(RegionSettings::default());
+    let err = rig
+        .region
+        .ask(Add {
+            id: "z".into(),
+            n: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ShardingError::AskTimeout {
+            entity: EntityId::from("z"),
+            after: Duration::from_secs(5)
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn garbage_on_the_region_channel_is_counted_and_ignored() {
+    let mut rig = rig(RegionSettings::default());
+    rig.coordinator
+        .send(
+            REGION,
+            rig.channels.region,
+            Bytes::from_static(&[0xff, 0x00, 0x13]),
+        )
+        .unwrap();
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.stats().dropped_undeliverable, 1);
+    // Still serving.
+    rig.region
+        .tell(Add {
+            id: "a".into(),
+            n: 2,
+        })
+        .unwrap();
+    rig.answer_home_requests(Epoch(1)).await;
+    assert_eq!(
+        rig.region
+            .ask(Add {
+                id: "a".into(),
+                n: 0
+            })
+            .await
+            .unwrap(),
+        2
+    );
+}
