@@ -1,19 +1,22 @@
 //! The ShardCoordinator of one entity type on one node.
 //!
-//! It runs on every node; only the one on the leader of its view is active.
-//! Every transition of [`Phase`] happens in [`Coordinator::step`], and every
-//! message handler first checks [`Coordinator::is_active`].
+//! It runs on every node; only the one on the leader of its view (and, with a
+//! lease, holding it) is active. Every transition of [`Phase`] happens in
+//! [`Coordinator::step`], and every message handler and every directive first
+//! checks [`Coordinator::is_active`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use cluster::{ClusterView, Envelope, NodeId, Transport};
+use lease_api::{Lease, LeaseStatus};
 use sharding_core::coordinator::{CoordinatorEvent, CoordinatorState};
 use sharding_core::protocol::{CoordinatorMsg, Directive, RegionMsg, TypeChannels, decode, encode};
 use sharding_core::{Epoch, ShardId, TypeName};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
+use crate::gate::{GateCommand, GateEvent, GateState, LeaseGate};
 use crate::{
     CoordinatorObserver, CoordinatorRecord, CoordinatorSettings, CoordinatorStatus, Phase,
 };
@@ -36,6 +39,12 @@ pub(crate) struct Coordinator {
     settings: CoordinatorSettings,
     observer: Option<CoordinatorObserver>,
     status: watch::Sender<CoordinatorStatus>,
+    lease: Option<Arc<dyn Lease>>,
+    gate: LeaseGate,
+    /// The leadership last fed to the gate.
+    gate_leader: bool,
+    /// Acquire outcomes, reported by the tasks that run them.
+    gate_events: mpsc::UnboundedSender<GateEvent>,
 
     phase: Phase,
     /// When recovery ends at the latest.
@@ -50,7 +59,7 @@ pub(crate) struct Coordinator {
     handoffs: BTreeMap<ShardId, Handoff>,
     /// `GetShardHome` waiting for a handoff to finish.
     deferred: HashMap<ShardId, BTreeSet<NodeId>>,
-    /// Requests received while recovering, served once active.
+    /// Requests received while acquiring or recovering, served once active.
     buffered: VecDeque<(NodeId, CoordinatorMsg)>,
     shutting_down: BTreeSet<NodeId>,
 }
@@ -60,7 +69,24 @@ pub(crate) struct Parts {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) view: ClusterView,
     pub(crate) settings: CoordinatorSettings,
+    pub(crate) lease: Option<Arc<dyn Lease>>,
     pub(crate) observer: Option<CoordinatorObserver>,
+}
+
+/// Resolves when the lease status turns `Lost`; never without a lease.
+async fn lease_lost(status: &mut Option<watch::Receiver<LeaseStatus>>) -> Option<()> {
+    let Some(rx) = status else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.changed().await.is_err() {
+            *status = None;
+            return None;
+        }
+        if matches!(*rx.borrow_and_update(), LeaseStatus::Lost(_)) {
+            return Some(());
+        }
+    }
 }
 
 impl Coordinator {
@@ -76,7 +102,13 @@ impl Coordinator {
             phase: Phase::Standby,
             epoch: None,
         });
+        let (gate_events, gate_rx) = mpsc::unbounded_channel();
+        let gate = LeaseGate::new(parts.lease.is_some(), parts.settings.lease_retry_interval);
         let coordinator = Coordinator {
+            lease: parts.lease,
+            gate,
+            gate_leader: false,
+            gate_events,
             node: parts.transport.local_node(),
             type_name: parts.type_name,
             transport: parts.transport,
@@ -96,24 +128,84 @@ impl Coordinator {
             buffered: VecDeque::new(),
             shutting_down: BTreeSet::new(),
         };
-        (status_rx, tokio::spawn(coordinator.run(inbox)))
+        (status_rx, tokio::spawn(coordinator.run(inbox, gate_rx)))
     }
 
-    async fn run(mut self, mut inbox: mpsc::Receiver<Envelope>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Envelope>,
+        mut gate_rx: mpsc::UnboundedReceiver<GateEvent>,
+    ) {
         let mut view = self.view.watch();
         let mut rebalance = tokio::time::interval(self.settings.rebalance_interval);
         rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease_status = self.lease.as_ref().map(|l| l.status());
         self.step();
         loop {
             let recovery = self.recovery_deadline;
+            let retry = self.gate.next_retry();
+            let lease_check = self.lease_check_at();
             tokio::select! {
                 Some(envelope) = inbox.recv() => self.on_envelope(envelope),
                 Ok(()) = view.changed() => self.on_view_change(),
+                Some(event) = gate_rx.recv() => self.feed_gate(event),
+                Some(()) = lease_lost(&mut lease_status) => {}
                 _ = rebalance.tick() => self.on_rebalance_tick(),
                 () = sleep_until(recovery.unwrap_or_else(Instant::now)), if recovery.is_some() => {}
+                () = sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => self.feed_gate(GateEvent::Tick),
+                () = sleep_until(lease_check.unwrap_or_else(Instant::now)), if lease_check.is_some() => {}
                 else => break,
             }
             self.step();
+        }
+    }
+
+    /// While serving on a lease, look at `check_alive` at least once per
+    /// heartbeat, in case the loss is not published (directives are gated on
+    /// `check_alive` itself regardless).
+    fn lease_check_at(&self) -> Option<Instant> {
+        if matches!(self.phase, Phase::Standby | Phase::Acquiring) {
+            return None;
+        }
+        let lease = self.lease.as_ref()?;
+        Some(Instant::now() + lease.settings().heartbeat_interval())
+    }
+
+    /// Feeds the gate and carries out its command.
+    fn feed_gate(&mut self, event: GateEvent) {
+        let Some(command) = self.gate.handle(event, Instant::now()) else {
+            return;
+        };
+        let Some(lease) = self.lease.clone() else {
+            return;
+        };
+        let node = self.node;
+        match command {
+            GateCommand::Acquire => {
+                let events = self.gate_events.clone();
+                tokio::spawn(async move {
+                    let outcome = match lease.acquire().await {
+                        Ok(held) => GateEvent::Acquired(held),
+                        Err(error) => {
+                            tracing::warn!(%node, %error, "lease acquire failed; retrying");
+                            GateEvent::AcquireFailed
+                        }
+                    };
+                    let _ = events.send(outcome);
+                });
+            }
+            GateCommand::Release => {
+                // Never awaited: a release that fails or hangs must not block
+                // the coordinator; the lease then expires on its own.
+                tokio::spawn(async move {
+                    match lease.release().await {
+                        Ok(released) => tracing::info!(%node, released, "lease released"),
+                        Err(error) => {
+                            tracing::warn!(%node, %error, "lease release failed; it will expire")
+                        }
+                    }
+                });
+            }
         }
     }
 
@@ -122,23 +214,40 @@ impl Coordinator {
         self.view.is_leader()
     }
 
-    /// Whether this coordinator may act: every handler checks it.
-    fn is_active(&self) -> bool {
-        self.phase == Phase::Active && self.is_leader()
+    fn lease_alive(&self) -> bool {
+        self.lease.as_ref().is_none_or(|l| l.check_alive())
     }
 
-    /// Every phase transition, in one place.
+    /// Whether this coordinator may act: `is_leader() && lease.check_alive()`
+    /// (I1, I2), checked by every handler and before every directive.
+    fn is_active(&self) -> bool {
+        self.phase == Phase::Active && self.is_leader() && self.lease_alive()
+    }
+
+    /// Every phase transition, in one place. The gate says whether we may
+    /// lead; the phase adds recovery on top of it.
     fn step(&mut self) {
         let leader = self.is_leader();
-        match self.phase {
-            Phase::Standby if leader => {
+        if leader != self.gate_leader {
+            self.gate_leader = leader;
+            self.feed_gate(GateEvent::Leader(leader));
+        }
+        if self.gate.state() == GateState::Held && !self.lease_alive() {
+            self.feed_gate(GateEvent::LeaseLost);
+        }
+        match (self.gate.state(), self.phase) {
+            (GateState::Standby, Phase::Standby) => {}
+            (GateState::Standby, _) => self.enter_standby(),
+            (GateState::Acquiring { .. }, Phase::Acquiring) => {}
+            (GateState::Acquiring { .. }, _) => {
+                // Not held yet, or just lost: passive at once, but keep what
+                // is buffered for when the lease is back.
+                self.recovery_deadline = None;
                 self.claims.clear();
-                self.state = CoordinatorState::default();
-                self.recovery_deadline = Some(Instant::now() + self.settings.recovery_timeout);
-                self.set_phase(Phase::Recovering);
+                self.set_phase(Phase::Acquiring);
             }
-            Phase::Recovering if !leader => self.enter_standby(),
-            Phase::Recovering => {
+            (GateState::Held, Phase::Standby | Phase::Acquiring) => self.begin_recovery(),
+            (GateState::Held, Phase::Recovering) => {
                 let members = self.view.members();
                 let everyone = members.iter().all(|m| self.claims.contains_key(m));
                 let timed_out = self.recovery_deadline.is_some_and(|d| Instant::now() >= d);
@@ -146,8 +255,29 @@ impl Coordinator {
                     self.finish_recovery();
                 }
             }
-            Phase::Active if !leader => self.enter_standby(),
-            Phase::Standby | Phase::Active => {}
+            (GateState::Held, Phase::Active) => {}
+        }
+    }
+
+    /// Starts learning the allocation from the regions themselves.
+    fn begin_recovery(&mut self) {
+        self.claims.clear();
+        self.state = CoordinatorState::default();
+        self.handoffs.clear();
+        self.deferred.clear();
+        self.shutting_down.clear();
+        self.recovery_deadline = Some(Instant::now() + self.settings.recovery_timeout);
+        self.set_phase(Phase::Recovering);
+        // Regions registered with an earlier tenure do not know we are back.
+        if let Ok(bytes) = encode(&RegionMsg::RegisterRequest) {
+            for member in self.view.members() {
+                if let Err(error) = self
+                    .transport
+                    .send(member, self.channels.region, bytes.clone())
+                {
+                    tracing::debug!(node = %self.node, %member, %error, "register request not sent");
+                }
+            }
         }
     }
 
@@ -161,6 +291,7 @@ impl Coordinator {
 
     fn enter_standby(&mut self) {
         self.recovery_deadline = None;
+        self.epoch = Epoch::default();
         self.claims.clear();
         self.state = CoordinatorState::default();
         self.handoffs.clear();
@@ -172,9 +303,14 @@ impl Coordinator {
 
     fn finish_recovery(&mut self) {
         self.recovery_deadline = None;
-        // Without a lease the epoch is a term above anything any region obeyed.
-        self.epoch = Epoch(self.highest_epoch.0 + 1);
-        self.highest_epoch = self.epoch;
+        self.epoch = match self.lease.as_ref().and_then(|l| l.fencing_token()) {
+            // With a lease the epoch is its fencing token: strictly greater
+            // for every new holder, so regions fence off older ones (I3).
+            Some(token) => Epoch(token.get()),
+            // Without one, a term above anything any region obeyed.
+            None => Epoch(self.highest_epoch.0 + 1),
+        };
+        self.highest_epoch = self.highest_epoch.max(self.epoch);
         self.set_phase(Phase::Active);
         let claims = std::mem::take(&mut self.claims);
         for (region, shards) in claims {
@@ -228,7 +364,9 @@ impl Coordinator {
             Phase::Standby => {
                 tracing::trace!(node = %self.node, from = %envelope.from, ?msg, "standby: ignored");
             }
-            Phase::Recovering => match msg {
+            // Registrations are collected afresh when recovery starts.
+            Phase::Acquiring if matches!(msg, CoordinatorMsg::Register { .. }) => {}
+            Phase::Acquiring | Phase::Recovering => match msg {
                 CoordinatorMsg::Register { shards, max_epoch } => {
                     self.highest_epoch = self.highest_epoch.max(max_epoch);
                     self.claims.insert(envelope.from, shards);
@@ -240,7 +378,13 @@ impl Coordinator {
                     tracing::warn!(node = %self.node, from = %envelope.from, ?other, "recovery buffer full, request dropped (the region retries)");
                 }
             },
-            Phase::Active => self.handle(envelope.from, msg),
+            Phase::Active if self.is_active() => self.handle(envelope.from, msg),
+            // Active in name but the lease just lapsed: keep the request for
+            // when it is back (the next step moves us to Acquiring).
+            Phase::Active if self.buffered.len() < self.settings.buffer_size => {
+                self.buffered.push_back((envelope.from, msg));
+            }
+            Phase::Active => {}
         }
     }
 
@@ -250,7 +394,7 @@ impl Coordinator {
         }
         match msg {
             CoordinatorMsg::Register { shards, max_epoch } => {
-                if max_epoch >= self.epoch {
+                if max_epoch >= self.epoch && self.lease.is_none() {
                     // A region obeyed a newer term than ours (another side of a
                     // partition): move above it so our directives are obeyed.
                     self.epoch = Epoch(max_epoch.0 + 1);

@@ -5,8 +5,14 @@
 //! allocates shards through a strategy, recovers allocations from region
 //! registrations after a failover, rebalances, and hands shards off on
 //! graceful shutdown. Every directive carries its epoch (I3).
+//!
+//! With a lease in [`ShardingSettings::lease`], only the leader that holds it
+//! is active (I1, I2): the [`gate::LeaseGate`] decides, and every handler and
+//! every directive checks `is_active() = is_leader() && lease.check_alive()`.
+//! The epoch is then the lease's fencing token.
 
 mod coordinator;
+pub mod gate;
 mod settings;
 mod sharding;
 mod status;
@@ -14,3 +20,9 @@ mod status;
 pub use settings::{CoordinatorSettings, ShardingSettings};
 pub use sharding::{ClusterSharding, CoordinatorHandle, StartError};
 pub use status::{CoordinatorObserver, CoordinatorRecord, CoordinatorStatus, Phase};
+
+/// The lease contract, re-exported so users need one dependency.
+pub use lease_api;
+/// The in-memory lease backend (feature `lease-memory`).
+#[cfg(feature = "lease-memory")]
+pub use lease_memory;

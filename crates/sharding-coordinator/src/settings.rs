@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lease_api::Lease;
 use sharding_core::coordinator::{LeastShardAllocationStrategy, ShardAllocationStrategy};
 use sharding_core::{Entity, EntityId, MessageExtractor, RegionObserver, RegionSettings, TypeName};
 
@@ -18,8 +19,10 @@ pub struct CoordinatorSettings {
     /// A new coordinator allocates nothing until every member registered or
     /// this passed (default 5 s).
     pub recovery_timeout: Duration,
-    /// Requests buffered while recovering (default 100 000).
+    /// Requests buffered while acquiring the lease or recovering (default 100 000).
     pub buffer_size: usize,
+    /// While leader without the lease, how often to try acquiring it (default 5 s).
+    pub lease_retry_interval: Duration,
     /// Where shards go and which move.
     pub strategy: Arc<dyn ShardAllocationStrategy>,
 }
@@ -31,6 +34,7 @@ impl Default for CoordinatorSettings {
             rebalance_interval: Duration::from_secs(10),
             recovery_timeout: Duration::from_secs(5),
             buffer_size: 100_000,
+            lease_retry_interval: Duration::from_secs(5),
             strategy: Arc::new(LeastShardAllocationStrategy::default()),
         }
     }
@@ -48,6 +52,10 @@ pub struct ShardingSettings<E: Entity> {
     pub region: RegionSettings,
     /// Coordinator tunables.
     pub coordinator: CoordinatorSettings,
+    /// The lease that guards the coordinator; `None` keeps the leader-only
+    /// behaviour unchanged (I6). Each node passes its own handle on the
+    /// shared lease (same lease name, its own owner name).
+    pub lease: Option<Arc<dyn Lease>>,
     /// Observes region events (histories, metrics).
     pub region_observer: Option<RegionObserver>,
     /// Observes coordinator events (histories, metrics).
@@ -68,6 +76,7 @@ impl<E: Entity> ShardingSettings<E> {
             factory: Arc::new(factory),
             region: RegionSettings::default(),
             coordinator: CoordinatorSettings::default(),
+            lease: None,
             region_observer: None,
             coordinator_observer: None,
         }

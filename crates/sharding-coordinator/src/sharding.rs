@@ -117,6 +117,7 @@ impl ClusterSharding {
             transport: Arc::clone(&self.transport),
             view: self.view.clone(),
             settings: settings.coordinator,
+            lease: settings.lease,
             observer: settings.coordinator_observer,
         });
         let region = ShardRegion::start(

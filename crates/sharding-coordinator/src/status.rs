@@ -9,6 +9,8 @@ use sharding_core::{Epoch, TypeName};
 pub enum Phase {
     /// Not the leader: a warm standby that answers nothing.
     Standby,
+    /// Leader without the lease: passive, buffering requests, acquiring.
+    Acquiring,
     /// Leader, collecting registrations before allocating anything.
     Recovering,
     /// Leader and serving.

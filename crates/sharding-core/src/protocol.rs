@@ -161,6 +161,9 @@ pub enum RegionMsg {
         /// The postcard-encoded reply, or why there is none.
         result: Result<Vec<u8>, String>,
     },
+    /// A coordinator starting recovery asks every region to register with it.
+    /// Not a directive: it moves nothing, so it needs no epoch.
+    RegisterRequest,
 }
 
 /// Bytes that are not a valid protocol message.

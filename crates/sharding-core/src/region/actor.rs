@@ -188,7 +188,12 @@ impl<E: Entity> Actor<E> {
     }
 
     fn register(&self) {
-        let Some(leader) = self.leader else { return };
+        if let Some(leader) = self.leader {
+            self.register_with(leader);
+        }
+    }
+
+    fn register_with(&self, coordinator: NodeId) {
         let mut shards: Vec<ShardId> = self
             .hosted
             .iter()
@@ -197,7 +202,7 @@ impl<E: Entity> Actor<E> {
             .collect();
         shards.sort();
         self.to_coordinator(
-            leader,
+            coordinator,
             &CoordinatorMsg::Register {
                 shards,
                 max_epoch: self.max_epoch,
@@ -427,6 +432,10 @@ impl<E: Entity> Actor<E> {
                         reply.send(Err(ShardingError::Codec(error.to_string())));
                     }
                 }
+            }
+            RegionMsg::RegisterRequest => {
+                self.registered_with = None;
+                self.register_with(envelope.from);
             }
             RegionMsg::Reply { request, result } => {
                 let Some(tx) = self.asks.remove(&request) else {
