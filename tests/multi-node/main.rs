@@ -2,5 +2,6 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+mod lease_gate;
 mod sharding_basics;
 mod support;

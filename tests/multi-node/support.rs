@@ -67,3 +67,76 @@ pub async fn all_answer(
     }
     start.elapsed()
 }
+
+use cluster::NodeId as Id;
+use multinode::{Event, EventKind};
+use sharding_coordinator::{CoordinatorRecord, Phase};
+use sharding_core::Epoch;
+
+/// Samples `active_coordinators()` every 100 ms for `duration`; returns the
+/// largest number seen at one instant.
+pub async fn max_active_over(harness: &MultiNode, duration: Duration) -> usize {
+    let end = Instant::now() + duration;
+    let mut max = 0;
+    while Instant::now() < end {
+        max = max.max(harness.active_coordinators().len());
+        sleep(Duration::from_millis(100)).await;
+    }
+    max
+}
+
+/// Directives sent by `node` (with their send time and epoch).
+pub fn directives_sent_by(events: &[Event], node: Id) -> Vec<(Instant, Epoch)> {
+    events
+        .iter()
+        .filter(|e| e.node == node)
+        .filter_map(|e| match &e.kind {
+            EventKind::Coordinator(CoordinatorRecord::DirectiveSent { directive, .. }) => {
+                Some((e.at, directive.epoch()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// When `node`'s coordinator entered `phase`, in order.
+pub fn phase_changes(events: &[Event], node: Id, phase: Phase) -> Vec<Instant> {
+    events
+        .iter()
+        .filter(|e| e.node == node)
+        .filter_map(|e| match &e.kind {
+            EventKind::Coordinator(CoordinatorRecord::PhaseChanged { phase: p, .. })
+                if *p == phase =>
+            {
+                Some(e.at)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts that no two grants of one lease overlap in the store's history.
+pub fn assert_no_overlapping_grants(harness: &MultiNode) {
+    let grants = harness.store().history();
+    for (i, a) in grants.iter().enumerate() {
+        for b in grants.iter().skip(i + 1) {
+            if a.lease == b.lease {
+                assert!(
+                    a.until <= b.from || b.until <= a.from,
+                    "grants overlap: {a:?} and {b:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Sends one `add` to `count` entities through `via`, so every shard gets hosted.
+pub async fn warm_up(harness: &MultiNode, via: Id, count: usize) {
+    for i in 0..count {
+        harness
+            .region(via)
+            .ask(CounterMsg::add(entity(i), 1))
+            .await
+            .unwrap();
+    }
+}

@@ -58,6 +58,11 @@ async fn partition_one_way_isolate_and_heal() {
     assert!(!net.can_reach(NodeId(5), NodeId(4)));
     drop(late);
 
+    net.partition(&[&[NodeId(1)], &[NodeId(2), NodeId(3)]]);
+    net.reconnect(NodeId(4));
+    assert!(reach(1, 4) && reach(4, 2), "isolation of 4 lifted");
+    assert!(!reach(1, 2), "other cuts stay");
+
     net.heal();
     assert!((1..=4).all(|a| (1..=4).all(|b| reach(a, b))));
 }

@@ -53,6 +53,8 @@ impl LeaseBackend for MemoryBackend {
         &'a self,
         settings: &'a LeaseSettings,
     ) -> BoxFuture<'a, Result<AcquireOutcome, LeaseError>> {
+        self.store
+            .count_call(settings.owner_name(), |c| c.acquire += 1);
         boxed(self.call(settings, || {
             self.store
                 .acquire(settings.lease_name(), settings.owner_name(), settings.ttl())
@@ -64,6 +66,8 @@ impl LeaseBackend for MemoryBackend {
         settings: &'a LeaseSettings,
         token: FencingToken,
     ) -> BoxFuture<'a, Result<RenewOutcome, LeaseError>> {
+        self.store
+            .count_call(settings.owner_name(), |c| c.renew += 1);
         boxed(self.call(settings, move || {
             self.store.renew(
                 settings.lease_name(),
@@ -79,6 +83,8 @@ impl LeaseBackend for MemoryBackend {
         settings: &'a LeaseSettings,
         token: FencingToken,
     ) -> BoxFuture<'a, Result<bool, LeaseError>> {
+        self.store
+            .count_call(settings.owner_name(), |c| c.release += 1);
         boxed(self.call(settings, move || {
             self.store
                 .release(settings.lease_name(), settings.owner_name(), token)

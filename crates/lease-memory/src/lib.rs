@@ -26,7 +26,7 @@ mod backend;
 mod store;
 
 pub use backend::MemoryBackend;
-pub use store::{Grant, InMemoryLeaseStore};
+pub use store::{CallCounts, Grant, InMemoryLeaseStore};
 
 /// One owner's lease on an [`InMemoryLeaseStore`].
 pub type InMemoryLease = lease_api::ManagedLease<MemoryBackend>;

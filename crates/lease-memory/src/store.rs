@@ -37,6 +37,18 @@ struct StoreState {
     records: HashMap<String, Record>,
     faults: HashMap<String, Faults>,
     history: Vec<Grant>,
+    calls: HashMap<String, CallCounts>,
+}
+
+/// How many store calls one owner made (whether or not they got through).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// Acquire attempts.
+    pub acquire: u64,
+    /// Renew attempts.
+    pub renew: u64,
+    /// Release attempts.
+    pub release: u64,
 }
 
 struct Record {
@@ -148,6 +160,15 @@ impl InMemoryLeaseStore {
     fn lock(&self) -> MutexGuard<'_, StoreState> {
         // Critical sections never panic; recover the data if one ever did.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The store calls `owner` has made so far.
+    pub fn calls(&self, owner: &str) -> CallCounts {
+        self.lock().calls.get(owner).copied().unwrap_or_default()
+    }
+
+    pub(crate) fn count_call(&self, owner: &str, count: impl FnOnce(&mut CallCounts)) {
+        count(self.lock().calls.entry(owner.to_owned()).or_default());
     }
 
     pub(crate) fn faults(&self, owner: &str) -> Faults {

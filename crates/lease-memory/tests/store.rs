@@ -99,3 +99,16 @@ async fn validity_deadline_counts_from_request_start() {
     let s = a.settings();
     assert_eq!(a.valid_until(), Some(start + s.ttl() - s.safety_margin()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn exactly_one_store_call_per_renew() {
+    let store = InMemoryLeaseStore::new();
+    let a = store.lease(settings("a"));
+    assert!(a.acquire().await.unwrap());
+    sleep(Duration::from_millis(31_500)).await;
+    let calls = store.calls("a");
+    assert_eq!(calls.acquire, 1);
+    // 31.5 s at a 3 s heartbeat: 10 renewals, one call each.
+    assert_eq!(calls.renew, 10, "{calls:?}");
+    assert_eq!(calls.release, 0);
+}

@@ -3,16 +3,25 @@
 //! (leaders, active coordinators, shard hosts). Runs under paused tokio time.
 
 mod counter;
+mod history;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::{InProcessNetwork, Membership, MembershipSettings, NodeAddr, NodeId};
+use cluster::{
+    InProcessNetwork, InProcessTransport, Membership, MembershipSettings, NodeAddr, NodeId,
+    Transport,
+};
+use lease_api::{Lease, LeaseSettings};
+use lease_memory::{InMemoryLease, InMemoryLeaseStore};
+use sharding_coordinator::CoordinatorRecord;
 use sharding_coordinator::{ClusterSharding, CoordinatorSettings, ShardingSettings};
+use sharding_core::protocol::{RegionMsg, TypeChannels, encode};
 use sharding_core::{RegionSettings, ShardId, ShardRegion, TypeName};
 
 pub use counter::{Counter, CounterMsg, CounterOp};
+pub use history::{Event, EventKind, History};
 
 /// The entity type name every harness node runs.
 pub const COUNTER_TYPE: &str = "counter";
@@ -28,6 +37,14 @@ pub struct HarnessSettings {
     pub coordinator: CoordinatorSettings,
     /// Membership timing (seeds are filled in by the harness).
     pub membership: MembershipSettings,
+    /// With `Some`, every node guards its coordinator with an in-memory lease
+    /// of these settings (owner replaced by `node-<id>`); `None`: no lease.
+    pub lease: Option<LeaseSettings>,
+    /// Record coordinator and region events into [`MultiNode::history`].
+    pub record: bool,
+    /// The lease store the nodes share; set it up (e.g. a lease held by an
+    /// outsider) before starting the harness if a test needs to.
+    pub store: InMemoryLeaseStore,
 }
 
 impl HarnessSettings {
@@ -40,12 +57,31 @@ impl HarnessSettings {
             region: RegionSettings::default(),
             coordinator: CoordinatorSettings::default(),
             membership,
+            lease: None,
+            record: true,
+            store: InMemoryLeaseStore::new(),
         }
     }
+
+    /// Defaults with an in-memory lease of DESIGN.md's default timing.
+    pub fn with_memory_lease(seed: u64) -> Self {
+        let mut settings = Self::new(seed);
+        settings.lease = LeaseSettings::builder(format!("{COUNTER_TYPE}-coordinator"), "node")
+            .build()
+            .ok();
+        settings
+    }
+}
+
+/// The lease owner name of `node`.
+pub fn owner_of(node: NodeId) -> String {
+    format!("node-{}", node.0)
 }
 
 /// One running node.
 pub struct Node {
+    transport: Arc<InProcessTransport>,
+    lease: Option<Arc<InMemoryLease>>,
     membership: Membership,
     sharding: ClusterSharding,
     region: ShardRegion<Counter>,
@@ -54,6 +90,8 @@ pub struct Node {
 /// N nodes, one network.
 pub struct MultiNode {
     network: InProcessNetwork,
+    store: InMemoryLeaseStore,
+    history: History,
     settings: HarnessSettings,
     nodes: BTreeMap<NodeId, Node>,
     generation: u64,
@@ -68,6 +106,8 @@ impl MultiNode {
     pub fn start(n: u64, settings: HarnessSettings) -> Self {
         let mut harness = Self {
             network: InProcessNetwork::new(settings.seed),
+            store: settings.store.clone(),
+            history: History::default(),
             settings,
             nodes: BTreeMap::new(),
             generation: 0,
@@ -90,7 +130,7 @@ impl MultiNode {
             Ok(m) => m,
             Err(e) => panic!("harness membership settings are invalid: {e}"),
         };
-        let sharding = ClusterSharding::new(transport, membership.view());
+        let sharding = ClusterSharding::new(transport.clone(), membership.view());
         let mut settings = ShardingSettings::new(
             COUNTER_TYPE,
             |m: &CounterMsg| m.entity_id(),
@@ -98,6 +138,18 @@ impl MultiNode {
         );
         settings.region = self.settings.region.clone();
         settings.coordinator = self.settings.coordinator.clone();
+        let lease = self.settings.lease.as_ref().map(|template| {
+            let owned = match template.with_owner(owner_of(node)) {
+                Ok(s) => s,
+                Err(e) => panic!("harness lease settings are invalid: {e}"),
+            };
+            Arc::new(self.store.lease(owned))
+        });
+        settings.lease = lease.clone().map(|l| l as Arc<dyn Lease>);
+        if self.settings.record {
+            settings.coordinator_observer = Some(self.history.coordinator_observer());
+            settings.region_observer = Some(self.history.region_observer());
+        }
         let region = match sharding.start(settings) {
             Ok(r) => r,
             Err(e) => panic!("harness could not start the counter type: {e}"),
@@ -106,6 +158,8 @@ impl MultiNode {
         self.nodes.insert(
             node,
             Node {
+                transport,
+                lease,
                 membership,
                 sharding,
                 region,
@@ -127,6 +181,88 @@ impl MultiNode {
             n.membership.leave().await;
             self.network.kill(node);
         }
+    }
+
+    /// The shared lease store (used only when the settings have a lease).
+    pub fn store(&self) -> &InMemoryLeaseStore {
+        &self.store
+    }
+
+    /// The recorded history.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// `node`'s lease handle, if leases are on.
+    pub fn lease(&self, node: NodeId) -> Option<Arc<InMemoryLease>> {
+        self.nodes.get(&node).and_then(|n| n.lease.clone())
+    }
+
+    /// `node`'s transport, to inject raw traffic in tests.
+    pub fn transport(&self, node: NodeId) -> Option<Arc<InProcessTransport>> {
+        self.nodes.get(&node).map(|n| Arc::clone(&n.transport))
+    }
+
+    /// Cuts `node` off from the lease store (its calls fail at once).
+    pub fn isolate_from_lease_store(&self, node: NodeId) {
+        self.store.cut_off(&owner_of(node));
+    }
+
+    /// Gives `node` its lease store access back.
+    pub fn reconnect_to_lease_store(&self, node: NodeId) {
+        self.store.reconnect(&owner_of(node));
+    }
+
+    /// A stop-the-world pause of `node` for `duration`, as far as the rest of
+    /// the world can tell: it hears and says nothing, and its lease calls
+    /// hang. When it resumes, the directive it last sent is sent again with
+    /// its original epoch: the one a real pause would have had in flight (a
+    /// send that passed its `is_active()` check just before the pause).
+    /// Returns how many such directives were replayed.
+    ///
+    /// The node's tasks keep running during the pause (one tokio runtime
+    /// cannot freeze a subset of tasks); what they do cannot reach anyone,
+    /// and the replay models the one hazard a pause adds.
+    pub async fn pause(&self, node: NodeId, duration: Duration) -> usize {
+        let owner = owner_of(node);
+        let last_sent = self
+            .history
+            .events()
+            .into_iter()
+            .rev()
+            .find_map(|e| match e.kind {
+                EventKind::Coordinator(CoordinatorRecord::DirectiveSent { to, directive })
+                    if e.node == node =>
+                {
+                    Some((to, directive))
+                }
+                _ => None,
+            });
+        self.network.isolate(node);
+        self.store.black_hole(&owner);
+        tracing::info!(%node, ?duration, "paused");
+        tokio::time::sleep(duration).await;
+        self.network.reconnect(node);
+        self.store.reconnect(&owner);
+        tracing::info!(%node, "resumed");
+        let (Some((to, directive)), Some(transport)) = (last_sent, self.transport(node)) else {
+            return 0;
+        };
+        let channels = TypeChannels::of(&TypeName::from(COUNTER_TYPE));
+        let mut replayed = 0;
+        // The stale directive goes to its addressee and, for good measure, to every region.
+        let mut targets = self.node_ids();
+        if !targets.contains(&to) {
+            targets.push(to);
+        }
+        for target in targets {
+            if let Ok(bytes) = encode(&RegionMsg::Directive(directive)) {
+                if transport.send(target, channels.region, bytes).is_ok() {
+                    replayed += 1;
+                }
+            }
+        }
+        replayed
     }
 
     /// The network, for faults not wrapped here.
@@ -189,6 +325,18 @@ impl MultiNode {
             })
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// The coordinator status on `node`.
+    pub fn coordinator_status(
+        &self,
+        node: NodeId,
+    ) -> Option<sharding_coordinator::CoordinatorStatus> {
+        let type_name = TypeName::from(COUNTER_TYPE);
+        self.nodes
+            .get(&node)
+            .and_then(|n| n.sharding.coordinator(&type_name))
+            .map(|c| c.status())
     }
 
     /// Which nodes host each shard now (more than one is a double-hosted shard).

@@ -394,7 +394,7 @@ impl Coordinator {
         }
         match msg {
             CoordinatorMsg::Register { shards, max_epoch } => {
-                if max_epoch >= self.epoch && self.lease.is_none() {
+                if max_epoch > self.epoch && self.lease.is_none() {
                     // A region obeyed a newer term than ours (another side of a
                     // partition): move above it so our directives are obeyed.
                     self.epoch = Epoch(max_epoch.0 + 1);

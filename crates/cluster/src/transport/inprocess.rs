@@ -131,6 +131,14 @@ impl InProcessNetwork {
         self.lock().default_link = faults;
     }
 
+    /// Removes every cut, partition and isolation that involves `node` only.
+    pub fn reconnect(&self, node: NodeId) {
+        let mut state = self.lock();
+        state.isolated.remove(&node);
+        state.blocked.retain(|(a, b)| *a != node && *b != node);
+        tracing::info!(%node, "node reconnected");
+    }
+
     /// Removes every partition, cut and isolation; latency and loss stay.
     pub fn heal(&self) {
         let mut state = self.lock();
