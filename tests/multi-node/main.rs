@@ -4,4 +4,5 @@
 
 mod lease_gate;
 mod sharding_basics;
+mod sharding_lease_split_brain;
 mod support;
