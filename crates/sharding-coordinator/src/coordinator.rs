@@ -5,7 +5,7 @@
 //! [`Coordinator::step`], and every message handler and every directive first
 //! checks [`Coordinator::is_active`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use cluster::{ClusterView, Envelope, NodeId, Transport};
@@ -58,7 +58,7 @@ pub(crate) struct Coordinator {
     highest_epoch: Epoch,
     handoffs: BTreeMap<ShardId, Handoff>,
     /// `GetShardHome` waiting for a handoff to finish.
-    deferred: HashMap<ShardId, BTreeSet<NodeId>>,
+    deferred: BTreeMap<ShardId, BTreeSet<NodeId>>,
     /// Requests received while acquiring or recovering, served once active.
     buffered: VecDeque<(NodeId, CoordinatorMsg)>,
     shutting_down: BTreeSet<NodeId>,
@@ -124,7 +124,7 @@ impl Coordinator {
             epoch: Epoch::default(),
             highest_epoch: Epoch::default(),
             handoffs: BTreeMap::new(),
-            deferred: HashMap::new(),
+            deferred: BTreeMap::new(),
             buffered: VecDeque::new(),
             shutting_down: BTreeSet::new(),
         };
@@ -145,8 +145,9 @@ impl Coordinator {
             let recovery = self.recovery_deadline;
             let retry = self.gate.next_retry();
             let lease_check = self.lease_check_at();
+            // Biased, in a fixed order, so a seeded simulation replays exactly.
             tokio::select! {
-                Some(envelope) = inbox.recv() => self.on_envelope(envelope),
+                biased;
                 Ok(()) = view.changed() => self.on_view_change(),
                 Some(event) = gate_rx.recv() => self.feed_gate(event),
                 Some(()) = lease_lost(&mut lease_status) => {}
@@ -154,6 +155,8 @@ impl Coordinator {
                 () = sleep_until(recovery.unwrap_or_else(Instant::now)), if recovery.is_some() => {}
                 () = sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => self.feed_gate(GateEvent::Tick),
                 () = sleep_until(lease_check.unwrap_or_else(Instant::now)), if lease_check.is_some() => {}
+                // Traffic last, so lease and leadership changes are never starved.
+                Some(envelope) = inbox.recv() => self.on_envelope(envelope),
                 else => break,
             }
             self.step();

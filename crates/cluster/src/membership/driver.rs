@@ -123,13 +123,9 @@ impl Driver {
         let mut rejoin = tokio::time::interval(announce_interval);
         rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased, in a fixed order, so a seeded simulation replays exactly.
             tokio::select! {
-                Some(envelope) = inbox.recv() => {
-                    let result = self.swim.handle_data(&envelope.payload, &mut self.effects);
-                    if let Err(error) = result {
-                        tracing::debug!(node = %local, from = %envelope.from, %error, "membership message ignored");
-                    }
-                }
+                biased;
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     let result = self.swim.handle_timer(expired.into_inner(), &mut self.effects);
                     if let Err(error) = result {
@@ -150,6 +146,12 @@ impl Driver {
                     tracing::info!(node = %local, "left the cluster");
                     let _ = done.send(());
                     return;
+                }
+                Some(envelope) = inbox.recv() => {
+                    let result = self.swim.handle_data(&envelope.payload, &mut self.effects);
+                    if let Err(error) = result {
+                        tracing::debug!(node = %local, from = %envelope.from, %error, "membership message ignored");
+                    }
                 }
             }
             self.apply_effects();

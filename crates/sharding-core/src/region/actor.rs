@@ -1,6 +1,6 @@
 //! The region task: shard locations, buffering, forwarding, directives.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -42,11 +42,11 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         channels: parts.channels,
         observer: parts.observer,
         link,
-        locations: HashMap::new(),
-        hosted: HashSet::new(),
-        handing_off: HashMap::new(),
-        pending: HashMap::new(),
-        asks: HashMap::new(),
+        locations: BTreeMap::new(),
+        hosted: BTreeSet::new(),
+        handing_off: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        asks: BTreeMap::new(),
         next_request: 0,
         max_epoch: Epoch::default(),
         registered_with: None,
@@ -67,15 +67,15 @@ struct Actor<E: Entity> {
     observer: Option<RegionObserver>,
     link: Arc<ReplyLink>,
     /// Known homes of shards (this node included).
-    locations: HashMap<ShardId, NodeId>,
+    locations: BTreeMap<ShardId, NodeId>,
     /// Shards with a running shard task here (handing-off ones included).
-    hosted: HashSet<ShardId>,
+    hosted: BTreeSet<ShardId>,
     /// Shards being handed off, and the coordinator node that asked.
-    handing_off: HashMap<ShardId, NodeId>,
+    handing_off: BTreeMap<ShardId, NodeId>,
     /// Messages waiting for their shard's home.
-    pending: HashMap<ShardId, VecDeque<Delivery<E>>>,
+    pending: BTreeMap<ShardId, VecDeque<Delivery<E>>>,
     /// Asks forwarded to other nodes, by request number.
-    asks: HashMap<u64, oneshot::Sender<Result<E::Reply, ShardingError>>>,
+    asks: BTreeMap<u64, oneshot::Sender<Result<E::Reply, ShardingError>>>,
     next_request: u64,
     /// The highest epoch obeyed (I3).
     max_epoch: Epoch,
@@ -97,7 +97,14 @@ impl<E: Entity> Actor<E> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.on_view_change();
         loop {
+            // Biased, in a fixed order, so a seeded simulation replays exactly.
             tokio::select! {
+                biased;
+                // Rare events first; then the traffic: directives before user messages.
+                Some(s) = stopped.recv() => self.shard_stopped(s),
+                Ok(()) = view.changed() => self.on_view_change(),
+                _ = tick.tick() => self.retry(),
+                Some(envelope) = inbox.recv() => self.on_envelope(envelope),
                 Some(cmd) = commands.recv() => match cmd {
                     RegionCmd::Route(d) => self.route(d),
                     RegionCmd::Shutdown(done) => {
@@ -106,10 +113,6 @@ impl<E: Entity> Actor<E> {
                         self.request_shutdown();
                     }
                 },
-                Some(s) = stopped.recv() => self.shard_stopped(s),
-                Some(envelope) = inbox.recv() => self.on_envelope(envelope),
-                Ok(()) = view.changed() => self.on_view_change(),
-                _ = tick.tick() => self.retry(),
                 else => break,
             }
             if self.shutting_down.is_some() && self.hosted.is_empty() {
@@ -129,7 +132,7 @@ impl<E: Entity> Actor<E> {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        for (_, queue) in self.pending.drain() {
+        for (_, queue) in std::mem::take(&mut self.pending) {
             for d in queue {
                 self.shared.stats.buffered.fetch_sub(1, Ordering::Relaxed);
                 self.shared

@@ -5,6 +5,7 @@
 //! it stops wait in a buffer.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,7 +51,8 @@ pub(crate) struct Shard<E: Entity> {
     id: ShardId,
     factory: EntityFactory<E>,
     passivate_after: Duration,
-    entities: HashMap<EntityId, Slot<E>>,
+    /// Fixed-key hasher: iteration order (handoff) is the same on every run.
+    entities: HashMap<EntityId, Slot<E>, BuildHasherDefault<DefaultHasher>>,
     next_incarnation: u64,
     control_tx: mpsc::UnboundedSender<Control>,
     stats: Arc<RegionStats>,
@@ -71,7 +73,7 @@ impl<E: Entity> Shard<E> {
             id,
             factory,
             passivate_after,
-            entities: HashMap::new(),
+            entities: HashMap::default(),
             next_incarnation: 0,
             control_tx,
             stats,
@@ -93,6 +95,15 @@ impl<E: Entity> Shard<E> {
                 break;
             }
             tokio::select! {
+                biased;
+                Some(notice) = control.recv() => match notice {
+                    Control::Idle { entity, incarnation } => self.passivate(entity, incarnation),
+                    Control::Stopped { entity, incarnation } => {
+                        if let Some(buffer) = self.entity_stopped(&entity, incarnation, handing_off) {
+                            undelivered.extend(buffer);
+                        }
+                    }
+                },
                 cmd = inbox.recv(), if !handing_off => match cmd {
                     Some(ShardCmd::Deliver(d)) => self.deliver(d),
                     Some(ShardCmd::HandOff) => {
@@ -111,14 +122,6 @@ impl<E: Entity> Shard<E> {
                             if let Slot::Running { .. } = slot {
                                 *slot = Slot::Stopping { buffer: Vec::new() };
                             }
-                        }
-                    }
-                },
-                Some(notice) = control.recv() => match notice {
-                    Control::Idle { entity, incarnation } => self.passivate(entity, incarnation),
-                    Control::Stopped { entity, incarnation } => {
-                        if let Some(buffer) = self.entity_stopped(&entity, incarnation, handing_off) {
-                            undelivered.extend(buffer);
                         }
                     }
                 },
