@@ -25,6 +25,21 @@ pub enum EventKind {
     Coordinator(CoordinatorRecord),
     /// From a region.
     Region(RegionEvent),
+    /// From the harness: node lifecycle and faults.
+    Harness(HarnessEvent),
+}
+
+/// What the harness itself did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HarnessEvent {
+    /// The node (re)started.
+    NodeStarted,
+    /// The node stopped (crash or graceful): its coordinator and shards are gone.
+    NodeStopped,
+    /// A fault began (free text, for reports).
+    FaultStarted(String),
+    /// Every fault ended: the network is whole and the store reachable.
+    FaultsHealed,
 }
 
 /// A shared, append-only log; cheap to clone.
@@ -34,7 +49,8 @@ pub struct History {
 }
 
 impl History {
-    fn push(&self, node: NodeId, kind: EventKind) {
+    /// Appends an event now.
+    pub fn push(&self, node: NodeId, kind: EventKind) {
         let event = Event {
             at: Instant::now(),
             node,

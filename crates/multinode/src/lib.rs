@@ -2,6 +2,7 @@
 //! network, with faults (partition, heal, isolate, kill, restart) and probes
 //! (leaders, active coordinators, shard hosts). Runs under paused tokio time.
 
+pub mod checker;
 mod counter;
 mod history;
 
@@ -21,7 +22,7 @@ use sharding_core::protocol::{RegionMsg, TypeChannels, encode};
 use sharding_core::{RegionSettings, ShardId, ShardRegion, TypeName};
 
 pub use counter::{Counter, CounterMsg, CounterOp};
-pub use history::{Event, EventKind, History};
+pub use history::{Event, EventKind, HarnessEvent, History};
 
 /// The entity type name every harness node runs.
 pub const COUNTER_TYPE: &str = "counter";
@@ -155,6 +156,8 @@ impl MultiNode {
             Err(e) => panic!("harness could not start the counter type: {e}"),
         };
         tracing::info!(%node, "harness node started");
+        self.history
+            .push(node, EventKind::Harness(HarnessEvent::NodeStarted));
         self.nodes.insert(
             node,
             Node {
@@ -170,7 +173,11 @@ impl MultiNode {
     /// Crashes `node`: no goodbye, its messages are lost.
     pub fn kill(&mut self, node: NodeId) {
         self.network.kill(node);
-        self.nodes.remove(&node);
+        if let Some(n) = self.nodes.remove(&node) {
+            n.region.stop();
+            self.history
+                .push(node, EventKind::Harness(HarnessEvent::NodeStopped));
+        }
         tracing::info!(%node, "harness node killed");
     }
 
@@ -180,6 +187,8 @@ impl MultiNode {
             n.region.shutdown(timeout).await;
             n.membership.leave().await;
             self.network.kill(node);
+            self.history
+                .push(node, EventKind::Harness(HarnessEvent::NodeStopped));
         }
     }
 

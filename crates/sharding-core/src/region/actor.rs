@@ -107,6 +107,7 @@ impl<E: Entity> Actor<E> {
                 Some(envelope) = inbox.recv() => self.on_envelope(envelope),
                 Some(cmd) = commands.recv() => match cmd {
                     RegionCmd::Route(d) => self.route(d),
+                    RegionCmd::Stop => break,
                     RegionCmd::Shutdown(done) => {
                         tracing::info!(node = %self.node, type_name = %self.shared.type_name, "region shutting down");
                         self.shutting_down = Some(done);

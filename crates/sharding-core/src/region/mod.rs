@@ -194,6 +194,7 @@ pub struct RegionConfig<E: Entity> {
 pub(crate) enum RegionCmd<E: Entity> {
     Route(Delivery<E>),
     Shutdown(oneshot::Sender<()>),
+    Stop,
 }
 
 struct Shared<E: Entity> {
@@ -332,6 +333,14 @@ impl<E: Entity> ShardRegion<E> {
             .is_ok()
         {
             let _ = tokio::time::timeout(timeout, wait).await;
+        }
+    }
+
+    /// Stops the region at once, without handing shards off (as a crash
+    /// would): its entities stop and buffered messages fail.
+    pub fn stop(&self) {
+        if self.shared.commands.try_send(RegionCmd::Stop).is_err() {
+            tracing::warn!(type_name = %self.shared.type_name, "region stop not delivered (inbox full or already stopped)");
         }
     }
 

@@ -1,0 +1,488 @@
+//! Checks a recorded history against the invariants of DESIGN.md section 8.
+//!
+//! Pure: it reads events and the lease store's grants, nothing else, so it is
+//! tested on hand-made histories (including bad ones it must flag).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use cluster::NodeId;
+use lease_memory::Grant;
+use sharding_coordinator::{CoordinatorRecord, Phase};
+use sharding_core::{Epoch, RegionEvent, ShardId};
+use tokio::time::Instant;
+
+use crate::{Event, EventKind, HarnessEvent, owner_of};
+
+/// The outcome of one invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Holds.
+    Ok,
+    /// Does not apply (I2 without a lease).
+    NotApplicable,
+    /// Broken, with the first evidence.
+    Violated(String),
+}
+
+impl Check {
+    /// Whether the invariant is broken.
+    pub fn is_violated(&self) -> bool {
+        matches!(self, Check::Violated(_))
+    }
+
+    /// A short cell for tables.
+    pub fn cell(&self) -> &'static str {
+        match self {
+            Check::Ok => "ok",
+            Check::NotApplicable => "n/a",
+            Check::Violated(_) => "FAIL",
+        }
+    }
+}
+
+/// What the checker needs besides the events.
+#[derive(Debug, Clone)]
+pub struct CheckInput<'a> {
+    /// Every recorded event.
+    pub events: &'a [Event],
+    /// The lease store's grants; `None` when running without a lease.
+    pub grants: Option<&'a [Grant]>,
+    /// When the run started and ended.
+    pub start: Instant,
+    /// When the run ended.
+    pub end: Instant,
+    /// When the last fault ended, if there were faults.
+    pub healed_at: Option<Instant>,
+    /// I4's bound: ttl + heartbeat + recovery timeout.
+    pub recovery_bound: Duration,
+    /// Shards that did not answer an ask after the run.
+    pub unanswered_shards: usize,
+}
+
+/// The checker's findings for one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// At most one active coordinator at any instant.
+    pub i1: Check,
+    /// Active only while the store names it holder.
+    pub i2: Check,
+    /// No region obeys a lower epoch than one it obeyed.
+    pub i3: Check,
+    /// One active coordinator and every shard answering, soon after the faults.
+    pub i4: Check,
+    /// The most coordinators active at one instant.
+    pub max_active: usize,
+    /// Total time shards spent hosted on two or more nodes at once (I5).
+    pub double_hosted_shard_seconds: f64,
+    /// From the end of the faults to one stable active coordinator.
+    pub failover: Option<Duration>,
+}
+
+impl Verdict {
+    /// Whether any of I1-I4 is broken.
+    pub fn failed(&self) -> bool {
+        self.i1.is_violated()
+            || self.i2.is_violated()
+            || self.i3.is_violated()
+            || self.i4.is_violated()
+    }
+}
+
+/// Checks one run.
+pub fn check(input: &CheckInput<'_>) -> Verdict {
+    let active = active_intervals(input.events, input.end);
+    let (max_active, i1) = check_i1(&active);
+    let i2 = match input.grants {
+        Some(grants) => check_i2(&active, grants),
+        None => Check::NotApplicable,
+    };
+    let i3 = check_i3(input.events);
+    let (failover, i4) = check_i4(&active, input);
+    Verdict {
+        i1,
+        i2,
+        i3,
+        i4,
+        max_active,
+        double_hosted_shard_seconds: double_hosted(input.events, input.end),
+        failover,
+    }
+}
+
+/// `(node, from, until)`: when each coordinator was active.
+type Interval = (NodeId, Instant, Instant);
+
+fn active_intervals(events: &[Event], end: Instant) -> Vec<Interval> {
+    let mut open: BTreeMap<NodeId, Instant> = BTreeMap::new();
+    let mut out = Vec::new();
+    for e in events {
+        let closes = match &e.kind {
+            EventKind::Coordinator(CoordinatorRecord::PhaseChanged { phase, .. }) => {
+                if *phase == Phase::Active {
+                    open.entry(e.node).or_insert(e.at);
+                    false
+                } else {
+                    true
+                }
+            }
+            EventKind::Harness(HarnessEvent::NodeStopped | HarnessEvent::NodeStarted) => true,
+            _ => false,
+        };
+        if closes {
+            if let Some(from) = open.remove(&e.node) {
+                out.push((e.node, from, e.at));
+            }
+        }
+    }
+    out.extend(open.into_iter().map(|(node, from)| (node, from, end)));
+    out
+}
+
+/// The most intervals open at one instant, and I1's verdict. An interval that
+/// ends at the very instant another starts does not overlap it.
+fn check_i1(active: &[Interval]) -> (usize, Check) {
+    let mut points: Vec<(Instant, i32, NodeId)> = Vec::new();
+    for &(node, from, until) in active {
+        if until > from {
+            points.push((from, 1, node));
+            points.push((until, -1, node));
+        }
+    }
+    // Ends before starts at the same instant.
+    points.sort_by_key(|&(at, delta, node)| (at, delta, node));
+    let (mut now, mut max, mut first) = (0i32, 0i32, None);
+    let mut open = BTreeSet::new();
+    for (at, delta, node) in points {
+        now += delta;
+        if delta > 0 {
+            open.insert(node);
+        } else {
+            open.remove(&node);
+        }
+        if now > max {
+            max = now;
+        }
+        if now > 1 && first.is_none() {
+            first = Some((at, open.clone()));
+        }
+    }
+    let check = match first {
+        Some((at, nodes)) => Check::Violated(format!(
+            "{} coordinators active at once at {at:?}: {nodes:?}",
+            nodes.len()
+        )),
+        None => Check::Ok,
+    };
+    (usize::try_from(max).unwrap_or(0), check)
+}
+
+fn check_i2(active: &[Interval], grants: &[Grant]) -> Check {
+    for &(node, from, until) in active {
+        let owner = owner_of(node);
+        let covered = grants
+            .iter()
+            .any(|g| g.owner == owner && g.from <= from && until <= g.until);
+        if !covered && until > from {
+            return Check::Violated(format!(
+                "{node} active from {from:?} to {until:?} without a covering grant"
+            ));
+        }
+    }
+    Check::Ok
+}
+
+fn check_i3(events: &[Event]) -> Check {
+    let mut highest: BTreeMap<NodeId, Epoch> = BTreeMap::new();
+    for e in events {
+        match &e.kind {
+            EventKind::Region(RegionEvent::DirectiveObeyed {
+                epoch, kind, from, ..
+            }) => {
+                let max = highest.entry(e.node).or_default();
+                if *epoch < *max {
+                    return Check::Violated(format!(
+                        "{} obeyed {kind} at {epoch} from {from} after obeying {max}",
+                        e.node
+                    ));
+                }
+                *max = *epoch;
+            }
+            // A restarted region starts with no memory of epochs.
+            EventKind::Harness(HarnessEvent::NodeStarted) => {
+                highest.remove(&e.node);
+            }
+            _ => {}
+        }
+    }
+    Check::Ok
+}
+
+fn check_i4(active: &[Interval], input: &CheckInput<'_>) -> (Option<Duration>, Check) {
+    let healed = input.healed_at.unwrap_or(input.start);
+    // The last interval that is still open at the end, alone from its start.
+    let stable = active
+        .iter()
+        .filter(|(_, _, until)| *until >= input.end)
+        .map(|(_, from, _)| *from)
+        .max();
+    let others_after = |since: Instant| {
+        active
+            .iter()
+            .filter(|(_, from, until)| *until > since && *from < input.end)
+            .count()
+    };
+    let failover = stable.map(|from| from.max(healed).duration_since(healed));
+    let check = match stable {
+        None => Check::Violated("no active coordinator at the end of the run".into()),
+        Some(from) if others_after(from.max(healed)) != 1 => Check::Violated(format!(
+            "{} coordinators active at the end",
+            others_after(from.max(healed))
+        )),
+        Some(from) if from.max(healed).duration_since(healed) > input.recovery_bound => {
+            Check::Violated(format!(
+                "one active coordinator only {:?} after the faults ended (bound {:?})",
+                from.duration_since(healed),
+                input.recovery_bound
+            ))
+        }
+        Some(_) if input.unanswered_shards > 0 => Check::Violated(format!(
+            "{} shards did not answer after the faults",
+            input.unanswered_shards
+        )),
+        Some(_) => Check::Ok,
+    };
+    (failover, check)
+}
+
+/// Sum over shards of the time hosted on two or more nodes.
+fn double_hosted(events: &[Event], end: Instant) -> f64 {
+    let mut hosts: BTreeMap<ShardId, BTreeSet<NodeId>> = BTreeMap::new();
+    let mut since: BTreeMap<ShardId, Instant> = BTreeMap::new();
+    let mut total = Duration::ZERO;
+    let mut update = |hosts: &mut BTreeMap<ShardId, BTreeSet<NodeId>>,
+                      shard: ShardId,
+                      at: Instant,
+                      change: &dyn Fn(&mut BTreeSet<NodeId>)| {
+        let set = hosts.entry(shard).or_default();
+        let was_double = set.len() >= 2;
+        change(set);
+        let is_double = set.len() >= 2;
+        match (was_double, is_double) {
+            (false, true) => {
+                since.insert(shard, at);
+            }
+            (true, false) => {
+                if let Some(from) = since.remove(&shard) {
+                    total += at.duration_since(from);
+                }
+            }
+            _ => {}
+        }
+    };
+    for e in events {
+        match &e.kind {
+            EventKind::Region(RegionEvent::ShardStarted(shard)) => {
+                update(&mut hosts, *shard, e.at, &|s| {
+                    s.insert(e.node);
+                });
+            }
+            EventKind::Region(RegionEvent::ShardStopped(shard)) => {
+                update(&mut hosts, *shard, e.at, &|s| {
+                    s.remove(&e.node);
+                });
+            }
+            EventKind::Harness(HarnessEvent::NodeStopped) => {
+                let shards: Vec<ShardId> = hosts
+                    .iter()
+                    .filter(|(_, s)| s.contains(&e.node))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for shard in shards {
+                    update(&mut hosts, shard, e.at, &|s| {
+                        s.remove(&e.node);
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    for (_, from) in since {
+        total += end.duration_since(from);
+    }
+    total.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lease_api::FencingToken;
+    use sharding_coordinator::CoordinatorRecord::PhaseChanged;
+
+    fn at(t0: Instant, s: u64) -> Instant {
+        t0 + Duration::from_secs(s)
+    }
+
+    fn phase(t: Instant, node: u64, phase: Phase) -> Event {
+        Event {
+            at: t,
+            node: NodeId(node),
+            kind: EventKind::Coordinator(PhaseChanged { phase, epoch: None }),
+        }
+    }
+
+    fn region(t: Instant, node: u64, e: RegionEvent) -> Event {
+        Event {
+            at: t,
+            node: NodeId(node),
+            kind: EventKind::Region(e),
+        }
+    }
+
+    fn grant(owner: u64, token: u64, from: Instant, until: Instant) -> Grant {
+        Grant {
+            lease: "l".into(),
+            owner: owner_of(NodeId(owner)),
+            token: FencingToken::new(token),
+            from,
+            until,
+        }
+    }
+
+    fn input<'a>(t0: Instant, events: &'a [Event], grants: Option<&'a [Grant]>) -> CheckInput<'a> {
+        CheckInput {
+            events,
+            grants,
+            start: t0,
+            end: at(t0, 100),
+            healed_at: Some(at(t0, 50)),
+            recovery_bound: Duration::from_secs(38),
+            unanswered_shards: 0,
+        }
+    }
+
+    #[test]
+    fn a_clean_handover_passes() {
+        let t0 = Instant::now();
+        let events = [
+            phase(at(t0, 1), 1, Phase::Active),
+            phase(at(t0, 40), 1, Phase::Acquiring),
+            phase(at(t0, 60), 2, Phase::Active),
+        ];
+        let grants = [
+            grant(1, 1, t0, at(t0, 43)),
+            grant(2, 2, at(t0, 55), at(t0, 200)),
+        ];
+        let v = check(&input(t0, &events, Some(&grants)));
+        assert_eq!(
+            (v.i1.clone(), v.i2.clone(), v.i3.clone(), v.i4.clone()),
+            (Check::Ok, Check::Ok, Check::Ok, Check::Ok)
+        );
+        assert_eq!(v.max_active, 1);
+        assert_eq!(v.failover, Some(Duration::from_secs(10)));
+        assert!(!v.failed());
+    }
+
+    #[test]
+    fn two_active_coordinators_break_i1() {
+        let t0 = Instant::now();
+        let events = [
+            phase(at(t0, 1), 1, Phase::Active),
+            phase(at(t0, 20), 4, Phase::Active),
+            phase(at(t0, 30), 4, Phase::Standby),
+        ];
+        let v = check(&input(t0, &events, None));
+        assert!(v.i1.is_violated(), "{:?}", v.i1);
+        assert_eq!(v.max_active, 2);
+        assert_eq!(v.i2, Check::NotApplicable);
+    }
+
+    #[test]
+    fn a_crash_closes_the_interval() {
+        let t0 = Instant::now();
+        let events = [
+            phase(at(t0, 1), 1, Phase::Active),
+            Event {
+                at: at(t0, 10),
+                node: NodeId(1),
+                kind: EventKind::Harness(HarnessEvent::NodeStopped),
+            },
+            phase(at(t0, 20), 2, Phase::Active),
+        ];
+        let v = check(&input(t0, &events, None));
+        assert_eq!(v.i1, Check::Ok);
+    }
+
+    #[test]
+    fn active_beyond_the_grant_breaks_i2() {
+        let t0 = Instant::now();
+        let events = [
+            phase(at(t0, 1), 1, Phase::Active),
+            phase(at(t0, 45), 1, Phase::Acquiring),
+            phase(at(t0, 60), 2, Phase::Active),
+        ];
+        let grants = [
+            grant(1, 1, t0, at(t0, 43)),
+            grant(2, 2, at(t0, 50), at(t0, 200)),
+        ];
+        let v = check(&input(t0, &events, Some(&grants)));
+        assert!(v.i2.is_violated(), "{:?}", v.i2);
+        assert_eq!(v.i1, Check::Ok);
+    }
+
+    #[test]
+    fn obeying_a_lower_epoch_breaks_i3_unless_restarted() {
+        let t0 = Instant::now();
+        let obey = |s, node, epoch| {
+            region(
+                at(t0, s),
+                node,
+                RegionEvent::DirectiveObeyed {
+                    from: NodeId(1),
+                    kind: "HostShard",
+                    epoch: Epoch(epoch),
+                    shard: Some(ShardId(1)),
+                },
+            )
+        };
+        let bad = [obey(1, 2, 5), obey(2, 2, 4)];
+        assert!(check(&input(t0, &bad, None)).i3.is_violated());
+        let restarted = [
+            obey(1, 2, 5),
+            Event {
+                at: at(t0, 2),
+                node: NodeId(2),
+                kind: EventKind::Harness(HarnessEvent::NodeStarted),
+            },
+            obey(3, 2, 4),
+        ];
+        assert_eq!(check(&input(t0, &restarted, None)).i3, Check::Ok);
+    }
+
+    #[test]
+    fn slow_or_missing_recovery_breaks_i4() {
+        let t0 = Instant::now();
+        let slow = [phase(at(t0, 95), 2, Phase::Active)];
+        assert!(check(&input(t0, &slow, None)).i4.is_violated());
+        let none: [Event; 0] = [];
+        assert!(check(&input(t0, &none, None)).i4.is_violated());
+        let fine = [phase(at(t0, 60), 2, Phase::Active)];
+        let mut i = input(t0, &fine, None);
+        i.unanswered_shards = 3;
+        assert!(check(&i).i4.is_violated(), "unanswered shards");
+    }
+
+    #[test]
+    fn double_hosting_is_measured() {
+        let t0 = Instant::now();
+        let s = ShardId(7);
+        let events = [
+            region(at(t0, 0), 1, RegionEvent::ShardStarted(s)),
+            region(at(t0, 10), 2, RegionEvent::ShardStarted(s)),
+            region(at(t0, 14), 1, RegionEvent::ShardStopped(s)),
+            phase(at(t0, 60), 2, Phase::Active),
+        ];
+        let v = check(&input(t0, &events, None));
+        assert!((v.double_hosted_shard_seconds - 4.0).abs() < 1e-9);
+    }
+}
