@@ -130,10 +130,12 @@ async fn partition_gives_two_leaders_and_heal_gives_one() {
     assert!(took >= Duration::from_secs(10), "split after {took:?}");
 
     sim.network.heal();
-    sim.until(Duration::from_secs(60), "heal", |s| {
-        (1..=5).all(|i| s.members_of(i).len() == 5)
-    })
-    .await;
+    let healed = sim
+        .until(Duration::from_secs(60), "heal", |s| {
+            (1..=5).all(|i| s.members_of(i).len() == 5)
+        })
+        .await;
+    eprintln!("healed after {healed:?}");
     assert!(
         (1..=5).all(|i| sim.leader_of(i) == Some(id(1))),
         "{:?}",

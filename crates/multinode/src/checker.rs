@@ -220,39 +220,40 @@ fn check_i3(events: &[Event]) -> Check {
 
 fn check_i4(active: &[Interval], input: &CheckInput<'_>) -> (Option<Duration>, Check) {
     let healed = input.healed_at.unwrap_or(input.start);
-    // The last interval that is still open at the end, alone from its start.
-    let stable = active
+    let finals: Vec<&Interval> = active
         .iter()
         .filter(|(_, _, until)| *until >= input.end)
-        .map(|(_, from, _)| *from)
-        .max();
-    let others_after = |since: Instant| {
-        active
-            .iter()
-            .filter(|(_, from, until)| *until > since && *from < input.end)
-            .count()
+        .collect();
+    let [last] = finals[..] else {
+        let check = Check::Violated(format!(
+            "{} coordinators active at the end of the run",
+            finals.len()
+        ));
+        return (None, check);
     };
-    let failover = stable.map(|from| from.max(healed).duration_since(healed));
-    let check = match stable {
-        None => Check::Violated("no active coordinator at the end of the run".into()),
-        Some(from) if others_after(from.max(healed)) != 1 => Check::Violated(format!(
-            "{} coordinators active at the end",
-            others_after(from.max(healed))
-        )),
-        Some(from) if from.max(healed).duration_since(healed) > input.recovery_bound => {
-            Check::Violated(format!(
-                "one active coordinator only {:?} after the faults ended (bound {:?})",
-                from.duration_since(healed),
-                input.recovery_bound
-            ))
-        }
-        Some(_) if input.unanswered_shards > 0 => Check::Violated(format!(
+    // From `settled` on, `last` is the only active coordinator.
+    let settled = active
+        .iter()
+        .filter(|i| *i != last && i.2 > healed)
+        .map(|i| i.2)
+        .chain([healed, last.1])
+        .max()
+        .unwrap_or(healed);
+    let failover = settled.duration_since(healed);
+    let check = if failover > input.recovery_bound {
+        Check::Violated(format!(
+            "one active coordinator only {failover:?} after the faults ended (bound {:?})",
+            input.recovery_bound
+        ))
+    } else if input.unanswered_shards > 0 {
+        Check::Violated(format!(
             "{} shards did not answer after the faults",
             input.unanswered_shards
-        )),
-        Some(_) => Check::Ok,
+        ))
+    } else {
+        Check::Ok
     };
-    (failover, check)
+    (Some(failover), check)
 }
 
 /// Sum over shards of the time hosted on two or more nodes.

@@ -5,6 +5,7 @@
 pub mod checker;
 mod counter;
 mod history;
+pub mod scenario;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,0 +1,534 @@
+//! Named fault scenarios and the seeded nemesis, each run in paused time and
+//! judged by the checker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cluster::NodeId;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+use sharding_core::{EntityId, ShardId, shard_of};
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::checker::{self, Check, CheckInput, Verdict};
+use crate::{CounterMsg, EventKind, HarnessEvent, HarnessSettings, MultiNode};
+
+/// A named fault pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Scenario {
+    /// Majority and minority: {1..=3} | {4..}.
+    SymmetricSplit,
+    /// The leader alone against everyone else.
+    LeaderIsolated,
+    /// The leader cannot send to the upper half of the nodes; they can send to it.
+    OneWayPartition,
+    /// The leader's side is split from the rest and cannot reach the lease store.
+    StoreUnreachable,
+    /// The active coordinator freezes for longer than the ttl.
+    StopTheWorldPause,
+    /// The leader crashes and comes back a minute later.
+    LeaderCrashRestart,
+    /// Partitions come and go every few seconds.
+    FlappingPartition,
+    /// Every node is restarted in turn.
+    RollingRestart,
+    /// A seeded random schedule of all of the above.
+    Nemesis,
+}
+
+impl Scenario {
+    /// Every scenario, in report order.
+    pub const ALL: &'static [Scenario] = &[
+        Scenario::SymmetricSplit,
+        Scenario::LeaderIsolated,
+        Scenario::OneWayPartition,
+        Scenario::StoreUnreachable,
+        Scenario::StopTheWorldPause,
+        Scenario::LeaderCrashRestart,
+        Scenario::FlappingPartition,
+        Scenario::RollingRestart,
+        Scenario::Nemesis,
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::SymmetricSplit => "symmetric-split",
+            Scenario::LeaderIsolated => "leader-isolated",
+            Scenario::OneWayPartition => "one-way-partition",
+            Scenario::StoreUnreachable => "store-unreachable",
+            Scenario::StopTheWorldPause => "stop-the-world-pause",
+            Scenario::LeaderCrashRestart => "leader-crash-restart",
+            Scenario::FlappingPartition => "flapping-partition",
+            Scenario::RollingRestart => "rolling-restart",
+            Scenario::Nemesis => "nemesis",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.iter().copied().find(|s| s.name() == name)
+    }
+}
+
+/// Which lease guards the coordinators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LeaseMode {
+    /// No lease: a partition shows two active coordinators (the "before").
+    None,
+    /// The in-memory lease, in paused time.
+    Memory,
+}
+
+/// One run to do.
+#[derive(Debug, Clone, Copy)]
+pub struct RunConfig {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Seeds the network, membership, traffic and nemesis.
+    pub seed: u64,
+    /// Number of nodes (at least 3).
+    pub nodes: u64,
+    /// The lease.
+    pub lease: LeaseMode,
+}
+
+/// One sample of the cluster, for timelines.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the run started.
+    pub t: f64,
+    /// Leader in each running node's view: `(node, leader)`.
+    pub leaders: Vec<(u64, Option<u64>)>,
+    /// Nodes with an active coordinator.
+    pub active: Vec<u64>,
+    /// The lease holder per the store.
+    pub holder: Option<String>,
+}
+
+/// What one run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Seed.
+    pub seed: u64,
+    /// Nodes.
+    pub nodes: u64,
+    /// Lease mode.
+    pub lease: LeaseMode,
+    /// The most coordinators active at one instant.
+    pub max_active: usize,
+    /// I1-I4 as `ok`, `n/a` or `FAIL: why`.
+    pub invariants: [String; 4],
+    /// Shard-seconds spent hosted on two nodes (I5, measured only).
+    pub double_hosted_shard_seconds: f64,
+    /// Time to one stable active coordinator after the faults, in ttls.
+    pub failover_ttls: Option<f64>,
+    /// Asks answered during the run.
+    pub asks_ok: u64,
+    /// Asks that failed or timed out during the run.
+    pub asks_failed: u64,
+    /// Whether I1-I4 held (with `--lease none`, I1 is expected to break and is not counted).
+    pub passed: bool,
+    /// Fault windows, in seconds since the start.
+    pub faults: Vec<(f64, f64, String)>,
+    /// Cluster samples every 500 ms.
+    pub timeline: Vec<Sample>,
+    /// A digest of the history, to compare runs of one seed.
+    pub history_digest: u64,
+}
+
+/// Runs one scenario to completion on a fresh paused-time runtime.
+pub fn run(config: RunConfig) -> RunReport {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("cannot build a tokio runtime: {e}"),
+    };
+    runtime.block_on(async move { Run::new(config).execute().await })
+}
+
+const TTL: Duration = Duration::from_secs(30);
+const SETTLE: Duration = Duration::from_secs(60);
+
+struct Run {
+    config: RunConfig,
+    harness: MultiNode,
+    rng: StdRng,
+    start: Instant,
+    asks_ok: u64,
+    asks_failed: u64,
+    samples: Vec<Sample>,
+    next_sample: Instant,
+    probes: Vec<String>,
+    down: Vec<NodeId>,
+}
+
+impl Run {
+    fn new(config: RunConfig) -> Self {
+        let mut settings = match config.lease {
+            LeaseMode::Memory => HarnessSettings::with_memory_lease(config.seed),
+            LeaseMode::None => HarnessSettings::new(config.seed),
+        };
+        settings.region.passivate_after = Duration::from_secs(3600);
+        settings.region.ask_timeout = Duration::from_secs(2);
+        let harness = MultiNode::start(config.nodes.max(3), settings);
+        Self {
+            config,
+            harness,
+            rng: StdRng::seed_from_u64(config.seed ^ 0x5eed),
+            start: Instant::now(),
+            asks_ok: 0,
+            asks_failed: 0,
+            samples: Vec::new(),
+            next_sample: Instant::now(),
+            probes: probe_entities(64),
+            down: Vec::new(),
+        }
+    }
+
+    fn nodes(&self) -> Vec<NodeId> {
+        (1..=self.config.nodes.max(3)).map(NodeId).collect()
+    }
+
+    fn fault(&self, what: String) {
+        tracing::info!(%what, "fault");
+        self.harness.history().push(
+            NodeId(0),
+            EventKind::Harness(HarnessEvent::FaultStarted(what)),
+        );
+    }
+
+    /// Lets `duration` pass with light traffic and sampling.
+    async fn wait(&mut self, duration: Duration) {
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            self.sample();
+            let running = self.harness.node_ids();
+            if !running.is_empty() {
+                let via = running[self.rng.random_range(0..running.len())];
+                let entity = self.probes[self.rng.random_range(0..self.probes.len())].clone();
+                match self
+                    .harness
+                    .region(via)
+                    .ask(CounterMsg::add(entity, 1))
+                    .await
+                {
+                    Ok(_) => self.asks_ok += 1,
+                    Err(_) => self.asks_failed += 1,
+                }
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            sleep(left.min(Duration::from_millis(500))).await;
+        }
+    }
+
+    fn sample(&mut self) {
+        let now = Instant::now();
+        if now < self.next_sample {
+            return;
+        }
+        self.next_sample = now + Duration::from_millis(500);
+        let h = &self.harness;
+        self.samples.push(Sample {
+            t: now.duration_since(self.start).as_secs_f64(),
+            leaders: h
+                .node_ids()
+                .into_iter()
+                .map(|n| (n.0, h.leader_of(n).map(|l| l.0)))
+                .collect(),
+            active: h.active_coordinators().into_iter().map(|n| n.0).collect(),
+            holder: h
+                .store()
+                .holder(&format!("{}-coordinator", crate::COUNTER_TYPE))
+                .map(|(owner, _)| owner),
+        });
+    }
+
+    fn heal_all(&mut self) {
+        self.harness.heal();
+        for n in self.nodes() {
+            self.harness.reconnect_to_lease_store(n);
+        }
+    }
+
+    async fn restart_down(&mut self) {
+        for node in std::mem::take(&mut self.down) {
+            self.harness.start_node(node);
+        }
+    }
+
+    async fn execute(mut self) -> RunReport {
+        let _ = self.harness.converge(Duration::from_secs(30)).await;
+        self.wait(Duration::from_secs(15)).await;
+        let nodes = self.nodes();
+        let n = nodes.len();
+        let half = n / 2 + 1;
+        let (majority, minority) = nodes.split_at(half);
+        match self.config.scenario {
+            Scenario::SymmetricSplit => {
+                self.fault(format!("partition {majority:?} | {minority:?}"));
+                self.harness.partition(&[majority, minority]);
+                self.wait(Duration::from_secs(60)).await;
+            }
+            Scenario::LeaderIsolated => {
+                self.fault("isolate node-1".into());
+                self.harness.isolate(NodeId(1));
+                self.wait(Duration::from_secs(60)).await;
+            }
+            Scenario::OneWayPartition => {
+                self.fault(format!("node-1 cannot send to {minority:?}"));
+                for &to in minority {
+                    self.harness.network().cut_one_way(NodeId(1), to);
+                }
+                self.wait(Duration::from_secs(60)).await;
+            }
+            Scenario::StoreUnreachable => {
+                self.fault(format!(
+                    "partition {majority:?} | {minority:?}, {majority:?} cut from the store"
+                ));
+                self.harness.partition(&[majority, minority]);
+                for &m in majority {
+                    self.harness.isolate_from_lease_store(m);
+                }
+                self.wait(Duration::from_secs(90)).await;
+            }
+            Scenario::StopTheWorldPause => {
+                let target = self
+                    .harness
+                    .active_coordinators()
+                    .first()
+                    .copied()
+                    .unwrap_or(NodeId(1));
+                self.fault(format!("pause {target} for 60 s"));
+                self.harness.pause(target, Duration::from_secs(60)).await;
+            }
+            Scenario::LeaderCrashRestart => {
+                self.fault("crash node-1".into());
+                self.harness.kill(NodeId(1));
+                self.down.push(NodeId(1));
+                self.wait(Duration::from_secs(60)).await;
+                self.restart_down().await;
+            }
+            Scenario::FlappingPartition => {
+                self.fault("flapping partitions".into());
+                for _ in 0..8 {
+                    let cut = self.rng.random_range(1..n);
+                    let (a, b) = nodes.split_at(cut);
+                    self.harness.partition(&[a, b]);
+                    let on = Duration::from_millis(self.rng.random_range(2_000..12_000));
+                    self.wait(on).await;
+                    self.harness.heal();
+                    let off = Duration::from_millis(self.rng.random_range(1_000..6_000));
+                    self.wait(off).await;
+                }
+            }
+            Scenario::RollingRestart => {
+                self.fault("rolling restart".into());
+                for &node in &nodes {
+                    self.harness.kill(node);
+                    self.wait(Duration::from_secs(5)).await;
+                    self.harness.start_node(node);
+                    self.wait(Duration::from_secs(40)).await;
+                }
+            }
+            Scenario::Nemesis => self.nemesis(&nodes).await,
+        }
+        self.heal_all();
+        self.restart_down().await;
+        let healed_at = Instant::now();
+        self.harness
+            .history()
+            .push(NodeId(0), EventKind::Harness(HarnessEvent::FaultsHealed));
+        self.wait(SETTLE).await;
+        let unanswered = self.probe_every_shard().await;
+        self.report(healed_at, unanswered)
+    }
+
+    /// A seeded random schedule of the named faults.
+    async fn nemesis(&mut self, nodes: &[NodeId]) {
+        let n = nodes.len();
+        let rounds = self.rng.random_range(3..7);
+        for _ in 0..rounds {
+            let hold = Duration::from_millis(self.rng.random_range(3_000..70_000));
+            match self.rng.random_range(0..6) {
+                0 => {
+                    let cut = self.rng.random_range(1..n);
+                    let (a, b) = nodes.split_at(cut);
+                    self.fault(format!("partition {a:?} | {b:?}"));
+                    self.harness.partition(&[a, b]);
+                    self.wait(hold).await;
+                }
+                1 => {
+                    let node = nodes[self.rng.random_range(0..n)];
+                    self.fault(format!("isolate {node}"));
+                    self.harness.isolate(node);
+                    self.wait(hold).await;
+                }
+                2 => {
+                    let from = nodes[self.rng.random_range(0..n)];
+                    let to = nodes[self.rng.random_range(0..n)];
+                    self.fault(format!("one-way {from} -> {to}"));
+                    self.harness.network().cut_one_way(from, to);
+                    self.wait(hold).await;
+                }
+                3 => {
+                    let node = nodes[self.rng.random_range(0..n)];
+                    self.fault(format!("{node} cut from the store"));
+                    self.harness.isolate_from_lease_store(node);
+                    self.wait(hold).await;
+                }
+                4 => {
+                    let node = self
+                        .harness
+                        .active_coordinators()
+                        .first()
+                        .copied()
+                        .unwrap_or(nodes[0]);
+                    self.fault(format!("pause {node} for {hold:?}"));
+                    self.harness.pause(node, hold).await;
+                }
+                _ => {
+                    let node = nodes[self.rng.random_range(0..n)];
+                    if self.harness.node_ids().contains(&node) {
+                        self.fault(format!("crash {node}"));
+                        self.harness.kill(node);
+                        self.down.push(node);
+                    }
+                    self.wait(hold).await;
+                    self.restart_down().await;
+                }
+            }
+            self.heal_all();
+            let gap = Duration::from_millis(self.rng.random_range(0..20_000));
+            self.wait(gap).await;
+        }
+    }
+
+    /// Asks one entity of every shard; returns how many shards never answered.
+    async fn probe_every_shard(&mut self) -> usize {
+        let mut unanswered = 0;
+        let probes = self.probes.clone();
+        for entity in probes {
+            let mut ok = false;
+            for attempt in 0..5 {
+                let running = self.harness.node_ids();
+                let via = running[attempt % running.len()];
+                let ask = self
+                    .harness
+                    .region(via)
+                    .ask(CounterMsg::get(entity.clone()));
+                if let Ok(Ok(_)) = timeout(Duration::from_secs(3), ask).await {
+                    ok = true;
+                    break;
+                }
+                sleep(Duration::from_secs(1)).await;
+            }
+            if ok {
+                self.asks_ok += 1;
+            } else {
+                self.asks_failed += 1;
+                unanswered += 1;
+            }
+        }
+        unanswered
+    }
+
+    fn report(self, healed_at: Instant, unanswered: usize) -> RunReport {
+        let events = self.harness.history().events();
+        let grants = self.harness.store().history();
+        let end = Instant::now();
+        let verdict: Verdict = checker::check(&CheckInput {
+            events: &events,
+            grants: (self.config.lease == LeaseMode::Memory).then_some(&grants[..]),
+            start: self.start,
+            end,
+            healed_at: Some(healed_at),
+            // DESIGN.md I4: ttl + lease heartbeat + recovery timeout.
+            recovery_bound: TTL + Duration::from_secs(3) + Duration::from_secs(5),
+            unanswered_shards: unanswered,
+        });
+        let cell = |c: &Check| match c {
+            Check::Violated(why) => format!("FAIL: {why}"),
+            other => other.cell().to_owned(),
+        };
+        let i1_counts = self.config.lease != LeaseMode::None;
+        let passed = !(verdict.i1.is_violated() && i1_counts)
+            && !verdict.i2.is_violated()
+            && !verdict.i3.is_violated()
+            && !verdict.i4.is_violated();
+        let secs = |t: Instant| t.duration_since(self.start).as_secs_f64();
+        let mut faults = Vec::new();
+        let mut open: Option<(f64, String)> = None;
+        for e in &events {
+            match &e.kind {
+                EventKind::Harness(HarnessEvent::FaultStarted(what)) => {
+                    if let Some((from, w)) = open.take() {
+                        faults.push((from, secs(e.at), w));
+                    }
+                    open = Some((secs(e.at), what.clone()));
+                }
+                EventKind::Harness(HarnessEvent::FaultsHealed) => {
+                    if let Some((from, w)) = open.take() {
+                        faults.push((from, secs(e.at), w));
+                    }
+                }
+                _ => {}
+            }
+        }
+        RunReport {
+            scenario: self.config.scenario.name(),
+            seed: self.config.seed,
+            nodes: self.config.nodes,
+            lease: self.config.lease,
+            max_active: verdict.max_active,
+            invariants: [
+                cell(&verdict.i1),
+                cell(&verdict.i2),
+                cell(&verdict.i3),
+                cell(&verdict.i4),
+            ],
+            double_hosted_shard_seconds: verdict.double_hosted_shard_seconds,
+            failover_ttls: verdict
+                .failover
+                .map(|d| d.as_secs_f64() / TTL.as_secs_f64()),
+            asks_ok: self.asks_ok,
+            asks_failed: self.asks_failed,
+            passed,
+            faults,
+            timeline: self.samples,
+            history_digest: digest(&events, self.start),
+        }
+    }
+}
+
+/// One entity id per shard (of 64), so a probe touches every shard.
+fn probe_entities(num_shards: u32) -> Vec<String> {
+    let mut by_shard: BTreeMap<ShardId, String> = BTreeMap::new();
+    let mut i = 0u64;
+    while by_shard.len() < num_shards as usize {
+        let id = format!("probe-{i}");
+        by_shard
+            .entry(shard_of(&EntityId(id.clone()), num_shards))
+            .or_insert(id);
+        i += 1;
+    }
+    by_shard.into_values().collect()
+}
+
+/// FNV-1a over the rendered events with times relative to the start.
+fn digest(events: &[crate::Event], start: Instant) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for e in events {
+        let line = format!("{:?} {} {:?}", e.at.duration_since(start), e.node, e.kind);
+        for b in line.bytes() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
