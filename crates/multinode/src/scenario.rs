@@ -458,10 +458,11 @@ impl Run {
             other => other.cell().to_owned(),
         };
         let i1_counts = self.config.lease != LeaseMode::None;
-        let passed = !(verdict.i1.is_violated() && i1_counts)
-            && !verdict.i2.is_violated()
-            && !verdict.i3.is_violated()
-            && !verdict.i4.is_violated();
+        let broken = (verdict.i1.is_violated() && i1_counts)
+            || verdict.i2.is_violated()
+            || verdict.i3.is_violated()
+            || verdict.i4.is_violated();
+        let passed = !broken;
         let secs = |t: Instant| t.duration_since(self.start).as_secs_f64();
         let mut faults = Vec::new();
         let mut open: Option<(f64, String)> = None;

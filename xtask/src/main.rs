@@ -1,0 +1,38 @@
+//! `cargo xtask <task>`: the project's own commands.
+//!
+//! - `multinode`: the split-brain suite (named scenarios and a seeded nemesis,
+//!   in paused time), a table, `target/multinode/report.{json,html}`, and a
+//!   non-zero exit on any broken invariant.
+
+mod multinode_cmd;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run the multi-node split-brain suite.
+    Multinode(multinode_cmd::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().task {
+        Task::Multinode(args) => multinode_cmd::run(args),
+    }
+}

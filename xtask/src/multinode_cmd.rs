@@ -1,0 +1,172 @@
+//! `cargo xtask multinode`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clap::{Args as ClapArgs, ValueEnum};
+use multinode::scenario::{self, LeaseMode, RunConfig, RunReport, Scenario};
+
+use crate::report;
+
+/// Options of `cargo xtask multinode`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Nemesis runs (seeds 1..=N); each named scenario runs max(1, N/20) seeds.
+    #[arg(long, default_value_t = 200)]
+    seeds: u64,
+    /// Run only this scenario (see --help for names).
+    #[arg(long, value_parser = parse_scenario)]
+    scenario: Option<Scenario>,
+    /// Nodes per run (at least 3).
+    #[arg(long, default_value_t = 5)]
+    nodes: u64,
+    /// The lease guarding the coordinator.
+    #[arg(long, value_enum, default_value_t = LeaseArg::Memory)]
+    lease: LeaseArg,
+    /// Run exactly this seed (reproduces a failure).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LeaseArg {
+    /// The in-memory lease (paused time).
+    Memory,
+    /// The Kubernetes lease against the loopback API server (real time).
+    K8s,
+    /// No lease: shows the split brain (I1 broken is expected).
+    None,
+}
+
+fn parse_scenario(name: &str) -> Result<Scenario, String> {
+    Scenario::from_name(name).ok_or_else(|| {
+        let names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown scenario `{name}`; one of: {}", names.join(", "))
+    })
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let lease = match args.lease {
+        LeaseArg::Memory => LeaseMode::Memory,
+        LeaseArg::None => LeaseMode::None,
+        LeaseArg::K8s => {
+            eprintln!(
+                "--lease k8s needs the lease-k8s crate and its loopback API server, which are not built yet; use --lease memory or --lease none"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if args.nodes < 3 {
+        eprintln!(
+            "--nodes {} is too few: the scenarios need at least 3",
+            args.nodes
+        );
+        return ExitCode::from(2);
+    }
+    let scenarios: Vec<Scenario> = match args.scenario {
+        Some(s) => vec![s],
+        None => Scenario::ALL.to_vec(),
+    };
+    let mut jobs = Vec::new();
+    for &scenario in &scenarios {
+        let seeds: Vec<u64> = match (args.seed, scenario) {
+            (Some(seed), _) => vec![seed],
+            (None, Scenario::Nemesis) => (1..=args.seeds.max(1)).collect(),
+            (None, _) => (1..=(args.seeds / 20).max(1)).collect(),
+        };
+        jobs.extend(seeds.into_iter().map(|seed| RunConfig {
+            scenario,
+            seed,
+            nodes: args.nodes,
+            lease,
+        }));
+    }
+    let started = std::time::Instant::now();
+    let reports = run_all(&jobs);
+    let elapsed = started.elapsed();
+
+    let rows = report::rows(&scenarios, &reports, lease);
+    print!("{}", report::table(&rows));
+    let failed: Vec<&RunReport> = reports.iter().filter(|r| !r.passed).collect();
+    let passed = reports.len() - failed.len();
+    println!(
+        "{passed} passed, {} failed  ({} runs in {:.1}s)",
+        failed.len(),
+        reports.len(),
+        elapsed.as_secs_f64()
+    );
+    for r in &failed {
+        println!(
+            "FAILED {} seed {}: {}\n  reproduce: cargo xtask multinode --scenario {} --seed {} --nodes {} --lease {}",
+            r.scenario,
+            r.seed,
+            r.invariants
+                .iter()
+                .filter(|i| i.starts_with("FAIL"))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; "),
+            r.scenario,
+            r.seed,
+            r.nodes,
+            lease_name(lease),
+        );
+    }
+
+    let dir = target_dir().join("multinode");
+    match report::write(&dir, &rows, &reports, lease) {
+        Ok(()) => println!("report: {}", dir.join("report.html").display()),
+        Err(e) => {
+            eprintln!("could not write the report to {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+pub fn lease_name(lease: LeaseMode) -> &'static str {
+    match lease {
+        LeaseMode::Memory => "memory",
+        LeaseMode::None => "none",
+    }
+}
+
+/// Runs every job on all cores; each run has its own paused runtime.
+fn run_all(jobs: &[RunConfig]) -> Vec<RunReport> {
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new(Vec::with_capacity(jobs.len()));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    let report = scenario::run(*job);
+                    out.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((i, report));
+                }
+            });
+        }
+    });
+    let mut reports = out.into_inner().unwrap_or_else(|e| e.into_inner());
+    reports.sort_by_key(|(i, _)| *i);
+    reports.into_iter().map(|(_, r)| r).collect()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        })
+}

@@ -1,0 +1,330 @@
+//! The multinode table, `report.json` and a self-contained `report.html`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use multinode::scenario::{LeaseMode, RunReport, Scenario};
+use serde::Serialize;
+
+/// One table row: a scenario summarised over its runs.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    scenario: &'static str,
+    runs: usize,
+    max_active: usize,
+    invariants: [String; 4],
+    double_hosted_shard_seconds: f64,
+    failover_p50_ttls: Option<f64>,
+    failover_p99_ttls: Option<f64>,
+    asks_ok: u64,
+    asks_failed: u64,
+    failed_runs: usize,
+}
+
+pub fn rows(scenarios: &[Scenario], reports: &[RunReport], lease: LeaseMode) -> Vec<Row> {
+    scenarios
+        .iter()
+        .map(|s| {
+            let runs: Vec<&RunReport> = reports.iter().filter(|r| r.scenario == s.name()).collect();
+            let invariants = std::array::from_fn(|i| {
+                let broken = runs
+                    .iter()
+                    .filter(|r| r.invariants[i].starts_with("FAIL"))
+                    .count();
+                let na = runs.iter().all(|r| r.invariants[i] == "n/a");
+                match (broken, na) {
+                    (0, true) => "n/a".to_owned(),
+                    (0, false) => "ok".to_owned(),
+                    (n, _) if i == 0 && lease == LeaseMode::None => {
+                        format!("broken {n}/{} (expected)", runs.len())
+                    }
+                    (n, _) => format!("FAIL {n}/{}", runs.len()),
+                }
+            });
+            let mut failovers: Vec<f64> = runs.iter().filter_map(|r| r.failover_ttls).collect();
+            failovers.sort_by(f64::total_cmp);
+            let pct = |p: f64| {
+                (!failovers.is_empty()).then(|| {
+                    let idx = ((failovers.len() - 1) as f64 * p).round() as usize;
+                    failovers[idx.min(failovers.len() - 1)]
+                })
+            };
+            Row {
+                scenario: s.name(),
+                runs: runs.len(),
+                max_active: runs.iter().map(|r| r.max_active).max().unwrap_or(0),
+                invariants,
+                double_hosted_shard_seconds: runs
+                    .iter()
+                    .map(|r| r.double_hosted_shard_seconds)
+                    .sum::<f64>()
+                    / runs.len().max(1) as f64,
+                failover_p50_ttls: pct(0.5),
+                failover_p99_ttls: pct(0.99),
+                asks_ok: runs.iter().map(|r| r.asks_ok).sum(),
+                asks_failed: runs.iter().map(|r| r.asks_failed).sum(),
+                failed_runs: runs.iter().filter(|r| !r.passed).count(),
+            }
+        })
+        .collect()
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<22} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:>12} {:>9} {:>9} {:>8} {:>8}",
+        "scenario",
+        "runs",
+        "active",
+        "I1",
+        "I2",
+        "I3",
+        "I4",
+        "dbl-host s",
+        "fo p50",
+        "fo p99",
+        "asks ok",
+        "failed"
+    );
+    let ttl = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}ttl"));
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<22} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:>12.1} {:>9} {:>9} {:>8} {:>8}",
+            r.scenario,
+            r.runs,
+            r.max_active,
+            r.invariants[0],
+            r.invariants[1],
+            r.invariants[2],
+            r.invariants[3],
+            r.double_hosted_shard_seconds,
+            ttl(r.failover_p50_ttls),
+            ttl(r.failover_p99_ttls),
+            r.asks_ok,
+            r.asks_failed,
+        );
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    lease: LeaseMode,
+    rows: &'a [Row],
+    /// Every run, without timelines.
+    runs: Vec<RunSummary<'a>>,
+    /// Failing runs and one sample run per scenario, with timelines.
+    detailed: Vec<&'a RunReport>,
+}
+
+#[derive(Serialize)]
+struct RunSummary<'a> {
+    scenario: &'a str,
+    seed: u64,
+    passed: bool,
+    max_active: usize,
+    invariants: &'a [String; 4],
+    failover_ttls: Option<f64>,
+    double_hosted_shard_seconds: f64,
+    history_digest: u64,
+}
+
+fn detailed(reports: &[RunReport]) -> Vec<&RunReport> {
+    let mut out: Vec<&RunReport> = reports.iter().filter(|r| !r.passed).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in reports {
+        if seen.insert(r.scenario) && r.passed {
+            out.push(r);
+        }
+    }
+    out
+}
+
+pub fn write(
+    dir: &Path,
+    rows: &[Row],
+    reports: &[RunReport],
+    lease: LeaseMode,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = Json {
+        lease,
+        rows,
+        runs: reports
+            .iter()
+            .map(|r| RunSummary {
+                scenario: r.scenario,
+                seed: r.seed,
+                passed: r.passed,
+                max_active: r.max_active,
+                invariants: &r.invariants,
+                failover_ttls: r.failover_ttls,
+                double_hosted_shard_seconds: r.double_hosted_shard_seconds,
+                history_digest: r.history_digest,
+            })
+            .collect(),
+        detailed: detailed(reports),
+    };
+    let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("report.json"), text)?;
+    std::fs::write(
+        dir.join("report.html"),
+        html(rows, &detailed(reports), lease),
+    )?;
+    Ok(())
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
+    let mut out = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>multinode report</title><style>\
+         body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
+         td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}.fail{background:#fdd}\
+         .legend span{display:inline-block;margin-right:1em}.sw{width:12px;height:12px;display:inline-block;margin-right:4px}\
+         </style></head><body>",
+    );
+    let _ = write!(
+        out,
+        "<h1>Split-brain suite (lease: {lease:?})</h1><table><tr>"
+    );
+    for h in [
+        "scenario",
+        "runs",
+        "max active",
+        "I1",
+        "I2",
+        "I3",
+        "I4",
+        "double-hosted shard-s",
+        "failover p50 (ttl)",
+        "failover p99 (ttl)",
+        "asks ok",
+        "asks failed",
+    ] {
+        let _ = write!(out, "<th>{h}</th>");
+    }
+    out.push_str("</tr>");
+    for r in rows {
+        let class = if r.failed_runs > 0 {
+            " class=\"fail\""
+        } else {
+            ""
+        };
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}"));
+        let _ = write!(
+            out,
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.scenario,
+            r.runs,
+            r.max_active,
+            escape(&r.invariants[0]),
+            escape(&r.invariants[1]),
+            escape(&r.invariants[2]),
+            escape(&r.invariants[3]),
+            r.double_hosted_shard_seconds,
+            f(r.failover_p50_ttls),
+            f(r.failover_p99_ttls),
+            r.asks_ok,
+            r.asks_failed
+        );
+    }
+    out.push_str("</table>");
+    out.push_str(
+        "<p class=\"legend\"><span><i class=\"sw\" style=\"background:#9bd\"></i>sees itself as leader</span>\
+         <span><i class=\"sw\" style=\"background:#2a2\"></i>active coordinator</span>\
+         <span><i class=\"sw\" style=\"background:#e90\"></i>lease holder</span>\
+         <span><i class=\"sw\" style=\"background:#fcc\"></i>fault in force</span></p>",
+    );
+    for run in runs {
+        let verdict = if run.passed { "passed" } else { "FAILED" };
+        let _ = write!(
+            out,
+            "<h2>{} seed {} ({verdict})</h2><p>{}</p>",
+            run.scenario,
+            run.seed,
+            escape(&run.invariants.join(" | "))
+        );
+        out.push_str(&timeline_svg(run));
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+fn timeline_svg(run: &RunReport) -> String {
+    let end = run.timeline.last().map_or(1.0, |s| s.t).max(1.0);
+    let (left, width, row_h) = (70.0, 1000.0, 22.0);
+    let x = |t: f64| left + t / end * width;
+    let nodes = run.nodes as usize;
+    let height = row_h * nodes as f64 + 40.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" style=\"border:1px solid #eee\">",
+        left + width + 20.0
+    );
+    for (from, to, what) in &run.faults {
+        let _ = write!(
+            svg,
+            "<rect x=\"{:.1}\" y=\"0\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#fcc\"><title>{}</title></rect>",
+            x(*from),
+            (x(*to) - x(*from)).max(1.0),
+            row_h * nodes as f64,
+            escape(what)
+        );
+    }
+    for n in 1..=nodes {
+        let y = row_h * (n - 1) as f64;
+        let _ = write!(
+            svg,
+            "<text x=\"4\" y=\"{:.1}\" font-size=\"12\">node-{n}</text>",
+            y + 15.0
+        );
+        for pair in run.timeline.windows(2) {
+            let (s, next) = (&pair[0], &pair[1]);
+            let (x0, w) = (x(s.t), (x(next.t) - x(s.t)).max(0.5));
+            let id = n as u64;
+            if s.leaders
+                .iter()
+                .any(|(node, leader)| *node == id && *leader == Some(id))
+            {
+                let _ = write!(
+                    svg,
+                    "<rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"6\" fill=\"#9bd\"/>",
+                    y + 2.0
+                );
+            }
+            if s.active.contains(&id) {
+                let _ = write!(
+                    svg,
+                    "<rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"6\" fill=\"#2a2\"/>",
+                    y + 8.0
+                );
+            }
+            if s.holder.as_deref() == Some(&format!("node-{n}")) {
+                let _ = write!(
+                    svg,
+                    "<rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"6\" fill=\"#e90\"/>",
+                    y + 14.0
+                );
+            }
+        }
+    }
+    let axis_y = row_h * nodes as f64 + 15.0;
+    let step = (end / 10.0).ceil().max(1.0);
+    let mut t = 0.0;
+    while t <= end {
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{axis_y:.1}\" font-size=\"10\">{t:.0}s</text>",
+            x(t)
+        );
+        t += step;
+    }
+    svg.push_str("</svg>");
+    svg
+}
