@@ -2,10 +2,12 @@
 //!
 //! This facade re-exports the workspace crates; depend on it, or on the
 //! individual crates. Lease backends come in by feature: `lease-memory`
-//! (default).
+//! (default) and `lease-k8s`.
 
 pub use cluster;
 pub use lease_api;
+#[cfg(feature = "lease-k8s")]
+pub use lease_k8s;
 #[cfg(feature = "lease-memory")]
 pub use lease_memory;
 pub use sharding_coordinator;

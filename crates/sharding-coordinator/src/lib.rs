@@ -23,6 +23,9 @@ pub use status::{CoordinatorObserver, CoordinatorRecord, CoordinatorStatus, Phas
 
 /// The lease contract, re-exported so users need one dependency.
 pub use lease_api;
+/// The Kubernetes lease backend (feature `lease-k8s`).
+#[cfg(feature = "lease-k8s")]
+pub use lease_k8s;
 /// The in-memory lease backend (feature `lease-memory`).
 #[cfg(feature = "lease-memory")]
 pub use lease_memory;

@@ -1,0 +1,371 @@
+//! The store calls on a `coordination.k8s.io/v1` Lease, client-go's way.
+//!
+//! - Expiry of another holder is judged on this process's monotonic clock:
+//!   `leaseDurationSeconds` after we last saw the record change. Remote
+//!   timestamps are written, never compared with the local clock.
+//! - A renew is one PUT with the cached resourceVersion; no GET before it.
+//! - Taking over or releasing is a PUT with the observed resourceVersion; a
+//!   409 means someone else moved first.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease as LeaseObject, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use lease_api::{
+    AcquireOutcome, BoxFuture, FencingToken, LeaseBackend, LeaseError, LeaseSettings, LostReason,
+    RenewOutcome,
+};
+use tokio::time::Instant;
+
+/// The wall clock used to write `acquireTime` and `renewTime` (never to judge
+/// expiry). Replaceable in tests to show that a skewed clock is harmless.
+pub type WallClock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// [`LeaseBackend`] over the Kubernetes API; see [`crate::KubernetesLease`].
+pub struct KubernetesBackend {
+    api: Api<LeaseObject>,
+    namespace: String,
+    wall_clock: WallClock,
+    observed: Mutex<Option<Observed>>,
+}
+
+/// The record as last seen, and when it last changed on our clock.
+#[derive(Clone)]
+struct Observed {
+    lease: LeaseObject,
+    changed_at: Instant,
+}
+
+fn holder(lease: &LeaseObject) -> Option<&str> {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty())
+}
+
+fn transitions(lease: &LeaseObject) -> u64 {
+    let t = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_transitions)
+        .unwrap_or(0);
+    u64::try_from(t).unwrap_or(0)
+}
+
+fn resource_version(lease: &LeaseObject) -> Option<&str> {
+    lease.metadata.resource_version.as_deref()
+}
+
+fn duration_secs(settings: &LeaseSettings) -> i32 {
+    // Whole seconds, rounded up: the store never believes in less than our ttl.
+    let secs = settings.ttl().as_secs() + u64::from(settings.ttl().subsec_nanos() > 0);
+    i32::try_from(secs).unwrap_or(i32::MAX)
+}
+
+fn is_status(error: &kube::Error, check: fn(&kube::core::Status) -> bool) -> bool {
+    matches!(error, kube::Error::Api(status) if check(status))
+}
+
+fn lease_error(settings: &LeaseSettings, error: kube::Error) -> LeaseError {
+    let lease = settings.lease_name().to_owned();
+    match error {
+        kube::Error::Api(status) if status.code < 500 => LeaseError::Backend {
+            lease,
+            source: Box::new(kube::Error::Api(status)),
+        },
+        other => LeaseError::Unavailable {
+            lease,
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl KubernetesBackend {
+    pub(crate) fn new(client: kube::Client, namespace: String, wall_clock: WallClock) -> Self {
+        Self {
+            api: Api::namespaced(client, &namespace),
+            namespace,
+            wall_clock,
+            observed: Mutex::new(None),
+        }
+    }
+
+    /// The namespace of the lease.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn observed(&self) -> MutexGuard<'_, Option<Observed>> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers what the server showed; the clock restarts only on a change.
+    fn observe(&self, lease: &LeaseObject) -> Observed {
+        let mut observed = self.observed();
+        let unchanged = observed
+            .as_ref()
+            .is_some_and(|o| resource_version(&o.lease) == resource_version(lease));
+        if !unchanged {
+            *observed = Some(Observed {
+                lease: lease.clone(),
+                changed_at: Instant::now(),
+            });
+        }
+        observed.clone().unwrap_or_else(|| Observed {
+            lease: lease.clone(),
+            changed_at: Instant::now(),
+        })
+    }
+
+    fn now(&self) -> MicroTime {
+        MicroTime((self.wall_clock)())
+    }
+
+    async fn create(&self, settings: &LeaseSettings) -> Result<AcquireOutcome, LeaseError> {
+        let now = self.now();
+        let lease = LeaseObject {
+            metadata: ObjectMeta {
+                name: Some(settings.lease_name().to_owned()),
+                namespace: Some(self.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(settings.owner_name().to_owned()),
+                lease_duration_seconds: Some(duration_secs(settings)),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        match self.api.create(&PostParams::default(), &lease).await {
+            Ok(created) => {
+                self.observe(&created);
+                Ok(AcquireOutcome::Acquired(FencingToken::new(transitions(
+                    &created,
+                ))))
+            }
+            // Another owner created it first: not an error, just not ours.
+            Err(e) if is_status(&e, kube::core::Status::is_already_exists) => {
+                Ok(AcquireOutcome::HeldByOther(None))
+            }
+            Err(e) => Err(lease_error(settings, e)),
+        }
+    }
+
+    /// PUT `lease` as changed by `edit`; `Ok(None)` on a 409.
+    async fn replace(
+        &self,
+        settings: &LeaseSettings,
+        mut lease: LeaseObject,
+        edit: impl FnOnce(&mut LeaseSpec),
+    ) -> Result<Option<LeaseObject>, kube::Error> {
+        edit(lease.spec.get_or_insert_with(LeaseSpec::default));
+        match self
+            .api
+            .replace(settings.lease_name(), &PostParams::default(), &lease)
+            .await
+        {
+            Ok(written) => {
+                self.observe(&written);
+                Ok(Some(written))
+            }
+            Err(e) if is_status(&e, kube::core::Status::is_conflict) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn try_acquire_inner(
+        &self,
+        settings: &LeaseSettings,
+    ) -> Result<AcquireOutcome, LeaseError> {
+        let current = match self.api.get_opt(settings.lease_name()).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return self.create(settings).await,
+            Err(e) => return Err(lease_error(settings, e)),
+        };
+        let observed = self.observe(&current);
+        let owner = settings.owner_name();
+        let ttl = duration_secs(settings);
+        match holder(&current) {
+            Some(h) if h == owner => {
+                let now = self.now();
+                let renewed = self
+                    .replace(settings, current, |spec| {
+                        spec.renew_time = Some(now);
+                        spec.lease_duration_seconds = Some(ttl);
+                    })
+                    .await
+                    .map_err(|e| lease_error(settings, e))?;
+                Ok(match renewed {
+                    Some(lease) => AcquireOutcome::Acquired(FencingToken::new(transitions(&lease))),
+                    None => AcquireOutcome::HeldByOther(None),
+                })
+            }
+            Some(h) => {
+                let their_ttl = current
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.lease_duration_seconds)
+                    .and_then(|s| u64::try_from(s).ok())
+                    .map_or(settings.ttl(), Duration::from_secs);
+                // Our clock, since we saw the record change: never theirs.
+                if Instant::now() < observed.changed_at + their_ttl {
+                    return Ok(AcquireOutcome::HeldByOther(Some(h.to_owned())));
+                }
+                self.take_over(settings, current).await
+            }
+            None => self.take_over(settings, current).await,
+        }
+    }
+
+    async fn take_over(
+        &self,
+        settings: &LeaseSettings,
+        current: LeaseObject,
+    ) -> Result<AcquireOutcome, LeaseError> {
+        let next_transitions = i32::try_from(transitions(&current) + 1).unwrap_or(i32::MAX);
+        let now = self.now();
+        let owner = settings.owner_name().to_owned();
+        let ttl = duration_secs(settings);
+        let written = self
+            .replace(settings, current, |spec| {
+                spec.holder_identity = Some(owner);
+                spec.lease_duration_seconds = Some(ttl);
+                spec.acquire_time = Some(now.clone());
+                spec.renew_time = Some(now);
+                spec.lease_transitions = Some(next_transitions);
+            })
+            .await
+            .map_err(|e| lease_error(settings, e))?;
+        Ok(match written {
+            Some(lease) => AcquireOutcome::Acquired(FencingToken::new(transitions(&lease))),
+            // 409: another contender won the race.
+            None => AcquireOutcome::HeldByOther(None),
+        })
+    }
+
+    /// Reads the record after a 409 and says whether it is still ours.
+    async fn still_ours(
+        &self,
+        settings: &LeaseSettings,
+        token: FencingToken,
+    ) -> Result<Result<LeaseObject, LostReason>, LeaseError> {
+        match self.api.get_opt(settings.lease_name()).await {
+            Ok(None) => Ok(Err(LostReason::Revoked)),
+            Ok(Some(lease)) => {
+                self.observe(&lease);
+                match holder(&lease) {
+                    Some(h) if h == settings.owner_name() && transitions(&lease) == token.get() => {
+                        Ok(Ok(lease))
+                    }
+                    Some(h) => Ok(Err(LostReason::TakenOver {
+                        by: Some(h.to_owned()),
+                    })),
+                    None => Ok(Err(LostReason::Revoked)),
+                }
+            }
+            Err(e) => Err(lease_error(settings, e)),
+        }
+    }
+
+    async fn renew_inner(
+        &self,
+        settings: &LeaseSettings,
+        token: FencingToken,
+    ) -> Result<RenewOutcome, LeaseError> {
+        let cached = self.observed().as_ref().map(|o| o.lease.clone());
+        let mut lease = match cached {
+            Some(lease) if holder(&lease) == Some(settings.owner_name()) => lease,
+            _ => match self.still_ours(settings, token).await? {
+                Ok(lease) => lease,
+                Err(reason) => return Ok(RenewOutcome::Lost(reason)),
+            },
+        };
+        // One PUT in steady state; after a 409, one read and one more try.
+        for _ in 0..2 {
+            let now = self.now();
+            match self
+                .replace(settings, lease, |spec| spec.renew_time = Some(now))
+                .await
+            {
+                Ok(Some(_)) => return Ok(RenewOutcome::Renewed),
+                Ok(None) => match self.still_ours(settings, token).await? {
+                    Ok(fresh) => lease = fresh,
+                    Err(reason) => return Ok(RenewOutcome::Lost(reason)),
+                },
+                Err(e) if is_status(&e, kube::core::Status::is_not_found) => {
+                    return Ok(RenewOutcome::Lost(LostReason::Revoked));
+                }
+                Err(e) => return Err(lease_error(settings, e)),
+            }
+        }
+        Err(LeaseError::Unavailable {
+            lease: settings.lease_name().to_owned(),
+            reason: "renew kept conflicting".into(),
+        })
+    }
+
+    async fn release_inner(
+        &self,
+        settings: &LeaseSettings,
+        token: FencingToken,
+    ) -> Result<bool, LeaseError> {
+        let cached = self.observed().as_ref().map(|o| o.lease.clone());
+        let mut lease = match cached {
+            Some(lease) if holder(&lease) == Some(settings.owner_name()) => lease,
+            _ => match self.still_ours(settings, token).await? {
+                Ok(lease) => lease,
+                Err(_) => return Ok(false),
+            },
+        };
+        for _ in 0..3 {
+            let cleared = self
+                .replace(settings, lease, |spec| {
+                    spec.holder_identity = None;
+                    // As client-go does: a contender need not wait a full ttl.
+                    spec.lease_duration_seconds = Some(1);
+                })
+                .await;
+            match cleared {
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) => match self.still_ours(settings, token).await? {
+                    Ok(fresh) => lease = fresh,
+                    Err(_) => return Ok(false),
+                },
+                Err(e) if is_status(&e, kube::core::Status::is_not_found) => return Ok(false),
+                Err(e) => return Err(lease_error(settings, e)),
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl LeaseBackend for KubernetesBackend {
+    fn try_acquire<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+    ) -> BoxFuture<'a, Result<AcquireOutcome, LeaseError>> {
+        Box::pin(self.try_acquire_inner(settings))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+        token: FencingToken,
+    ) -> BoxFuture<'a, Result<RenewOutcome, LeaseError>> {
+        Box::pin(self.renew_inner(settings, token))
+    }
+
+    fn release<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+        token: FencingToken,
+    ) -> BoxFuture<'a, Result<bool, LeaseError>> {
+        Box::pin(self.release_inner(settings, token))
+    }
+}

@@ -1,0 +1,357 @@
+//! A loopback Kubernetes API server for Leases, with fault injection.
+//!
+//! It speaks real HTTP/1.1 and the API server's JSON, so the real
+//! `kube::Client` talks to it unchanged (nothing below the client is mocked).
+//! Each client gets its own [`Endpoint`] (its own port) so that faults can hit
+//! one client only: a cut endpoint drops its connections, as a partition
+//! between one pod and the API server would.
+
+mod semantics;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use semantics::{LeaseStore, Reply, Verb};
+
+/// Faults injected on one endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    latency: Duration,
+    cut: bool,
+    fail_status: u16,
+    fail_remaining: u32,
+}
+
+/// Requests an endpoint received, by verb (including failed ones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// GET of one lease.
+    pub get: u64,
+    /// GET of the collection.
+    pub list: u64,
+    /// POST.
+    pub create: u64,
+    /// PUT.
+    pub update: u64,
+    /// DELETE.
+    pub delete: u64,
+}
+
+impl RequestCounts {
+    /// All requests.
+    pub fn total(&self) -> u64 {
+        self.get + self.list + self.create + self.update + self.delete
+    }
+}
+
+#[derive(Default)]
+struct EndpointState {
+    faults: Faults,
+    counts: RequestCounts,
+}
+
+#[derive(Default)]
+struct Inner {
+    store: Mutex<LeaseStore>,
+    endpoints: Mutex<BTreeMap<String, EndpointState>>,
+    down: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The emulated API server; cheap to clone. Dropping the last clone does not
+/// stop it; call [`ApiServer::shutdown`].
+#[derive(Clone, Default)]
+pub struct ApiServer {
+    inner: Arc<Inner>,
+}
+
+/// One client's way in: a URL, and a kubeconfig that points to it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The endpoint's name (faults and counters are keyed by it).
+    pub name: String,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl Endpoint {
+    /// A kubeconfig (YAML) whose current context reaches this endpoint.
+    pub fn kubeconfig(&self, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: loopback\n  cluster:\n    server: {url}\nusers:\n- name: {name}\n  user: {{}}\ncontexts:\n- name: {name}\n  context:\n    cluster: loopback\n    user: {name}\n    namespace: {namespace}\ncurrent-context: {name}\n",
+            url = self.url,
+            name = self.name,
+        )
+    }
+
+    /// A `kube::Client` for this endpoint, built through its kubeconfig.
+    pub async fn client(&self, namespace: &str) -> Result<kube::Client, kube::Error> {
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig(namespace))
+            .map_err(kube::Error::InferKubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .map_err(kube::Error::InferKubeconfig)?;
+        kube::Client::try_from(config)
+    }
+}
+
+impl ApiServer {
+    /// A server with no endpoints yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Opens a new endpoint named `name` on a free loopback port. Must be
+    /// called inside a tokio runtime.
+    pub fn endpoint(&self, name: &str) -> std::io::Result<Endpoint> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let listener = TcpListener::from_std(std_listener)?;
+        lock(&self.inner.endpoints)
+            .entry(name.to_owned())
+            .or_default();
+        let task = tokio::spawn(accept(Arc::clone(&self.inner), name.to_owned(), listener));
+        lock(&self.inner.tasks).push(task);
+        tracing::debug!(endpoint = name, %addr, "emulator endpoint open");
+        Ok(Endpoint {
+            name: name.to_owned(),
+            url: format!("http://{addr}"),
+        })
+    }
+
+    fn with_faults(&self, endpoint: &str, f: impl FnOnce(&mut Faults)) {
+        f(&mut lock(&self.inner.endpoints)
+            .entry(endpoint.to_owned())
+            .or_default()
+            .faults);
+    }
+
+    /// Drops every connection to `endpoint` (and refuses new ones) while `cut`.
+    pub fn cut(&self, endpoint: &str, cut: bool) {
+        self.with_faults(endpoint, |f| f.cut = cut);
+    }
+
+    /// Delays every answer on `endpoint` by `latency`.
+    pub fn set_latency(&self, endpoint: &str, latency: Duration) {
+        self.with_faults(endpoint, |f| f.latency = latency);
+    }
+
+    /// Answers the next `count` requests on `endpoint` with `status` (500, 503...).
+    pub fn fail_next(&self, endpoint: &str, count: u32, status: u16) {
+        self.with_faults(endpoint, |f| {
+            f.fail_status = status;
+            f.fail_remaining = count;
+        });
+    }
+
+    /// Clears every fault on `endpoint`.
+    pub fn heal(&self, endpoint: &str) {
+        self.with_faults(endpoint, |f| *f = Faults::default());
+    }
+
+    /// The whole server down (every endpoint drops connections) or back up.
+    pub fn set_down(&self, down: bool) {
+        self.inner.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Requests `endpoint` received so far.
+    pub fn counts(&self, endpoint: &str) -> RequestCounts {
+        lock(&self.inner.endpoints)
+            .get(endpoint)
+            .map(|e| e.counts)
+            .unwrap_or_default()
+    }
+
+    /// The stored lease, as JSON.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        lock(&self.inner.store).get(namespace, name).cloned()
+    }
+
+    /// Applies a request directly, bypassing HTTP (to stage state in tests).
+    pub fn apply(
+        &self,
+        verb: Verb,
+        namespace: &str,
+        name: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        lock(&self.inner.store).handle(verb, namespace, name, body, &now())
+    }
+
+    /// Stops every endpoint.
+    pub fn shutdown(&self) {
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+fn is_cut(inner: &Inner, endpoint: &str) -> bool {
+    inner.down.load(Ordering::SeqCst)
+        || lock(&inner.endpoints)
+            .get(endpoint)
+            .is_some_and(|e| e.faults.cut)
+}
+
+async fn accept(inner: Arc<Inner>, endpoint: String, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        if is_cut(&inner, &endpoint) {
+            drop(stream);
+            continue;
+        }
+        let inner = Arc::clone(&inner);
+        let name = endpoint.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let inner = Arc::clone(&inner);
+                let name = name.clone();
+                async move { serve(&inner, &name, req).await }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Why a request closes its connection instead of getting an answer.
+#[derive(Debug, thiserror::Error)]
+#[error("connection dropped by fault injection")]
+struct Dropped;
+
+async fn serve(
+    inner: &Inner,
+    endpoint: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    let latency = lock(&inner.endpoints)
+        .get(endpoint)
+        .map(|e| e.faults.latency)
+        .unwrap_or_default();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if is_cut(inner, endpoint) {
+        return Err(Dropped);
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let Some((namespace, name)) = parse_path(&path) else {
+        return Ok(respond(
+            404,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("the server could not find the requested resource ({path})")}),
+        ));
+    };
+    let verb = match (&method, name.is_some()) {
+        (&Method::GET, true) => Verb::Get,
+        (&Method::GET, false) => Verb::List,
+        (&Method::POST, false) => Verb::Create,
+        (&Method::PUT, true) => Verb::Update,
+        (&Method::DELETE, true) => Verb::Delete,
+        _ => {
+            return Ok(respond(
+                405,
+                serde_json::json!({"kind": "Status", "status": "Failure", "reason": "MethodNotAllowed", "code": 405}),
+            ));
+        }
+    };
+    let injected = {
+        let mut endpoints = lock(&inner.endpoints);
+        let state = endpoints.entry(endpoint.to_owned()).or_default();
+        let counts = &mut state.counts;
+        match verb {
+            Verb::Get => counts.get += 1,
+            Verb::List => counts.list += 1,
+            Verb::Create => counts.create += 1,
+            Verb::Update => counts.update += 1,
+            Verb::Delete => counts.delete += 1,
+        }
+        let f = &mut state.faults;
+        (f.fail_remaining > 0).then(|| {
+            f.fail_remaining -= 1;
+            f.fail_status
+        })
+    };
+    if let Some(code) = injected {
+        let reason = if code == 503 {
+            "ServiceUnavailable"
+        } else {
+            "InternalError"
+        };
+        return Ok(respond(
+            code,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": reason, "code": code, "message": "injected fault"}),
+        ));
+    }
+    let json = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                return Ok(respond(
+                    400,
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest", "code": 400, "message": format!("invalid JSON: {e}")}),
+                ));
+            }
+        }
+    };
+    let reply = lock(&inner.store).handle(verb, &namespace, name.as_deref(), json, &now());
+    Ok(respond(reply.status, reply.body))
+}
+
+fn respond(status: u16, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `/apis/coordination.k8s.io/v1/namespaces/{ns}/leases[/{name}]`.
+fn parse_path(path: &str) -> Option<(String, Option<String>)> {
+    let rest = path.strip_prefix("/apis/coordination.k8s.io/v1/namespaces/")?;
+    let mut parts = rest.split('/');
+    let namespace = parts.next()?.to_owned();
+    if parts.next()? != "leases" {
+        return None;
+    }
+    let name = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((namespace, name))
+}

@@ -1,0 +1,246 @@
+//! Kubernetes-specific behaviour against the emulated API server, real time.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{NS, client_for, lease, settings};
+use lease_api::{Lease, LeaseStatus, LostReason};
+use lease_k8s::KubernetesLease;
+use lease_k8s::emulator::{ApiServer, Verb};
+use serde_json::json;
+use tokio::time::{Instant, sleep};
+
+async fn wait_for_lost(l: &KubernetesLease, limit: Duration) -> Option<LeaseStatus> {
+    let mut status = l.status();
+    let found = tokio::time::timeout(
+        limit,
+        status.wait_for(|s| matches!(s, LeaseStatus::Lost(_))),
+    )
+    .await;
+    found.ok().and_then(|r| r.ok().map(|s| s.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_down_briefly_keeps_the_lease() {
+    let server = ApiServer::new();
+    let a = lease(&server, "brief", "a");
+    assert!(a.acquire().await.unwrap());
+    sleep(Duration::from_millis(400)).await;
+    // Down for less than ttl - margin - heartbeat: renewals resume in time.
+    server.set_down(true);
+    let end = Instant::now() + Duration::from_millis(1000);
+    while Instant::now() < end {
+        assert!(a.check_alive(), "lost during a short outage");
+        sleep(Duration::from_millis(25)).await;
+    }
+    server.set_down(false);
+    sleep(Duration::from_secs(2)).await;
+    assert!(a.check_alive());
+    assert!(matches!(*a.status().borrow(), LeaseStatus::Held(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_down_longer_loses_before_anyone_takes_over() {
+    let server = ApiServer::new();
+    let a = lease(&server, "long", "a");
+    let b = lease(&server, "long", "b");
+    assert!(a.acquire().await.unwrap());
+    assert!(!b.acquire().await.unwrap());
+    server.set_down(true);
+    let lost = tokio::spawn({
+        let a = Arc::clone(&a);
+        async move {
+            wait_for_lost(&a, Duration::from_secs(5)).await;
+            Instant::now()
+        }
+    });
+    sleep(Duration::from_secs(3)).await;
+    server.set_down(false);
+    let lost_at = lost.await.unwrap();
+    let won_at = loop {
+        assert!(!(a.check_alive() && b.check_alive()), "two holders");
+        let attempt = Instant::now();
+        if b.acquire().await.unwrap_or(false) {
+            break attempt;
+        }
+        sleep(Duration::from_millis(50)).await;
+    };
+    assert!(lost_at < won_at, "Lost must come first");
+    assert!(!a.check_alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_contenders_for_an_expired_lease_one_wins() {
+    let server = ApiServer::new();
+    for round in 0..3 {
+        let name = format!("race-{round}");
+        let holder = lease(&server, &name, "holder");
+        assert!(holder.acquire().await.unwrap());
+        let b = lease(&server, &name, "b");
+        let c = lease(&server, &name, "c");
+        // Both see the record now; it stops changing when the holder goes.
+        assert!(!b.acquire().await.unwrap());
+        assert!(!c.acquire().await.unwrap());
+        drop(holder);
+        sleep(Duration::from_millis(2600)).await;
+        let (rb, rc) = tokio::join!(b.acquire(), c.acquire());
+        let wins = [rb.unwrap(), rc.unwrap()].iter().filter(|w| **w).count();
+        assert_eq!(wins, 1, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contender_with_a_clock_an_hour_ahead_never_takes_over_early() {
+    let server = ApiServer::new();
+    let a = lease(&server, "skew", "a");
+    let ahead: lease_k8s::WallClock = Arc::new(|| {
+        k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(1)
+    });
+    let b = KubernetesLease::with_wall_clock(
+        client_for(&server, "b"),
+        NS,
+        settings("skew", "b"),
+        ahead,
+    )
+    .unwrap();
+    assert!(a.acquire().await.unwrap());
+    let end = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < end {
+        assert!(!b.acquire().await.unwrap(), "took over a renewed lease");
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.check_alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_api_call_per_renew_in_steady_state() {
+    let server = ApiServer::new();
+    let a = lease(&server, "calls", "a");
+    assert!(a.acquire().await.unwrap());
+    let acquire_calls = server.counts("a");
+    assert_eq!((acquire_calls.get, acquire_calls.create), (1, 1));
+    sleep(Duration::from_millis(3150)).await;
+    let after = server.counts("a");
+    let renews = after.update - acquire_calls.update;
+    assert!(
+        (9..=11).contains(&renews),
+        "{renews} renew PUTs in ~10 heartbeats"
+    );
+    assert_eq!(after.get, acquire_calls.get, "no GET before a renew");
+    assert_eq!(
+        after.total() - acquire_calls.total(),
+        renews,
+        "exactly one call per renew"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_seen_on_renew_is_a_loss() {
+    let server = ApiServer::new();
+    let a = lease(&server, "stolen", "a");
+    assert!(a.acquire().await.unwrap());
+    // Someone rewrites the record behind our back.
+    let mut object = server.lease(NS, "stolen").unwrap();
+    object["spec"]["holderIdentity"] = json!("intruder");
+    assert_eq!(
+        server
+            .apply(Verb::Update, NS, Some("stolen"), Some(object))
+            .status,
+        200
+    );
+    let lost = wait_for_lost(&a, Duration::from_secs(2)).await;
+    assert_eq!(
+        lost,
+        Some(LeaseStatus::Lost(LostReason::TakenOver {
+            by: Some("intruder".into())
+        }))
+    );
+    assert!(!a.check_alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_until_the_deadline() {
+    let server = ApiServer::new();
+    let a = lease(&server, "flaky", "a");
+    assert!(a.acquire().await.unwrap());
+    server.fail_next("a", 2, 503);
+    sleep(Duration::from_secs(2)).await;
+    assert!(a.check_alive(), "two failed renewals are absorbed");
+    server.fail_next("a", 1000, 500);
+    assert!(wait_for_lost(&a, Duration::from_secs(3)).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_clears_the_holder_and_the_next_owner_gets_a_higher_token() {
+    let server = ApiServer::new();
+    let a = lease(&server, "handover", "a");
+    let b = lease(&server, "handover", "b");
+    assert!(a.acquire().await.unwrap());
+    let first = a.fencing_token().unwrap();
+    assert!(a.release().await.unwrap());
+    let stored = server.lease(NS, "handover").unwrap();
+    assert!(
+        stored["spec"]
+            .get("holderIdentity")
+            .is_none_or(|h| h.is_null())
+    );
+    assert_eq!(stored["spec"]["leaseDurationSeconds"], 1);
+    assert!(
+        b.acquire().await.unwrap(),
+        "a released lease is free at once"
+    );
+    assert!(b.fencing_token().unwrap() > first);
+    let renew_time = server.lease(NS, "handover").unwrap()["spec"]["renewTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // MicroTime: UTC with exactly six fractional digits.
+    let fraction = renew_time.trim_end_matches('Z').rsplit('.').next().unwrap();
+    assert!(
+        renew_time.ends_with('Z') && fraction.len() == 6,
+        "{renew_time}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_client_reaches_the_emulator_through_a_kubeconfig() {
+    let server = ApiServer::new();
+    let endpoint = server.endpoint("kubeconfig").unwrap();
+    let client = endpoint.client(NS).await.unwrap();
+    let a = KubernetesLease::new(client, NS, settings("via-kubeconfig", "a")).unwrap();
+    assert!(a.acquire().await.unwrap());
+    assert_eq!(server.counts("kubeconfig").create, 1);
+}
+
+#[test]
+fn bad_names_are_rejected_with_the_field() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let server = ApiServer::new();
+    let client = client_for(&server, "x");
+    let bad = KubernetesLease::new(client.clone(), NS, settings("Bad_Name", "x"))
+        .err()
+        .unwrap();
+    assert_eq!(bad.field(), "lease_name");
+    let bad = KubernetesLease::new(client, "Bad.Namespace", settings("ok", "x"))
+        .err()
+        .unwrap();
+    assert_eq!(bad.field(), "namespace");
+}
+
+#[test]
+fn owner_defaults_to_hostname() {
+    match std::env::var("HOSTNAME") {
+        Ok(h) if !h.trim().is_empty() => {
+            assert_eq!(KubernetesLease::owner_from_hostname().unwrap(), h)
+        }
+        _ => assert_eq!(
+            KubernetesLease::owner_from_hostname().unwrap_err().field(),
+            "owner_name"
+        ),
+    }
+}
