@@ -13,9 +13,10 @@ use crate::report;
 /// Options of `cargo xtask multinode`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Nemesis runs (seeds 1..=N); each named scenario runs max(1, N/20) seeds.
-    #[arg(long, default_value_t = 200)]
-    seeds: u64,
+    /// Nemesis runs (seeds 1..=N); each named scenario runs max(1, N/20)
+    /// seeds. Default 200 in paused time, 5 with `--lease k8s` (real time).
+    #[arg(long)]
+    seeds: Option<u64>,
     /// Run only this scenario (see --help for names).
     #[arg(long, value_parser = parse_scenario)]
     scenario: Option<Scenario>,
@@ -51,13 +52,13 @@ pub fn run(args: Args) -> ExitCode {
     let lease = match args.lease {
         LeaseArg::Memory => LeaseMode::Memory,
         LeaseArg::None => LeaseMode::None,
-        LeaseArg::K8s => {
-            eprintln!(
-                "--lease k8s needs the lease-k8s crate and its loopback API server, which are not built yet; use --lease memory or --lease none"
-            );
-            return ExitCode::from(2);
-        }
+        LeaseArg::K8s => LeaseMode::Kubernetes,
     };
+    let seeds = args.seeds.unwrap_or(if lease == LeaseMode::Kubernetes {
+        5
+    } else {
+        200
+    });
     if args.nodes < 3 {
         eprintln!(
             "--nodes {} is too few: the scenarios need at least 3",
@@ -73,8 +74,8 @@ pub fn run(args: Args) -> ExitCode {
     for &scenario in &scenarios {
         let seeds: Vec<u64> = match (args.seed, scenario) {
             (Some(seed), _) => vec![seed],
-            (None, Scenario::Nemesis) => (1..=args.seeds.max(1)).collect(),
-            (None, _) => (1..=(args.seeds / 20).max(1)).collect(),
+            (None, Scenario::Nemesis) => (1..=seeds.max(1)).collect(),
+            (None, _) => (1..=(seeds / 20).max(1)).collect(),
         };
         jobs.extend(seeds.into_iter().map(|seed| RunConfig {
             scenario,
@@ -84,7 +85,13 @@ pub fn run(args: Args) -> ExitCode {
         }));
     }
     let started = std::time::Instant::now();
-    let reports = run_all(&jobs);
+    // Real-time runs share the machine's clock: one at a time keeps them honest.
+    let threads = if lease == LeaseMode::Kubernetes {
+        1
+    } else {
+        parallelism()
+    };
+    let reports = run_all(&jobs, threads);
     let elapsed = started.elapsed();
 
     let rows = report::rows(&scenarios, &reports, lease);
@@ -134,14 +141,18 @@ pub fn lease_name(lease: LeaseMode) -> &'static str {
     match lease {
         LeaseMode::Memory => "memory",
         LeaseMode::None => "none",
+        LeaseMode::Kubernetes => "k8s",
     }
 }
 
 /// Runs every job on all cores; each run has its own paused runtime.
-fn run_all(jobs: &[RunConfig]) -> Vec<RunReport> {
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn run_all(jobs: &[RunConfig], threads: usize) -> Vec<RunReport> {
     let next = AtomicUsize::new(0);
     let out = Mutex::new(Vec::with_capacity(jobs.len()));
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -165,8 +176,7 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            root.canonicalize().unwrap_or(root).join("target")
         })
 }

@@ -16,7 +16,9 @@ use cluster::{
     Transport,
 };
 use lease_api::{Lease, LeaseSettings};
-use lease_memory::{InMemoryLease, InMemoryLeaseStore};
+use lease_k8s::KubernetesLease;
+use lease_k8s::emulator::ApiServer;
+use lease_memory::{Grant, InMemoryLease, InMemoryLeaseStore};
 use sharding_coordinator::CoordinatorRecord;
 use sharding_coordinator::{ClusterSharding, CoordinatorSettings, ShardingSettings};
 use sharding_core::protocol::{RegionMsg, TypeChannels, encode};
@@ -47,6 +49,17 @@ pub struct HarnessSettings {
     /// The lease store the nodes share; set it up (e.g. a lease held by an
     /// outsider) before starting the harness if a test needs to.
     pub store: InMemoryLeaseStore,
+    /// Where leases live when `lease` is set.
+    pub backend: LeaseBackendKind,
+}
+
+/// Which store backs the nodes' leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseBackendKind {
+    /// [`InMemoryLeaseStore`]: paused time works.
+    Memory,
+    /// `KubernetesLease` against the loopback API server emulator: real time only.
+    Kubernetes,
 }
 
 impl HarnessSettings {
@@ -62,6 +75,7 @@ impl HarnessSettings {
             lease: None,
             record: true,
             store: InMemoryLeaseStore::new(),
+            backend: LeaseBackendKind::Memory,
         }
     }
 
@@ -75,6 +89,84 @@ impl HarnessSettings {
     }
 }
 
+impl HarnessSettings {
+    /// Real-time settings with the Kubernetes lease on the emulated API
+    /// server: every timing scaled down about fifteen-fold (lease ttl 2 s,
+    /// membership down after 1 s) so scenarios take seconds, not minutes.
+    pub fn with_kubernetes_lease(seed: u64) -> Self {
+        let mut s = Self::new(seed);
+        s.backend = LeaseBackendKind::Kubernetes;
+        s.lease = LeaseSettings::builder(format!("{COUNTER_TYPE}-coordinator"), "node")
+            .ttl(Duration::from_secs(2))
+            .heartbeat_interval(Duration::from_millis(300))
+            .operation_timeout(Duration::from_millis(500))
+            .safety_margin(Duration::from_millis(200))
+            .build()
+            .ok();
+        s.scale_for_real_time();
+        s
+    }
+
+    /// Real-time settings without a lease (same scaled timings).
+    pub fn real_time_without_lease(seed: u64) -> Self {
+        let mut s = Self::new(seed);
+        s.scale_for_real_time();
+        s
+    }
+
+    fn scale_for_real_time(&mut self) {
+        self.membership.heartbeat_interval = Duration::from_millis(200);
+        self.membership.probe_timeout = Duration::from_millis(100);
+        self.membership.down_after = Duration::from_secs(1);
+        self.membership.announce_interval = Duration::from_millis(300);
+        self.coordinator.lease_retry_interval = Duration::from_millis(500);
+        self.coordinator.recovery_timeout = Duration::from_millis(500);
+        self.coordinator.rebalance_interval = Duration::from_secs(1);
+        self.coordinator.handoff_timeout = Duration::from_secs(4);
+        self.region.retry_interval = Duration::from_millis(200);
+        self.region.ask_timeout = Duration::from_secs(1);
+    }
+}
+
+/// The namespace of harness leases on the emulated API server.
+pub const K8S_NAMESPACE: &str = "default";
+
+/// Rebuilds tenures from the API server's writes: a tenure starts when a
+/// holder first appears and ends when another holder (or none) is written,
+/// or `leaseDurationSeconds` after its last write, whichever is first.
+fn grants_from_writes(writes: &[lease_k8s::emulator::LeaseWrite]) -> Vec<Grant> {
+    let mut grants: Vec<Grant> = Vec::new();
+    let mut open: BTreeMap<String, Grant> = BTreeMap::new();
+    for w in writes {
+        let key = format!("{}/{}", w.namespace, w.name);
+        let ttl = Duration::from_secs(u64::try_from(w.duration_secs.unwrap_or(1)).unwrap_or(1));
+        if let Some(grant) = open.get_mut(&key) {
+            if w.holder.as_deref() == Some(grant.owner.as_str()) {
+                grant.until = w.at + ttl;
+                continue;
+            }
+        }
+        if let Some(mut done) = open.remove(&key) {
+            done.until = done.until.min(w.at);
+            grants.push(done);
+        }
+        if let Some(holder) = &w.holder {
+            let token = u64::try_from(w.transitions.unwrap_or(0)).unwrap_or(0);
+            let grant = Grant {
+                lease: w.name.clone(),
+                owner: holder.clone(),
+                token: lease_api::FencingToken::new(token),
+                from: w.at,
+                until: w.at + ttl,
+            };
+            open.insert(key, grant);
+        }
+    }
+    grants.extend(open.into_values());
+    grants.sort_by_key(|g| g.from);
+    grants
+}
+
 /// The lease owner name of `node`.
 pub fn owner_of(node: NodeId) -> String {
     format!("node-{}", node.0)
@@ -83,16 +175,33 @@ pub fn owner_of(node: NodeId) -> String {
 /// One running node.
 pub struct Node {
     transport: Arc<InProcessTransport>,
-    lease: Option<Arc<InMemoryLease>>,
+    lease: Option<NodeLease>,
     membership: Membership,
     sharding: ClusterSharding,
     region: ShardRegion<Counter>,
+}
+
+/// A node's lease handle, by backend.
+#[derive(Clone)]
+enum NodeLease {
+    Memory(Arc<InMemoryLease>),
+    Kubernetes(Arc<KubernetesLease>),
+}
+
+impl NodeLease {
+    fn as_dyn(&self) -> Arc<dyn Lease> {
+        match self {
+            NodeLease::Memory(l) => Arc::clone(l) as Arc<dyn Lease>,
+            NodeLease::Kubernetes(l) => Arc::clone(l) as Arc<dyn Lease>,
+        }
+    }
 }
 
 /// N nodes, one network.
 pub struct MultiNode {
     network: InProcessNetwork,
     store: InMemoryLeaseStore,
+    api: ApiServer,
     history: History,
     settings: HarnessSettings,
     nodes: BTreeMap<NodeId, Node>,
@@ -109,6 +218,7 @@ impl MultiNode {
         let mut harness = Self {
             network: InProcessNetwork::new(settings.seed),
             store: settings.store.clone(),
+            api: ApiServer::new(),
             history: History::default(),
             settings,
             nodes: BTreeMap::new(),
@@ -145,9 +255,14 @@ impl MultiNode {
                 Ok(s) => s,
                 Err(e) => panic!("harness lease settings are invalid: {e}"),
             };
-            Arc::new(self.store.lease(owned))
+            match self.settings.backend {
+                LeaseBackendKind::Memory => NodeLease::Memory(Arc::new(self.store.lease(owned))),
+                LeaseBackendKind::Kubernetes => {
+                    NodeLease::Kubernetes(Arc::new(self.kubernetes_lease(node, owned)))
+                }
+            }
         });
-        settings.lease = lease.clone().map(|l| l as Arc<dyn Lease>);
+        settings.lease = lease.as_ref().map(NodeLease::as_dyn);
         if self.settings.record {
             settings.coordinator_observer = Some(self.history.coordinator_observer());
             settings.region_observer = Some(self.history.region_observer());
@@ -203,9 +318,65 @@ impl MultiNode {
         &self.history
     }
 
-    /// `node`'s lease handle, if leases are on.
+    /// `node`'s in-memory lease handle, if in-memory leases are on.
     pub fn lease(&self, node: NodeId) -> Option<Arc<InMemoryLease>> {
-        self.nodes.get(&node).and_then(|n| n.lease.clone())
+        match self.nodes.get(&node).and_then(|n| n.lease.clone()) {
+            Some(NodeLease::Memory(l)) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// `node`'s lease handle, whatever the backend.
+    pub fn lease_handle(&self, node: NodeId) -> Option<Arc<dyn Lease>> {
+        self.nodes
+            .get(&node)
+            .and_then(|n| n.lease.as_ref().map(NodeLease::as_dyn))
+    }
+
+    /// The emulated API server (used when the backend is Kubernetes).
+    pub fn api_server(&self) -> &ApiServer {
+        &self.api
+    }
+
+    fn kubernetes_lease(&self, node: NodeId, settings: LeaseSettings) -> KubernetesLease {
+        let owner = owner_of(node);
+        let endpoint = match self.api.endpoint(&owner) {
+            Ok(e) => e,
+            Err(e) => panic!("cannot open an emulator endpoint: {e}"),
+        };
+        let url = match endpoint.url.parse() {
+            Ok(u) => u,
+            Err(e) => panic!("emulator url {}: {e}", endpoint.url),
+        };
+        let client = match kube::Client::try_from(kube::Config::new(url)) {
+            Ok(c) => c,
+            Err(e) => panic!("cannot build a kube client: {e}"),
+        };
+        match KubernetesLease::new(client, K8S_NAMESPACE, settings) {
+            Ok(l) => l,
+            Err(e) => panic!("harness lease settings are invalid: {e}"),
+        }
+    }
+
+    /// Who held the lease when, according to the store: the in-memory
+    /// store's history, or what the emulated API server was written.
+    pub fn grants(&self) -> Vec<Grant> {
+        match self.settings.backend {
+            LeaseBackendKind::Memory => self.store.history(),
+            LeaseBackendKind::Kubernetes => grants_from_writes(&self.api.writes()),
+        }
+    }
+
+    /// The current lease holder as the store sees it (for timelines).
+    pub fn lease_holder(&self) -> Option<String> {
+        let name = self.settings.lease.as_ref()?.lease_name().to_owned();
+        match self.settings.backend {
+            LeaseBackendKind::Memory => self.store.holder(&name).map(|(owner, _)| owner),
+            LeaseBackendKind::Kubernetes => self
+                .api
+                .lease(K8S_NAMESPACE, &name)
+                .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned)),
+        }
     }
 
     /// `node`'s transport, to inject raw traffic in tests.
@@ -215,12 +386,18 @@ impl MultiNode {
 
     /// Cuts `node` off from the lease store (its calls fail at once).
     pub fn isolate_from_lease_store(&self, node: NodeId) {
-        self.store.cut_off(&owner_of(node));
+        match self.settings.backend {
+            LeaseBackendKind::Memory => self.store.cut_off(&owner_of(node)),
+            LeaseBackendKind::Kubernetes => self.api.cut(&owner_of(node), true),
+        }
     }
 
     /// Gives `node` its lease store access back.
     pub fn reconnect_to_lease_store(&self, node: NodeId) {
-        self.store.reconnect(&owner_of(node));
+        match self.settings.backend {
+            LeaseBackendKind::Memory => self.store.reconnect(&owner_of(node)),
+            LeaseBackendKind::Kubernetes => self.api.heal(&owner_of(node)),
+        }
     }
 
     /// A stop-the-world pause of `node` for `duration`, as far as the rest of
@@ -249,11 +426,14 @@ impl MultiNode {
                 _ => None,
             });
         self.network.isolate(node);
-        self.store.black_hole(&owner);
+        match self.settings.backend {
+            LeaseBackendKind::Memory => self.store.black_hole(&owner),
+            LeaseBackendKind::Kubernetes => self.api.cut(&owner, true),
+        }
         tracing::info!(%node, ?duration, "paused");
         tokio::time::sleep(duration).await;
         self.network.reconnect(node);
-        self.store.reconnect(&owner);
+        self.reconnect_to_lease_store(node);
         tracing::info!(%node, "resumed");
         let (Some((to, directive)), Some(transport)) = (last_sent, self.transport(node)) else {
             return 0;

@@ -79,6 +79,9 @@ pub enum LeaseMode {
     None,
     /// The in-memory lease, in paused time.
     Memory,
+    /// The Kubernetes lease on the emulated API server, in real time with
+    /// every timing scaled down (ttl 2 s).
+    Kubernetes,
 }
 
 /// One run to do.
@@ -142,22 +145,26 @@ pub struct RunReport {
 
 /// Runs one scenario to completion on a fresh paused-time runtime.
 pub fn run(config: RunConfig) -> RunReport {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if config.lease != LeaseMode::Kubernetes {
+        builder.start_paused(true);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => panic!("cannot build a tokio runtime: {e}"),
     };
     runtime.block_on(async move { Run::new(config).execute().await })
 }
 
-const TTL: Duration = Duration::from_secs(30);
-const SETTLE: Duration = Duration::from_secs(60);
-
 struct Run {
     config: RunConfig,
+    /// Multiplies every scenario duration (1 in paused time; 1/15 in real time).
+    scale: f64,
+    /// The lease ttl (for reporting failover in ttls).
+    ttl: Duration,
+    /// DESIGN.md I4: ttl + lease heartbeat + recovery timeout.
+    recovery_bound: Duration,
     harness: MultiNode,
     rng: StdRng,
     start: Instant,
@@ -171,15 +178,31 @@ struct Run {
 
 impl Run {
     fn new(config: RunConfig) -> Self {
-        let mut settings = match config.lease {
-            LeaseMode::Memory => HarnessSettings::with_memory_lease(config.seed),
-            LeaseMode::None => HarnessSettings::new(config.seed),
+        let (mut settings, scale) = match config.lease {
+            LeaseMode::Memory => (HarnessSettings::with_memory_lease(config.seed), 1.0),
+            LeaseMode::None => (HarnessSettings::new(config.seed), 1.0),
+            LeaseMode::Kubernetes => (
+                HarnessSettings::with_kubernetes_lease(config.seed),
+                1.0 / 15.0,
+            ),
         };
         settings.region.passivate_after = Duration::from_secs(3600);
-        settings.region.ask_timeout = Duration::from_secs(2);
+        if config.lease != LeaseMode::Kubernetes {
+            settings.region.ask_timeout = Duration::from_secs(2);
+        }
+        let (ttl, heartbeat) = settings
+            .lease
+            .as_ref()
+            .map_or((Duration::from_secs(30), Duration::from_secs(3)), |l| {
+                (l.ttl(), l.heartbeat_interval())
+            });
+        let recovery_bound = ttl + heartbeat + settings.coordinator.recovery_timeout;
         let harness = MultiNode::start(config.nodes.max(3), settings);
         Self {
             config,
+            scale,
+            ttl,
+            recovery_bound,
             harness,
             rng: StdRng::seed_from_u64(config.seed ^ 0x5eed),
             start: Instant::now(),
@@ -190,6 +213,17 @@ impl Run {
             probes: probe_entities(64),
             down: Vec::new(),
         }
+    }
+
+    /// `secs` of scenario time, scaled.
+    fn s(&self, secs: f64) -> Duration {
+        Duration::from_secs_f64(secs * self.scale)
+    }
+
+    /// A seeded random duration in `millis` of scenario time, scaled.
+    fn random_ms(&mut self, millis: std::ops::Range<u64>) -> Duration {
+        let ms = self.rng.random_range(millis);
+        self.s(ms as f64 / 1000.0)
     }
 
     fn nodes(&self) -> Vec<NodeId> {
@@ -224,7 +258,7 @@ impl Run {
                 }
             }
             let left = end.saturating_duration_since(Instant::now());
-            sleep(left.min(Duration::from_millis(500))).await;
+            sleep(left.min(self.s(0.5))).await;
         }
     }
 
@@ -233,7 +267,7 @@ impl Run {
         if now < self.next_sample {
             return;
         }
-        self.next_sample = now + Duration::from_millis(500);
+        self.next_sample = now + self.s(0.5);
         let h = &self.harness;
         self.samples.push(Sample {
             t: now.duration_since(self.start).as_secs_f64(),
@@ -243,10 +277,7 @@ impl Run {
                 .map(|n| (n.0, h.leader_of(n).map(|l| l.0)))
                 .collect(),
             active: h.active_coordinators().into_iter().map(|n| n.0).collect(),
-            holder: h
-                .store()
-                .holder(&format!("{}-coordinator", crate::COUNTER_TYPE))
-                .map(|(owner, _)| owner),
+            holder: h.lease_holder(),
         });
     }
 
@@ -264,8 +295,8 @@ impl Run {
     }
 
     async fn execute(mut self) -> RunReport {
-        let _ = self.harness.converge(Duration::from_secs(30)).await;
-        self.wait(Duration::from_secs(15)).await;
+        let _ = self.harness.converge(self.s(30.0)).await;
+        self.wait(self.s(15.0)).await;
         let nodes = self.nodes();
         let n = nodes.len();
         let half = n / 2 + 1;
@@ -274,19 +305,19 @@ impl Run {
             Scenario::SymmetricSplit => {
                 self.fault(format!("partition {majority:?} | {minority:?}"));
                 self.harness.partition(&[majority, minority]);
-                self.wait(Duration::from_secs(60)).await;
+                self.wait(self.s(60.0)).await;
             }
             Scenario::LeaderIsolated => {
                 self.fault("isolate node-1".into());
                 self.harness.isolate(NodeId(1));
-                self.wait(Duration::from_secs(60)).await;
+                self.wait(self.s(60.0)).await;
             }
             Scenario::OneWayPartition => {
                 self.fault(format!("node-1 cannot send to {minority:?}"));
                 for &to in minority {
                     self.harness.network().cut_one_way(NodeId(1), to);
                 }
-                self.wait(Duration::from_secs(60)).await;
+                self.wait(self.s(60.0)).await;
             }
             Scenario::StoreUnreachable => {
                 self.fault(format!(
@@ -296,7 +327,7 @@ impl Run {
                 for &m in majority {
                     self.harness.isolate_from_lease_store(m);
                 }
-                self.wait(Duration::from_secs(90)).await;
+                self.wait(self.s(90.0)).await;
             }
             Scenario::StopTheWorldPause => {
                 let target = self
@@ -306,13 +337,13 @@ impl Run {
                     .copied()
                     .unwrap_or(NodeId(1));
                 self.fault(format!("pause {target} for 60 s"));
-                self.harness.pause(target, Duration::from_secs(60)).await;
+                self.harness.pause(target, self.s(60.0)).await;
             }
             Scenario::LeaderCrashRestart => {
                 self.fault("crash node-1".into());
                 self.harness.kill(NodeId(1));
                 self.down.push(NodeId(1));
-                self.wait(Duration::from_secs(60)).await;
+                self.wait(self.s(60.0)).await;
                 self.restart_down().await;
             }
             Scenario::FlappingPartition => {
@@ -321,10 +352,10 @@ impl Run {
                     let cut = self.rng.random_range(1..n);
                     let (a, b) = nodes.split_at(cut);
                     self.harness.partition(&[a, b]);
-                    let on = Duration::from_millis(self.rng.random_range(2_000..12_000));
+                    let on = self.random_ms(2_000..12_000);
                     self.wait(on).await;
                     self.harness.heal();
-                    let off = Duration::from_millis(self.rng.random_range(1_000..6_000));
+                    let off = self.random_ms(1_000..6_000);
                     self.wait(off).await;
                 }
             }
@@ -332,9 +363,9 @@ impl Run {
                 self.fault("rolling restart".into());
                 for &node in &nodes {
                     self.harness.kill(node);
-                    self.wait(Duration::from_secs(5)).await;
+                    self.wait(self.s(5.0)).await;
                     self.harness.start_node(node);
-                    self.wait(Duration::from_secs(40)).await;
+                    self.wait(self.s(40.0)).await;
                 }
             }
             Scenario::Nemesis => self.nemesis(&nodes).await,
@@ -345,7 +376,7 @@ impl Run {
         self.harness
             .history()
             .push(NodeId(0), EventKind::Harness(HarnessEvent::FaultsHealed));
-        self.wait(SETTLE).await;
+        self.wait(self.s(60.0)).await;
         let unanswered = self.probe_every_shard().await;
         self.report(healed_at, unanswered)
     }
@@ -355,7 +386,7 @@ impl Run {
         let n = nodes.len();
         let rounds = self.rng.random_range(3..7);
         for _ in 0..rounds {
-            let hold = Duration::from_millis(self.rng.random_range(3_000..70_000));
+            let hold = self.random_ms(3_000..70_000);
             match self.rng.random_range(0..6) {
                 0 => {
                     let cut = self.rng.random_range(1..n);
@@ -405,7 +436,7 @@ impl Run {
                 }
             }
             self.heal_all();
-            let gap = Duration::from_millis(self.rng.random_range(0..20_000));
+            let gap = self.random_ms(0..20_000);
             self.wait(gap).await;
         }
     }
@@ -423,11 +454,11 @@ impl Run {
                     .harness
                     .region(via)
                     .ask(CounterMsg::get(entity.clone()));
-                if let Ok(Ok(_)) = timeout(Duration::from_secs(3), ask).await {
+                if let Ok(Ok(_)) = timeout(self.s(3.0), ask).await {
                     ok = true;
                     break;
                 }
-                sleep(Duration::from_secs(1)).await;
+                sleep(self.s(1.0)).await;
             }
             if ok {
                 self.asks_ok += 1;
@@ -441,16 +472,16 @@ impl Run {
 
     fn report(self, healed_at: Instant, unanswered: usize) -> RunReport {
         let events = self.harness.history().events();
-        let grants = self.harness.store().history();
+        let grants = self.harness.grants();
         let end = Instant::now();
         let verdict: Verdict = checker::check(&CheckInput {
             events: &events,
-            grants: (self.config.lease == LeaseMode::Memory).then_some(&grants[..]),
+            grants: (self.config.lease != LeaseMode::None).then_some(&grants[..]),
             start: self.start,
             end,
             healed_at: Some(healed_at),
             // DESIGN.md I4: ttl + lease heartbeat + recovery timeout.
-            recovery_bound: TTL + Duration::from_secs(3) + Duration::from_secs(5),
+            recovery_bound: self.recovery_bound,
             unanswered_shards: unanswered,
         });
         let cell = |c: &Check| match c {
@@ -497,7 +528,7 @@ impl Run {
             double_hosted_shard_seconds: verdict.double_hosted_shard_seconds,
             failover_ttls: verdict
                 .failover
-                .map(|d| d.as_secs_f64() / TTL.as_secs_f64()),
+                .map(|d| d.as_secs_f64() / self.ttl.as_secs_f64()),
             asks_ok: self.asks_ok,
             asks_failed: self.asks_failed,
             passed,

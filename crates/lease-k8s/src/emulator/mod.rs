@@ -60,9 +60,28 @@ struct EndpointState {
     counts: RequestCounts,
 }
 
+/// One successful write of a lease, as the server applied it: the ground
+/// truth for checkers (who held the lease when).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseWrite {
+    /// When the server applied it (tokio time).
+    pub at: tokio::time::Instant,
+    /// Namespace.
+    pub namespace: String,
+    /// Lease name.
+    pub name: String,
+    /// `spec.holderIdentity` after the write (`None` if cleared).
+    pub holder: Option<String>,
+    /// `spec.leaseDurationSeconds` after the write.
+    pub duration_secs: Option<i64>,
+    /// `spec.leaseTransitions` after the write.
+    pub transitions: Option<i64>,
+}
+
 #[derive(Default)]
 struct Inner {
     store: Mutex<LeaseStore>,
+    writes: Mutex<Vec<LeaseWrite>>,
     endpoints: Mutex<BTreeMap<String, EndpointState>>,
     down: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -196,6 +215,11 @@ impl ApiServer {
         lock(&self.inner.store).handle(verb, namespace, name, body, &now())
     }
 
+    /// Every successful create or update so far, in order.
+    pub fn writes(&self) -> Vec<LeaseWrite> {
+        lock(&self.inner.writes).clone()
+    }
+
     /// Stops every endpoint.
     pub fn shutdown(&self) {
         for task in lock(&self.inner.tasks).drain(..) {
@@ -327,6 +351,26 @@ async fn serve(
         }
     };
     let reply = lock(&inner.store).handle(verb, &namespace, name.as_deref(), json, &now());
+    if matches!(verb, Verb::Create | Verb::Update) && (reply.status == 200 || reply.status == 201) {
+        let spec = &reply.body["spec"];
+        let write = LeaseWrite {
+            at: tokio::time::Instant::now(),
+            namespace: namespace.clone(),
+            name: reply
+                .body
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            holder: spec["holderIdentity"]
+                .as_str()
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned),
+            duration_secs: spec["leaseDurationSeconds"].as_i64(),
+            transitions: spec["leaseTransitions"].as_i64(),
+        };
+        lock(&inner.writes).push(write);
+    }
     Ok(respond(reply.status, reply.body))
 }
 
