@@ -5,6 +5,7 @@
 //! [`Coordinator::step`], and every message handler and every directive first
 //! checks [`Coordinator::is_active`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -520,20 +521,29 @@ impl Coordinator {
         );
     }
 
+    /// Regions that may receive shards: all but those shutting down. Borrowed
+    /// in the common case, so a cold allocation does not copy the table.
+    fn candidates(&self) -> Cow<'_, BTreeMap<NodeId, BTreeSet<ShardId>>> {
+        if self.shutting_down.is_empty() {
+            return Cow::Borrowed(self.state.regions());
+        }
+        Cow::Owned(
+            self.state
+                .regions()
+                .iter()
+                .filter(|(r, _)| !self.shutting_down.contains(r))
+                .map(|(r, s)| (*r, s.clone()))
+                .collect(),
+        )
+    }
+
     /// Picks a home for an unallocated shard through the strategy and tells
     /// that region to host it.
     fn allocate(&mut self, requester: NodeId, shard: ShardId) -> Option<NodeId> {
-        let candidates = self
-            .state
-            .regions()
-            .iter()
-            .filter(|(r, _)| !self.shutting_down.contains(r))
-            .map(|(r, s)| (*r, s.clone()))
-            .collect();
         let home = self
             .settings
             .strategy
-            .allocate(requester, shard, &candidates)?;
+            .allocate(requester, shard, &self.candidates())?;
         self.apply(CoordinatorEvent::ShardHomeAllocated {
             shard,
             region: home,
@@ -615,15 +625,12 @@ impl Coordinator {
             self.handoffs.remove(&shard);
             self.serve_deferred(shard);
         }
-        let regions = self
-            .state
-            .regions()
-            .iter()
-            .filter(|(r, _)| !self.shutting_down.contains(r))
-            .map(|(r, s)| (*r, s.clone()))
-            .collect();
         let in_progress: BTreeSet<ShardId> = self.handoffs.keys().copied().collect();
-        for shard in self.settings.strategy.rebalance(&regions, &in_progress) {
+        let moving = self
+            .settings
+            .strategy
+            .rebalance(&self.candidates(), &in_progress);
+        for shard in moving {
             self.start_handoff(shard);
         }
     }
