@@ -4,6 +4,7 @@
 //!   in paused time), a table, `target/multinode/report.{json,html}`, and a
 //!   non-zero exit on any broken invariant.
 
+mod bench_cmd;
 mod multinode_cmd;
 mod report;
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Task {
     /// Run the multi-node split-brain suite.
     Multinode(multinode_cmd::Args),
+    /// Run the benchmarks and print each figure against its baseline.
+    Bench(bench_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,5 +37,6 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().task {
         Task::Multinode(args) => multinode_cmd::run(args),
+        Task::Bench(args) => bench_cmd::run(args, multinode_cmd::target_dir()),
     }
 }

@@ -172,7 +172,7 @@ fn run_all(jobs: &[RunConfig], threads: usize) -> Vec<RunReport> {
     reports.into_iter().map(|(_, r)| r).collect()
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

@@ -1,0 +1,416 @@
+//! `cargo xtask bench`: every figure next to a baseline measured in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+use cluster::{Channel, Envelope, NodeId};
+use lease_api::{Lease, LeaseSettings};
+use lease_k8s::KubernetesLease;
+use lease_k8s::emulator::ApiServer;
+use multinode::{CounterMsg, HarnessSettings, MultiNode};
+use serde::Serialize;
+use sharding_core::protocol::{RegionMsg, encode};
+use sharding_core::{EntityId, ShardId};
+
+/// Options of `cargo xtask bench`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// A fast smoke run (criterion --quick, 100 000 idle entities): numbers are rough.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    figure: String,
+    value: f64,
+    unit: &'static str,
+    baseline: String,
+    baseline_value: f64,
+    /// value / baseline for throughputs; baseline / value for times.
+    ratio: f64,
+    target: &'static str,
+}
+
+struct Estimate {
+    mean_ns: f64,
+    elements: f64,
+}
+
+fn estimate(root: &Path, dir: &str) -> Option<Estimate> {
+    let base = root.join("criterion").join(dir).join("new");
+    let estimates: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("estimates.json")).ok()?).ok()?;
+    let bench: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("benchmark.json")).ok()?).ok()?;
+    Some(Estimate {
+        mean_ns: estimates["mean"]["point_estimate"].as_f64()?,
+        elements: bench["throughput"]["Elements"].as_f64().unwrap_or(1.0),
+    })
+}
+
+fn per_second(e: &Estimate) -> f64 {
+    e.elements / (e.mean_ns * 1e-9)
+}
+
+fn cargo_bench(package: &str, benches: &[&str], quick: bool) -> bool {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["bench", "--quiet", "-p", package]);
+    for b in benches {
+        cmd.args(["--bench", b]);
+    }
+    cmd.arg("--");
+    if quick {
+        cmd.arg("--quick");
+    }
+    eprintln!("running: {cmd:?}");
+    cmd.status().map(|s| s.success()).unwrap_or(false)
+}
+
+pub fn run(args: Args, target: PathBuf) -> ExitCode {
+    let started = std::time::Instant::now();
+    if !cargo_bench("sharding-coordinator", &["routing", "remote"], args.quick)
+        || !cargo_bench("sharding-core", &["coordinator"], args.quick)
+    {
+        eprintln!("cargo bench failed");
+        return ExitCode::FAILURE;
+    }
+    let mut rows = Vec::new();
+    for rt in ["current_thread", "multi_thread"] {
+        let group = format!("local_tell_{rt}");
+        throughput_row(
+            &mut rows,
+            &target,
+            &format!("local tell ({rt})"),
+            &format!("{group}/sharded"),
+            &format!("{group}/raw_mpsc"),
+            "raw tokio mpsc",
+            ">= 0.5",
+        );
+        throughput_row(
+            &mut rows,
+            &target,
+            &format!("local tell ({rt})"),
+            &format!("{group}/sharded"),
+            &format!("{group}/kameo"),
+            "kameo tell",
+            ">= 1.0",
+        );
+        throughput_row(
+            &mut rows,
+            &target,
+            &format!("local ask round trip ({rt})"),
+            &format!("local_ask_{rt}/sharded"),
+            &format!("local_ask_{rt}/raw_oneshot"),
+            "raw oneshot",
+            "-",
+        );
+    }
+    throughput_row(
+        &mut rows,
+        &target,
+        "remote tell over TCP",
+        "remote_tell_multi_thread/sharded_tcp",
+        "remote_tell_multi_thread/raw_framed_tcp",
+        "raw framed TCP",
+        ">= 0.6",
+    );
+    // Bytes per message on the wire, to turn messages/s into bytes/s.
+    let ours_frame = frame_size();
+    let raw_frame = 4 + postcard_size();
+    if let Some(row) = rows.iter().find(|r| r.figure == "remote tell over TCP") {
+        let (v, b) = (
+            row.value * ours_frame as f64,
+            row.baseline_value * raw_frame as f64,
+        );
+        rows.push(Row {
+            figure: format!("remote tell over TCP, bytes ({ours_frame} B/frame vs {raw_frame} B)"),
+            value: v,
+            unit: "B/s",
+            baseline: "raw framed TCP".into(),
+            baseline_value: b,
+            ratio: v / b,
+            target: "-",
+        });
+    }
+    throughput_row(
+        &mut rows,
+        &target,
+        "cold GetShardHome allocations (10k shards, 100 regions)",
+        "coordinator_allocate/cold_get_shard_home",
+        "coordinator_allocate/baseline_map_insert",
+        "HashMap insert",
+        "-",
+    );
+    throughput_row(
+        &mut rows,
+        &target,
+        "rebalance plan (10k shards, 101 regions)",
+        "coordinator_rebalance/plan",
+        "coordinator_rebalance/baseline_count_shards",
+        "count shards",
+        "-",
+    );
+
+    let (crash, partition) = failover();
+    for (figure, v) in [
+        ("failover from leader crash", crash),
+        ("failover from partition + store cut", partition),
+    ] {
+        rows.push(Row {
+            figure: figure.into(),
+            value: v,
+            unit: "ttl",
+            baseline: "lease ttl".into(),
+            baseline_value: 1.0,
+            ratio: v,
+            target: "<= 1.1",
+        });
+    }
+    let entities = if args.quick { 100_000 } else { 1_000_000 };
+    if let Some(bytes) = idle_entity_bytes(entities) {
+        rows.push(Row {
+            figure: format!("memory per idle entity ({entities} entities)"),
+            value: bytes,
+            unit: "B",
+            baseline: "1 KiB target".into(),
+            baseline_value: 1024.0,
+            ratio: bytes / 1024.0,
+            target: "<= 1.0",
+        });
+    }
+    let (per_renew, per_acquire) = k8s_calls(args.quick);
+    rows.push(Row {
+        figure: "Kubernetes API calls per renew".into(),
+        value: per_renew,
+        unit: "calls",
+        baseline: "one call".into(),
+        baseline_value: 1.0,
+        ratio: per_renew,
+        target: "= 1",
+    });
+    rows.push(Row {
+        figure: "Kubernetes API calls per acquire (create)".into(),
+        value: per_acquire,
+        unit: "calls",
+        baseline: "one call".into(),
+        baseline_value: 1.0,
+        ratio: per_acquire,
+        target: "-",
+    });
+
+    println!(
+        "{:<60} {:>14} {:>6}  {:<16} {:>14} {:>8}  target",
+        "figure", "value", "unit", "baseline", "baseline", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<60} {:>14.1} {:>6}  {:<16} {:>14.1} {:>8.3}  {}",
+            r.figure, r.value, r.unit, r.baseline, r.baseline_value, r.ratio, r.target
+        );
+    }
+    println!(
+        "machine: {} cores; took {:.0}s",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        started.elapsed().as_secs_f64()
+    );
+    let dir = target.join("bench");
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        let json = serde_json::to_string_pretty(&rows).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join("summary.json"), json)
+    });
+    match written {
+        Ok(()) => {
+            println!("summary: {}", dir.join("summary.json").display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("could not write the summary: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn throughput_row(
+    rows: &mut Vec<Row>,
+    root: &Path,
+    figure: &str,
+    ours: &str,
+    base: &str,
+    base_name: &str,
+    target_text: &'static str,
+) {
+    let (Some(o), Some(b)) = (estimate(root, ours), estimate(root, base)) else {
+        eprintln!("missing criterion results for {ours} or {base}");
+        return;
+    };
+    let (ov, bv) = (per_second(&o), per_second(&b));
+    rows.push(Row {
+        figure: figure.into(),
+        value: ov,
+        unit: "/s",
+        baseline: base_name.into(),
+        baseline_value: bv,
+        ratio: ov / bv,
+        target: target_text,
+    });
+}
+
+fn postcard_size() -> usize {
+    #[derive(Serialize)]
+    struct Msg {
+        id: u32,
+    }
+    postcard::to_stdvec(&Msg { id: 12_345 }).map_or(0, |v| v.len())
+}
+
+/// The frame a forwarded sharded `tell` puts on the wire (with its 4-byte length).
+fn frame_size() -> usize {
+    let payload = vec![0u8; postcard_size()];
+    let msg = RegionMsg::Deliver {
+        shard: ShardId(17),
+        entity: EntityId("12345".into()),
+        payload,
+        reply_to: None,
+        hops: 1,
+    };
+    let Ok(bytes) = encode(&msg) else { return 0 };
+    let envelope = Envelope {
+        from: NodeId(1),
+        to: NodeId(2),
+        channel: Channel(1024),
+        payload: bytes,
+    };
+    4 + envelope.encode().len()
+}
+
+/// Failover in paused time (exact, deterministic), as multiples of the ttl.
+fn failover() -> (f64, f64) {
+    let run = |partition: bool| -> f64 {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(_) => return f64::NAN,
+        };
+        rt.block_on(async move {
+            let mut settings = HarnessSettings::with_memory_lease(1);
+            settings.region.ask_timeout = Duration::from_secs(1);
+            settings.region.passivate_after = Duration::from_secs(3600);
+            let ttl = settings
+                .lease
+                .as_ref()
+                .map_or(Duration::from_secs(30), |l| l.ttl());
+            let mut h = MultiNode::start(5, settings);
+            h.converge(Duration::from_secs(30)).await;
+            for i in 0..200 {
+                let _ = h
+                    .region(NodeId(3))
+                    .ask(CounterMsg::add(format!("e{i}"), 1))
+                    .await;
+            }
+            let on_one = h.region(NodeId(1)).hosted_shards();
+            let region = h.region(NodeId(4)).clone();
+            let victim = (0..200)
+                .map(|i| format!("e{i}"))
+                .find(|e| on_one.contains(&region.shard_of(&EntityId(e.clone()))))
+                .unwrap_or_else(|| "e0".into());
+            let t0 = tokio::time::Instant::now();
+            if partition {
+                h.partition(&[&[NodeId(1), NodeId(2), NodeId(3)], &[NodeId(4), NodeId(5)]]);
+                for n in 1..=3 {
+                    h.isolate_from_lease_store(NodeId(n));
+                }
+            } else {
+                h.kill(NodeId(1));
+            }
+            loop {
+                if h.region(NodeId(4))
+                    .ask(CounterMsg::get(victim.clone()))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                if t0.elapsed() > ttl * 10 {
+                    return f64::NAN;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            t0.elapsed().as_secs_f64() / ttl.as_secs_f64()
+        })
+    };
+    (run(false), run(true))
+}
+
+/// Runs the release-built example in its own process, so RSS is its alone.
+fn idle_entity_bytes(count: u64) -> Option<f64> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "sharding-coordinator",
+            "--example",
+            "idle_entities",
+            "--",
+        ])
+        .arg(count.to_string())
+        .output()
+        .ok()?;
+    let line = String::from_utf8_lossy(&output.stdout);
+    let json: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    json["bytes_per_entity"].as_f64()
+}
+
+/// API calls per renew and per first acquire, from the emulator's counters.
+fn k8s_calls(quick: bool) -> (f64, f64) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(_) => return (f64::NAN, f64::NAN),
+    };
+    rt.block_on(async move {
+        let server = ApiServer::new();
+        let Ok(endpoint) = server.endpoint("bench") else {
+            return (f64::NAN, f64::NAN);
+        };
+        let Ok(url) = endpoint.url.parse() else {
+            return (f64::NAN, f64::NAN);
+        };
+        let Ok(client) = kube::Client::try_from(kube::Config::new(url)) else {
+            return (f64::NAN, f64::NAN);
+        };
+        let settings = LeaseSettings::builder("bench-lease", "bench")
+            .ttl(Duration::from_secs(2))
+            .heartbeat_interval(Duration::from_millis(200))
+            .operation_timeout(Duration::from_millis(500))
+            .safety_margin(Duration::from_millis(200))
+            .build();
+        let Ok(settings) = settings else {
+            return (f64::NAN, f64::NAN);
+        };
+        let Ok(lease) = KubernetesLease::new(client, "default", settings) else {
+            return (f64::NAN, f64::NAN);
+        };
+        let lease = Arc::new(lease);
+        if !matches!(lease.acquire().await, Ok(true)) {
+            return (f64::NAN, f64::NAN);
+        }
+        let after_acquire = server.counts("bench");
+        let window = if quick { 10u32 } else { 50 };
+        tokio::time::sleep(Duration::from_millis(200) * window + Duration::from_millis(100)).await;
+        let later = server.counts("bench");
+        let calls = (later.total() - after_acquire.total()) as f64;
+        let renews = (later.update - after_acquire.update) as f64;
+        (calls / renews.max(1.0), after_acquire.total() as f64)
+    })
+}
