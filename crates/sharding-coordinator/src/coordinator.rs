@@ -290,6 +290,11 @@ impl Coordinator {
         let epoch = (phase == Phase::Active).then_some(self.epoch);
         tracing::info!(node = %self.node, type_name = %self.type_name, ?phase, ?epoch, "coordinator phase");
         self.status.send_replace(CoordinatorStatus { phase, epoch });
+        let t = self.type_name.0.clone();
+        metrics::gauge!("sharding_coordinator_active", "type" => t.clone())
+            .set(f64::from(u8::from(phase == Phase::Active)));
+        metrics::gauge!("sharding_coordinator_epoch", "type" => t)
+            .set(epoch.map_or(0.0, |e| e.0 as f64));
         self.record(CoordinatorRecord::PhaseChanged { phase, epoch });
     }
 

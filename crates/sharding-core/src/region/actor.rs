@@ -166,7 +166,42 @@ impl<E: Entity> Actor<E> {
             .retain(|_, home| *home == self.node || state.contains(*home));
     }
 
+    /// Publishes the region's counters through the `metrics` facade, for
+    /// whatever exporter the application installed (none: a no-op).
+    fn publish_metrics(&self) {
+        let s = self.shared.stats.snapshot();
+        let t = self.shared.type_name.0.clone();
+        metrics::gauge!("sharding_region_buffered_messages", "type" => t.clone())
+            .set(s.buffered as f64);
+        metrics::gauge!("sharding_region_hosted_shards", "type" => t.clone())
+            .set(self.hosted.len() as f64);
+        for (name, value) in [
+            ("sharding_region_delivered_local_total", s.delivered_local),
+            ("sharding_region_forwarded_total", s.forwarded),
+            (
+                "sharding_region_dropped_buffer_full_total",
+                s.dropped_buffer_full,
+            ),
+            (
+                "sharding_region_dropped_undeliverable_total",
+                s.dropped_undeliverable,
+            ),
+            (
+                "sharding_region_refused_directives_total",
+                s.refused_directives,
+            ),
+            ("sharding_region_entities_started_total", s.entities_started),
+            (
+                "sharding_region_entities_passivated_total",
+                s.entities_passivated,
+            ),
+        ] {
+            metrics::counter!(name, "type" => t.clone()).absolute(value);
+        }
+    }
+
     fn retry(&mut self) {
+        self.publish_metrics();
         if self.registered_with.is_none() {
             self.register();
         }

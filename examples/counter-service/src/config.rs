@@ -1,0 +1,112 @@
+//! Configuration from flags and environment variables (each flag has one).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use cluster::{NodeAddr, NodeId};
+
+/// A sharded counter service.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "counter-service", version)]
+pub struct Config {
+    /// This node's id: unique in the cluster; the lowest live id leads.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: u64,
+    /// Where cluster traffic is accepted (TCP).
+    #[arg(long, env = "CLUSTER_LISTEN", default_value = "0.0.0.0:7000")]
+    pub cluster_listen: SocketAddr,
+    /// The address other nodes use to reach this one (defaults to --cluster-listen).
+    #[arg(long, env = "CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+    /// Seed nodes, `id=host:port` separated by commas.
+    #[arg(long, env = "SEEDS", value_delimiter = ',', value_parser = parse_seed)]
+    pub seeds: Vec<(NodeId, NodeAddr)>,
+    /// Only nodes with the same cluster name are accepted.
+    #[arg(long, env = "CLUSTER_NAME", default_value = "counters")]
+    pub cluster_name: String,
+    /// Where the HTTP API listens.
+    #[arg(long, env = "HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+    /// The lease guarding the shard coordinator.
+    #[arg(long, env = "LEASE", value_enum, default_value_t = LeaseKind::None)]
+    pub lease: LeaseKind,
+    /// Kubernetes Lease name.
+    #[arg(long, env = "LEASE_NAME", default_value = "counter-coordinator")]
+    pub lease_name: String,
+    /// Kubernetes namespace of the Lease (in-cluster: the pod's namespace).
+    #[arg(long, env = "LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Lease owner; defaults to $HOSTNAME (the pod name).
+    #[arg(long, env = "LEASE_OWNER")]
+    pub lease_owner: Option<String>,
+    /// Lease ttl in milliseconds.
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 30_000)]
+    pub lease_ttl_ms: u64,
+    /// Lease heartbeat in milliseconds.
+    #[arg(long, env = "LEASE_HEARTBEAT_MS", default_value_t = 3_000)]
+    pub lease_heartbeat_ms: u64,
+    /// Membership probe interval in milliseconds.
+    #[arg(long, env = "MEMBERSHIP_HEARTBEAT_MS", default_value_t = 1_000)]
+    pub membership_heartbeat_ms: u64,
+    /// Suspect members are declared down after this many milliseconds.
+    #[arg(long, env = "MEMBERSHIP_DOWN_AFTER_MS", default_value_t = 10_000)]
+    pub membership_down_after_ms: u64,
+    /// Number of shards (the same on every node).
+    #[arg(long, env = "NUM_SHARDS", default_value_t = 64)]
+    pub num_shards: u32,
+}
+
+/// Which lease guards the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LeaseKind {
+    /// No lease (a partition can give two active coordinators).
+    None,
+    /// A Kubernetes Lease; credentials in-cluster or from $KUBECONFIG.
+    Kubernetes,
+}
+
+fn parse_seed(s: &str) -> Result<(NodeId, NodeAddr), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("seed `{s}` is not `id=host:port`"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("seed `{s}`: node id `{id}`: {e}"))?;
+    if !addr.contains(':') {
+        return Err(format!("seed `{s}`: address `{addr}` has no port"));
+    }
+    Ok((NodeId(id), NodeAddr(addr.trim().to_owned())))
+}
+
+impl Config {
+    /// Milliseconds as a duration.
+    pub fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_parse_and_bad_ones_name_the_problem() {
+        assert_eq!(
+            parse_seed("1=10.0.0.1:7000").unwrap(),
+            (NodeId(1), NodeAddr::from("10.0.0.1:7000"))
+        );
+        assert!(
+            parse_seed("x=1.2.3.4:1")
+                .unwrap_err()
+                .contains("node id `x`")
+        );
+        assert!(
+            parse_seed("1.2.3.4:1")
+                .unwrap_err()
+                .contains("not `id=host:port`")
+        );
+        assert!(parse_seed("2=host").unwrap_err().contains("no port"));
+    }
+}

@@ -1,0 +1,207 @@
+//! A sharded counter service: copy it and replace the entity.
+//!
+//! Nodes talk TCP; the coordinator can be guarded by a Kubernetes Lease; an
+//! HTTP API tells and asks counters and reports `/status` and `/metrics`.
+//! SIGTERM hands this node's shards off before exiting.
+
+mod config;
+mod http;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use cluster::{Membership, MembershipSettings, NodeAddr, TcpSettings, TcpTransport};
+use lease_api::{Lease, LeaseSettings};
+use lease_k8s::KubernetesLease;
+use serde::{Deserialize, Serialize};
+use sharding_coordinator::{ClusterSharding, ShardingSettings};
+use sharding_core::{Entity, EntityId};
+
+use config::{Config, LeaseKind};
+
+/// A message to a counter.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum CounterMsg {
+    /// Add to counter `id`; replies with the new value.
+    Add {
+        /// The counter.
+        id: String,
+        /// How much to add.
+        amount: i64,
+    },
+    /// Reply with the value of counter `id`.
+    Get {
+        /// The counter.
+        id: String,
+    },
+}
+
+impl CounterMsg {
+    fn id(&self) -> &str {
+        match self {
+            CounterMsg::Add { id, .. } | CounterMsg::Get { id } => id,
+        }
+    }
+}
+
+/// The entity: a counter kept in memory.
+#[derive(Default)]
+pub struct Counter {
+    value: i64,
+}
+
+impl Entity for Counter {
+    type Message = CounterMsg;
+    type Reply = i64;
+
+    async fn handle(&mut self, msg: CounterMsg) -> i64 {
+        if let CounterMsg::Add { amount, .. } = msg {
+            self.value += amount;
+        }
+        self.value
+    }
+}
+
+/// Everything the HTTP handlers need.
+pub struct Node {
+    config: Config,
+    region: sharding_core::ShardRegion<Counter>,
+    sharding: ClusterSharding,
+    membership: Membership,
+    lease: Option<Arc<dyn Lease>>,
+    transport: Arc<TcpTransport>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config::parse();
+    match run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "counter-service failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let node = cluster::NodeId(config.node_id);
+    let transport = Arc::new(
+        TcpTransport::bind(TcpSettings::new(
+            config.cluster_name.clone(),
+            node,
+            config.cluster_listen,
+        ))
+        .await?,
+    );
+    let advertise = config
+        .cluster_advertise
+        .clone()
+        .map_or_else(|| NodeAddr::from(transport.local_addr()), NodeAddr);
+    let mut membership = MembershipSettings::new(config.seeds.clone());
+    membership.heartbeat_interval = Config::ms(config.membership_heartbeat_ms);
+    membership.probe_timeout = Config::ms(config.membership_heartbeat_ms / 2);
+    membership.down_after = Config::ms(config.membership_down_after_ms);
+    membership.announce_interval = Config::ms(config.membership_heartbeat_ms * 2);
+    let membership = Membership::start(transport.clone(), advertise, membership)?;
+
+    let lease: Option<Arc<dyn Lease>> = match config.lease {
+        LeaseKind::None => None,
+        LeaseKind::Kubernetes => {
+            let owner = match &config.lease_owner {
+                Some(o) => o.clone(),
+                None => KubernetesLease::owner_from_hostname()?,
+            };
+            let ttl = Config::ms(config.lease_ttl_ms);
+            let settings = LeaseSettings::builder(config.lease_name.clone(), owner)
+                .ttl(ttl)
+                .heartbeat_interval(Config::ms(config.lease_heartbeat_ms))
+                .operation_timeout((ttl / 6).min(Duration::from_secs(5)))
+                .safety_margin(ttl / 10)
+                .build()?;
+            let client = kube::Client::try_default().await?;
+            Some(Arc::new(KubernetesLease::new(
+                client,
+                config.lease_namespace.clone(),
+                settings,
+            )?))
+        }
+    };
+
+    let sharding = ClusterSharding::new(transport.clone(), membership.view());
+    let mut settings = ShardingSettings::new(
+        "counter",
+        |m: &CounterMsg| EntityId(m.id().to_owned()),
+        |_: &EntityId| Counter::default(),
+    );
+    settings.region.num_shards = config.num_shards;
+    settings.lease = lease.clone();
+    if config.membership_down_after_ms < 10_000 {
+        // Fast test timings: scale the sharding timers with them.
+        settings.region.retry_interval = Duration::from_millis(200);
+        settings.region.ask_timeout = Duration::from_secs(2);
+        settings.coordinator.recovery_timeout = Duration::from_millis(500);
+        settings.coordinator.lease_retry_interval = Duration::from_millis(500);
+    }
+    let region = sharding.start(settings)?;
+    let node = Arc::new(Node {
+        config: config.clone(),
+        region,
+        sharding,
+        membership,
+        lease,
+        transport,
+        metrics,
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.http_listen).await?;
+    tracing::info!(http = %listener.local_addr()?, node = config.node_id, "counter-service up");
+    let app = http::router(Arc::clone(&node));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: handing shards off");
+    node.region.shutdown(Duration::from_secs(60)).await;
+    if let Some(lease) = &node.lease {
+        if let Err(e) = lease.release().await {
+            tracing::warn!(error = %e, "lease release failed; it will expire");
+        }
+    }
+    server.abort();
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.membership.leave().await,
+        Err(_) => tracing::warn!("HTTP handlers still running; leaving without a goodbye"),
+    }
+    tracing::info!("bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
