@@ -233,6 +233,9 @@ impl Driver {
         for (node, member) in &next.members {
             match old.members.get(node) {
                 None => {
+                    // Gossip may introduce a member we never exchanged a
+                    // message with: make it reachable for every subsystem.
+                    self.transport.learn_address(*node, &member.addr);
                     tracing::info!(%local, member = %node, addr = %member.addr, "member up");
                     let _ = self.events.send(ClusterEvent::MemberUp(*node));
                 }

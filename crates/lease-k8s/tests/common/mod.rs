@@ -32,3 +32,10 @@ pub fn client_for(server: &ApiServer, endpoint: &str) -> kube::Client {
 pub fn lease(server: &ApiServer, name: &str, owner: &str) -> Arc<KubernetesLease> {
     Arc::new(KubernetesLease::new(client_for(server, owner), NS, settings(name, owner)).unwrap())
 }
+
+/// Real-time tests with 2 s ttls run one at a time, so a busy machine
+/// running several of them at once does not eat their timing margins.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
