@@ -26,7 +26,7 @@ async fn wait_for_lost(l: &KubernetesLease, limit: Duration) -> Option<LeaseStat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_down_briefly_keeps_the_lease() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let server = ApiServer::new();
     let a = lease(&server, "brief", "a");
     assert!(a.acquire().await.unwrap());
@@ -46,7 +46,7 @@ async fn api_server_down_briefly_keeps_the_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_down_longer_loses_before_anyone_takes_over() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let server = ApiServer::new();
     let a = lease(&server, "long", "a");
     let b = lease(&server, "long", "b");
@@ -77,7 +77,7 @@ async fn api_server_down_longer_loses_before_anyone_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_contenders_for_an_expired_lease_one_wins() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let server = ApiServer::new();
     for round in 0..3 {
         let name = format!("race-{round}");
@@ -98,7 +98,7 @@ async fn two_contenders_for_an_expired_lease_one_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contender_with_a_clock_an_hour_ahead_never_takes_over_early() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let server = ApiServer::new();
     let a = lease(&server, "skew", "a");
     let ahead: lease_k8s::WallClock = Arc::new(|| {
@@ -122,7 +122,7 @@ async fn a_contender_with_a_clock_an_hour_ahead_never_takes_over_early() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_api_call_per_renew_in_steady_state() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let server = ApiServer::new();
     let a = lease(&server, "calls", "a");
     assert!(a.acquire().await.unwrap());
@@ -145,7 +145,7 @@ async fn one_api_call_per_renew_in_steady_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_seen_on_renew_is_a_loss() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let server = ApiServer::new();
     let a = lease(&server, "stolen", "a");
     assert!(a.acquire().await.unwrap());
@@ -170,7 +170,7 @@ async fn a_takeover_seen_on_renew_is_a_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_until_the_deadline() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let server = ApiServer::new();
     let a = lease(&server, "flaky", "a");
     assert!(a.acquire().await.unwrap());
@@ -183,7 +183,7 @@ async fn server_errors_are_retried_until_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_clears_the_holder_and_the_next_owner_gets_a_higher_token() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let server = ApiServer::new();
     let a = lease(&server, "handover", "a");
     let b = lease(&server, "handover", "b");
@@ -216,7 +216,7 @@ async fn release_clears_the_holder_and_the_next_owner_gets_a_higher_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_client_reaches_the_emulator_through_a_kubeconfig() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let server = ApiServer::new();
     let endpoint = server.endpoint("kubeconfig").unwrap();
     let client = endpoint.client(NS).await.unwrap();

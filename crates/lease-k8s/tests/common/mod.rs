@@ -35,7 +35,7 @@ pub fn lease(server: &ApiServer, name: &str, owner: &str) -> Arc<KubernetesLease
 
 /// Real-time tests with 2 s ttls run one at a time, so a busy machine
 /// running several of them at once does not eat their timing margins.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
