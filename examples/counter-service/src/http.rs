@@ -54,7 +54,7 @@ async fn tell(State(node): State<Arc<Node>>, Path((id, amount)): Path<(String, i
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
-    let view = node.membership.view();
+    let view = &node.view;
     let coordinator = node
         .sharding
         .coordinator(&TypeName::from("counter"))

@@ -68,7 +68,7 @@ pub struct Node {
     config: Config,
     region: sharding_core::ShardRegion<Counter>,
     sharding: ClusterSharding,
-    membership: Membership,
+    view: cluster::ClusterView,
     lease: Option<Arc<dyn Lease>>,
     transport: Arc<TcpTransport>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -157,7 +157,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         config: config.clone(),
         region,
         sharding,
-        membership,
+        view: membership.view(),
         lease,
         transport,
         metrics,
@@ -177,10 +177,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     server.abort();
-    match Arc::try_unwrap(node) {
-        Ok(node) => node.membership.leave().await,
-        Err(_) => tracing::warn!("HTTP handlers still running; leaving without a goodbye"),
-    }
+    // Tell the cluster at once, rather than letting it time us out.
+    membership.leave().await;
     tracing::info!("bye");
     Ok(())
 }
