@@ -197,7 +197,11 @@ async fn idle_entities_are_passivated_and_restarted_on_the_next_message() {
     );
     assert_eq!(rig.region.stats().entities_started, 1);
 
-    sleep(Duration::from_secs(11)).await;
+    // Not before the idle timeout...
+    sleep(Duration::from_secs(9)).await;
+    assert_eq!(rig.region.stats().entities_passivated, 0);
+    // ...and by 1.5 x the timeout at the latest (a sweep every half timeout).
+    sleep(Duration::from_secs(7)).await;
     assert_eq!(rig.region.stats().entities_passivated, 1);
     // A fresh incarnation: in-memory state starts over.
     assert_eq!(

@@ -3,6 +3,11 @@
 //! Single writer per entity is kept here: an entity is restarted only after
 //! its previous incarnation has fully stopped, and messages that arrive while
 //! it stops wait in a buffer.
+//!
+//! Passivation is a sweep, not a timer per entity: the shard counts ticks of
+//! half the idle timeout and stops entities that saw no message for three
+//! ticks (idle between 1x and 1.5x the timeout). An idle entity then costs a
+//! task, a mailbox and a map entry, and delivery reads no clock.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher};
@@ -10,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::RegionStats;
 use super::delivery::Delivery;
@@ -19,6 +23,9 @@ use crate::{Entity, EntityId, ShardId};
 /// The shared entity constructor.
 pub(crate) type EntityFactory<E> = Arc<dyn Fn(&EntityId) -> E + Send + Sync>;
 
+/// Ticks without a message after which an entity is passivated.
+const IDLE_TICKS: u64 = 3;
+
 /// Commands from the region and its handles.
 pub(crate) enum ShardCmd<E: Entity> {
     Deliver(Delivery<E>),
@@ -26,10 +33,9 @@ pub(crate) enum ShardCmd<E: Entity> {
     HandOff,
 }
 
-/// Entity lifecycle notices, unbounded so an entity never blocks on its shard.
-enum Control {
-    Idle { entity: EntityId, incarnation: u64 },
-    Stopped { entity: EntityId, incarnation: u64 },
+/// An entity task reports that it has stopped (unbounded: it never blocks).
+struct EntityStopped {
+    entity: EntityId,
 }
 
 enum Slot<E: Entity> {
@@ -37,9 +43,10 @@ enum Slot<E: Entity> {
         /// Boxed: a mailbox allocates its slots in blocks of 32, and an idle
         /// entity's empty block is most of its memory.
         mailbox: mpsc::UnboundedSender<Box<Delivery<E>>>,
-        incarnation: u64,
+        /// The sweep tick of the last message.
+        last_tick: u64,
     },
-    /// Its mailbox is closed; it is draining and will report `Stopped`.
+    /// Its mailbox is closed; it is draining and will report it stopped.
     Stopping { buffer: Vec<Delivery<E>> },
 }
 
@@ -52,11 +59,10 @@ pub(crate) struct Stopped<E: Entity> {
 pub(crate) struct Shard<E: Entity> {
     id: ShardId,
     factory: EntityFactory<E>,
-    passivate_after: Duration,
-    /// Fixed-key hasher: iteration order (handoff) is the same on every run.
+    /// Fixed-key hasher: iteration order (handoff, sweep) is the same on every run.
     entities: HashMap<EntityId, Slot<E>, BuildHasherDefault<DefaultHasher>>,
-    next_incarnation: u64,
-    control_tx: mpsc::UnboundedSender<Control>,
+    tick: u64,
+    stopped_tx: mpsc::UnboundedSender<EntityStopped>,
     stats: Arc<RegionStats>,
 }
 
@@ -70,26 +76,30 @@ impl<E: Entity> Shard<E> {
         stopped: mpsc::UnboundedSender<Stopped<E>>,
     ) -> mpsc::Sender<ShardCmd<E>> {
         let (tx, rx) = mpsc::channel(inbox_capacity.max(1));
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
         let shard = Shard {
             id,
             factory,
-            passivate_after,
             entities: HashMap::default(),
-            next_incarnation: 0,
-            control_tx,
+            tick: 0,
+            stopped_tx,
             stats,
         };
-        tokio::spawn(shard.run(rx, control_rx, stopped));
+        let sweep_every = (passivate_after / 2).max(Duration::from_millis(1));
+        tokio::spawn(shard.run(rx, stopped_rx, stopped, sweep_every));
         tx
     }
 
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<ShardCmd<E>>,
-        mut control: mpsc::UnboundedReceiver<Control>,
+        mut entity_stopped: mpsc::UnboundedReceiver<EntityStopped>,
         stopped: mpsc::UnboundedSender<Stopped<E>>,
+        sweep_every: Duration,
     ) {
+        let mut sweep =
+            tokio::time::interval_at(tokio::time::Instant::now() + sweep_every, sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut handing_off = false;
         let mut undelivered = Vec::new();
         loop {
@@ -98,33 +108,23 @@ impl<E: Entity> Shard<E> {
             }
             tokio::select! {
                 biased;
-                Some(notice) = control.recv() => match notice {
-                    Control::Idle { entity, incarnation } => self.passivate(entity, incarnation),
-                    Control::Stopped { entity, incarnation } => {
-                        if let Some(buffer) = self.entity_stopped(&entity, incarnation, handing_off) {
-                            undelivered.extend(buffer);
-                        }
+                Some(notice) = entity_stopped.recv() => {
+                    if let Some(buffer) = self.entity_stopped(&notice.entity, handing_off) {
+                        undelivered.extend(buffer);
                     }
-                },
+                }
+                _ = sweep.tick(), if !handing_off => self.sweep(),
                 cmd = inbox.recv(), if !handing_off => match cmd {
                     Some(ShardCmd::Deliver(d)) => self.deliver(d),
-                    Some(ShardCmd::HandOff) => {
+                    // Handed off, or the region dropped us: stop everything.
+                    Some(ShardCmd::HandOff) | None => {
                         handing_off = true;
                         for slot in self.entities.values_mut() {
                             if let Slot::Running { .. } = slot {
                                 *slot = Slot::Stopping { buffer: Vec::new() };
                             }
                         }
-                        tracing::debug!(shard = %self.id, entities = self.entities.len(), "handing off");
-                    }
-                    // The region dropped us (it is stopping): stop everything.
-                    None => {
-                        handing_off = true;
-                        for slot in self.entities.values_mut() {
-                            if let Slot::Running { .. } = slot {
-                                *slot = Slot::Stopping { buffer: Vec::new() };
-                            }
-                        }
+                        tracing::debug!(shard = %self.id, entities = self.entities.len(), "stopping all entities");
                     }
                 },
             }
@@ -144,11 +144,13 @@ impl<E: Entity> Shard<E> {
     }
 
     fn deliver(&mut self, delivery: Delivery<E>) {
+        let tick = self.tick;
         match self.entities.get_mut(&delivery.entity) {
-            Some(Slot::Running { mailbox, .. }) => {
+            Some(Slot::Running { mailbox, last_tick }) => {
+                *last_tick = tick;
                 if let Err(mpsc::error::SendError(d)) = mailbox.send(Box::new(delivery)) {
                     // Unreachable while the slot is Running (the entity owns the
-                    // receiver until Stopped), but never lose it: retry as new.
+                    // receiver until it reports stopped), but never lose it.
                     self.entities.remove(&d.entity);
                     self.start(*d);
                 }
@@ -161,46 +163,43 @@ impl<E: Entity> Shard<E> {
     fn start(&mut self, first: Delivery<E>) {
         let id = first.entity.clone();
         let (mailbox, rx) = mpsc::unbounded_channel();
-        let incarnation = self.next_incarnation;
-        self.next_incarnation += 1;
         let entity = (self.factory)(&id);
         let _ = mailbox.send(Box::new(first));
-        tokio::spawn(run_entity(
-            id.clone(),
-            entity,
-            rx,
-            self.control_tx.clone(),
-            incarnation,
-            self.passivate_after,
-        ));
+        tokio::spawn(run_entity(id.clone(), entity, rx, self.stopped_tx.clone()));
         self.stats.entity_started();
         self.entities.insert(
             id,
             Slot::Running {
                 mailbox,
-                incarnation,
+                last_tick: self.tick,
             },
         );
     }
 
-    fn passivate(&mut self, entity: EntityId, incarnation: u64) {
-        if let Some(slot) = self.entities.get_mut(&entity) {
-            if matches!(slot, Slot::Running { incarnation: i, .. } if *i == incarnation) {
-                // Dropping the sender lets the entity drain and stop.
-                *slot = Slot::Stopping { buffer: Vec::new() };
-                self.stats.entity_passivated();
-                tracing::trace!(shard = %self.id, %entity, "passivating idle entity");
+    /// Stops entities idle for `IDLE_TICKS` ticks: dropping the mailbox
+    /// sender lets each drain what it has and stop.
+    fn sweep(&mut self) {
+        self.tick += 1;
+        let tick = self.tick;
+        let mut passivated = 0;
+        for slot in self.entities.values_mut() {
+            if let Slot::Running { last_tick, .. } = slot {
+                if tick - *last_tick >= IDLE_TICKS {
+                    *slot = Slot::Stopping { buffer: Vec::new() };
+                    passivated += 1;
+                }
             }
+        }
+        for _ in 0..passivated {
+            self.stats.entity_passivated();
+        }
+        if passivated > 0 {
+            tracing::trace!(shard = %self.id, passivated, "idle entities passivated");
         }
     }
 
     /// Returns messages that must go back to the region (during handoff).
-    fn entity_stopped(
-        &mut self,
-        entity: &EntityId,
-        _incarnation: u64,
-        handing_off: bool,
-    ) -> Option<Vec<Delivery<E>>> {
+    fn entity_stopped(&mut self, entity: &EntityId, handing_off: bool) -> Option<Vec<Delivery<E>>> {
         let Some(Slot::Stopping { buffer }) = self.entities.remove(entity) else {
             return None;
         };
@@ -223,40 +222,14 @@ async fn run_entity<E: Entity>(
     id: EntityId,
     mut entity: E,
     mut mailbox: mpsc::UnboundedReceiver<Box<Delivery<E>>>,
-    control: mpsc::UnboundedSender<Control>,
-    incarnation: u64,
-    passivate_after: Duration,
+    stopped: mpsc::UnboundedSender<EntityStopped>,
 ) {
     entity.started(&id).await;
-    let mut last_active = Instant::now();
-    let idle = tokio::time::sleep(passivate_after);
-    tokio::pin!(idle);
-    let mut reported_idle = false;
-    loop {
-        tokio::select! {
-            biased;
-            next = mailbox.recv() => match next {
-                Some(delivery) => {
-                    let reply = entity.handle(delivery.message).await;
-                    delivery.reply.send(Ok(reply));
-                    last_active = Instant::now();
-                }
-                None => break,
-            },
-            () = &mut idle, if !reported_idle => {
-                let due = last_active + passivate_after;
-                if Instant::now() >= due {
-                    reported_idle = true;
-                    let _ = control.send(Control::Idle { entity: id.clone(), incarnation });
-                } else {
-                    idle.as_mut().reset(due);
-                }
-            }
-        }
+    while let Some(delivery) = mailbox.recv().await {
+        let Delivery { message, reply, .. } = *delivery;
+        let answer = entity.handle(message).await;
+        reply.send(Ok(answer));
     }
     entity.stopped().await;
-    let _ = control.send(Control::Stopped {
-        entity: id,
-        incarnation,
-    });
+    let _ = stopped.send(EntityStopped { entity: id });
 }
