@@ -343,3 +343,97 @@ async fn garbage_on_the_region_channel_is_counted_and_ignored() {
         2
     );
 }
+
+/// Remembers the order it saw `n` values in.
+struct Recorder(Vec<i64>);
+
+impl Entity for Recorder {
+    type Message = Add;
+    type Reply = Vec<i64>;
+    async fn handle(&mut self, m: Add) -> Vec<i64> {
+        if m.n >= 0 {
+            self.0.push(m.n);
+        }
+        self.0.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_messages_keep_their_order_while_the_home_arrives() {
+    let network = InProcessNetwork::new(1);
+    let transport = Arc::new(network.join(REGION));
+    let membership = Membership::start(
+        transport.clone(),
+        NodeAddr::from("inproc:1"),
+        MembershipSettings::new(Vec::new()),
+    )
+    .unwrap();
+    let type_name = TypeName::from("recorder");
+    let channels = TypeChannels::of(&type_name);
+    let coordinator = network.join(COORDINATOR);
+    let mut to_coordinator = transport.subscribe(channels.coordinator);
+    let region = ShardRegion::start(
+        RegionConfig {
+            type_name,
+            extractor: Arc::new(|m: &Add| EntityId(m.id.clone())),
+            factory: Arc::new(|_: &EntityId| Recorder(Vec::new())),
+            settings: RegionSettings::default(),
+            observer: None,
+        },
+        transport,
+        membership.view(),
+    );
+    // A sender that never stops while the shard's home is unknown, then known.
+    let sender = region.clone();
+    let total = 20_000;
+    let sending = tokio::spawn(async move {
+        for n in 0..total {
+            sender
+                .tell(Add {
+                    id: "one".into(),
+                    n,
+                })
+                .unwrap();
+            if n % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    // Answer the first GetShardHome while messages keep coming.
+    loop {
+        let e = to_coordinator.recv().await.unwrap();
+        if let CoordinatorMsg::GetShardHome { shard } =
+            decode("coordinator message", &e.payload).unwrap()
+        {
+            let home = Directive::ShardHome {
+                epoch: Epoch(1),
+                shard,
+                region: REGION,
+            };
+            coordinator
+                .send(
+                    REGION,
+                    channels.region,
+                    encode(&RegionMsg::Directive(home)).unwrap(),
+                )
+                .unwrap();
+            break;
+        }
+    }
+    sending.await.unwrap();
+    let seen = loop {
+        let seen = region
+            .ask(Add {
+                id: "one".into(),
+                n: -1,
+            })
+            .await
+            .unwrap();
+        if seen.len() == total as usize {
+            break seen;
+        }
+        sleep(Duration::from_millis(10)).await;
+    };
+    let out_of_order = seen.windows(2).filter(|w| w[0] > w[1]).count();
+    assert_eq!(out_of_order, 0, "messages from one sender were reordered");
+}

@@ -44,6 +44,7 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         link,
         locations: BTreeMap::new(),
         hosted: BTreeSet::new(),
+        senders: BTreeMap::new(),
         handing_off: BTreeMap::new(),
         pending: BTreeMap::new(),
         asks: BTreeMap::new(),
@@ -70,6 +71,10 @@ struct Actor<E: Entity> {
     locations: BTreeMap<ShardId, NodeId>,
     /// Shards with a running shard task here (handing-off ones included).
     hosted: BTreeSet<ShardId>,
+    /// Inboxes of the shards hosted here and not handing off. Handles see a
+    /// shard (in `shared.local`) only once the messages buffered for it have
+    /// been passed on, so one sender's messages keep their order.
+    senders: BTreeMap<ShardId, mpsc::Sender<ShardCmd<E>>>,
     /// Shards being handed off, and the coordinator node that asked.
     handing_off: BTreeMap<ShardId, NodeId>,
     /// Messages waiting for their shard's home.
@@ -133,8 +138,14 @@ impl<E: Entity> Actor<E> {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.senders.clear();
         for (_, queue) in std::mem::take(&mut self.pending) {
             for d in queue {
+                if d.counted {
+                    self.shared
+                        .via_region(d.shard)
+                        .fetch_sub(1, Ordering::AcqRel);
+                }
                 self.shared.stats.buffered.fetch_sub(1, Ordering::Relaxed);
                 self.shared
                     .stats
@@ -269,16 +280,19 @@ impl<E: Entity> Actor<E> {
         }
     }
 
-    fn deliver_local(&mut self, d: Delivery<E>) {
+    fn deliver_local(&mut self, mut d: Delivery<E>) {
         if !self.hosted.contains(&d.shard) {
             self.start_shard(d.shard);
         }
-        let sender = self.shared.local().get(&d.shard).cloned();
-        let Some(sender) = sender else {
+        let shard = d.shard;
+        let Some(sender) = self.senders.get(&shard).cloned() else {
             // Handing off: wait for the next home.
             return self.buffer(d);
         };
-        match sender.try_send(ShardCmd::Deliver(d)) {
+        let counted = std::mem::take(&mut d.counted);
+        let sent = sender.try_send(ShardCmd::Deliver(d));
+        self.publish(shard);
+        match sent {
             Ok(()) => {
                 self.shared
                     .stats
@@ -289,8 +303,16 @@ impl<E: Entity> Actor<E> {
                 let capacity = self.shared.settings.shard_inbox;
                 self.drop_delivery(d, ShardingError::BufferFull { capacity }, true);
             }
-            Err(mpsc::error::TrySendError::Closed(ShardCmd::Deliver(d))) => self.buffer(d),
+            Err(mpsc::error::TrySendError::Closed(ShardCmd::Deliver(mut d))) => {
+                d.counted = counted;
+                return self.buffer(d);
+            }
             Err(_) => {}
+        }
+        // Only now: the message is in the shard's inbox ahead of anything a
+        // handle sends there next.
+        if counted {
+            self.shared.via_region(shard).fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -308,6 +330,7 @@ impl<E: Entity> Actor<E> {
             entity,
             reply,
             hops,
+            counted,
             ..
         } = d;
         let (reply_to, local_ask) = match reply {
@@ -336,6 +359,9 @@ impl<E: Entity> Actor<E> {
                     .send(home, self.channels.region, bytes)
                     .map_err(|e| ShardingError::Undeliverable(e.to_string()))
             });
+        if counted {
+            self.shared.via_region(shard).fetch_sub(1, Ordering::AcqRel);
+        }
         match sent {
             Ok(()) => {
                 self.shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -376,6 +402,11 @@ impl<E: Entity> Actor<E> {
             &self.shared.stats.dropped_undeliverable
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if d.counted {
+            self.shared
+                .via_region(d.shard)
+                .fetch_sub(1, Ordering::AcqRel);
+        }
         tracing::warn!(node = %self.node, shard = %d.shard, entity = %d.entity, %error, "message dropped");
         d.fail(error);
     }
@@ -390,6 +421,19 @@ impl<E: Entity> Actor<E> {
                 self.route(d);
             }
         }
+        self.publish(shard);
+    }
+
+    /// Lets handles deliver to `shard` directly (after its backlog went in).
+    fn publish(&self, shard: ShardId) {
+        if let Some(sender) = self.senders.get(&shard) {
+            self.shared
+                .local
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(shard)
+                .or_insert_with(|| sender.clone());
+        }
     }
 
     fn start_shard(&mut self, shard: ShardId) {
@@ -401,11 +445,7 @@ impl<E: Entity> Actor<E> {
             Arc::clone(&self.shared.stats),
             self.stopped_tx.clone(),
         );
-        self.shared
-            .local
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(shard, sender);
+        self.senders.insert(shard, sender);
         self.hosted.insert(shard);
         self.locations.insert(shard, self.node);
         tracing::debug!(node = %self.node, %shard, "shard started");
@@ -461,6 +501,7 @@ impl<E: Entity> Actor<E> {
                         message,
                         reply,
                         hops,
+                        counted: false,
                     }),
                     Err(error) => {
                         self.shared
@@ -545,13 +586,12 @@ impl<E: Entity> Actor<E> {
             }
             Directive::HandOff { shard, .. } => {
                 self.locations.remove(&shard);
-                let sender = self
-                    .shared
+                self.shared
                     .local
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&shard);
-                match sender {
+                match self.senders.remove(&shard) {
                     Some(sender) => {
                         self.handing_off.insert(shard, from);
                         // If the shard already stopped on its own, the Stopped

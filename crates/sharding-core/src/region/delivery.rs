@@ -35,6 +35,8 @@ pub(crate) struct Delivery<E: Entity> {
     pub(crate) message: E::Message,
     pub(crate) reply: ReplyTo<E>,
     pub(crate) hops: u8,
+    /// Counted in `Shared::via_region` until the region task passes it on.
+    pub(crate) counted: bool,
 }
 
 impl<E: Entity> ReplyTo<E> {

@@ -208,9 +208,19 @@ struct Shared<E: Entity> {
     settings: RegionSettings,
     stats: Arc<RegionStats>,
     max_epoch: AtomicU64,
+    /// Per shard (modulo the array length): messages from local handles still
+    /// inside the region task. While non-zero, handles do not take the fast
+    /// path for that shard, so one sender's messages never overtake each
+    /// other on the two paths.
+    via_region: Box<[AtomicU64]>,
 }
 
 impl<E: Entity> Shared<E> {
+    fn via_region(&self, shard: ShardId) -> &AtomicU64 {
+        let i = shard.0 as usize % self.via_region.len();
+        &self.via_region[i]
+    }
+
     fn local(&self) -> RwLockReadGuard<'_, HashMap<ShardId, mpsc::Sender<ShardCmd<E>>>> {
         self.local.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -250,6 +260,9 @@ impl<E: Entity> ShardRegion<E> {
             settings: config.settings.clone(),
             stats: Arc::clone(&stats),
             max_epoch: AtomicU64::new(0),
+            via_region: (0..config.settings.num_shards.clamp(1, 65_536))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         });
         actor::spawn(actor::Parts {
             shared: Arc::clone(&shared),
@@ -265,6 +278,9 @@ impl<E: Entity> ShardRegion<E> {
 
     /// Sends `message` to its entity: at most once, never blocking. An error
     /// means it was not accepted (and was counted).
+    ///
+    /// Messages from one sender to one entity arrive in the order sent,
+    /// except those in flight while their shard is handed off.
     pub fn tell(&self, message: E::Message) -> Result<(), ShardingError> {
         let delivery = self.delivery(message, ReplyTo::Nobody);
         self.route(delivery)
@@ -356,13 +372,21 @@ impl<E: Entity> ShardRegion<E> {
             message,
             reply,
             hops: 0,
+            counted: false,
         }
     }
 
     /// The hot path: straight to a local shard when there is one.
     fn route(&self, delivery: Delivery<E>) -> Result<(), ShardingError> {
         let shared = &*self.shared;
-        let delivery = match shared.local().get(&delivery.shard) {
+        let via_region = shared.via_region(delivery.shard);
+        let fast = via_region.load(Ordering::Acquire) == 0;
+        let shard = if fast {
+            shared.local().get(&delivery.shard).cloned()
+        } else {
+            None
+        };
+        let mut delivery = match shard {
             Some(shard) => match shard.try_send(ShardCmd::Deliver(delivery)) {
                 Ok(()) => {
                     shared.stats.delivered_local.fetch_add(1, Ordering::Relaxed);
@@ -381,11 +405,15 @@ impl<E: Entity> ShardRegion<E> {
         if shared.stats.buffered.load(Ordering::Relaxed) >= capacity {
             return Err(self.full(capacity));
         }
-        match shared.commands.try_send(RegionCmd::Route(delivery)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(self.full(capacity)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(ShardingError::RegionStopped),
-        }
+        delivery.counted = true;
+        via_region.fetch_add(1, Ordering::AcqRel);
+        let refused = match shared.commands.try_send(RegionCmd::Route(delivery)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => self.full(capacity),
+            Err(mpsc::error::TrySendError::Closed(_)) => ShardingError::RegionStopped,
+        };
+        via_region.fetch_sub(1, Ordering::AcqRel);
+        Err(refused)
     }
 
     fn full(&self, capacity: usize) -> ShardingError {
