@@ -311,14 +311,18 @@ impl Coordinator {
     }
 
     fn finish_recovery(&mut self) {
-        self.recovery_deadline = None;
-        self.epoch = match self.lease.as_ref().and_then(|l| l.fencing_token()) {
+        self.epoch = match &self.lease {
             // With a lease the epoch is its fencing token: strictly greater
             // for every new holder, so regions fence off older ones (I3).
-            Some(token) => Epoch(token.get()),
+            Some(lease) => match lease.fencing_token() {
+                Some(token) => Epoch(token.get()),
+                // Lapsed this very instant: the next step goes to Acquiring.
+                None => return,
+            },
             // Without one, a term above anything any region obeyed.
             None => Epoch(self.highest_epoch.0 + 1),
         };
+        self.recovery_deadline = None;
         self.highest_epoch = self.highest_epoch.max(self.epoch);
         self.set_phase(Phase::Active);
         let claims = std::mem::take(&mut self.claims);
