@@ -57,16 +57,3 @@ fn without_a_lease_the_suite_sees_the_split_brain() {
         report.invariants
     );
 }
-
-#[test]
-fn the_kubernetes_lease_keeps_the_invariants_in_real_time() {
-    for scenario in [Scenario::StoreUnreachable, Scenario::StopTheWorldPause] {
-        let report = run(config(scenario, 3, LeaseMode::Kubernetes));
-        assert!(
-            report.passed,
-            "{}: {:?}",
-            report.scenario, report.invariants
-        );
-        assert_eq!(report.max_active, 1, "{}", report.scenario);
-    }
-}
