@@ -263,3 +263,28 @@ async fn a_full_send_queue_is_an_error_and_counted() {
         Err(cluster::SendError::UnknownPeer(NodeId(3)))
     );
 }
+
+#[tokio::test]
+async fn a_wildcard_listener_is_reached_through_its_advertised_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings = TcpSettings::new(
+        CLUSTER,
+        NodeId(1),
+        format!("0.0.0.0:{port}").parse().unwrap(),
+    );
+    settings.advertise = Some(NodeAddr(format!("127.0.0.1:{port}")));
+    settings.backoff_min = Duration::from_millis(20);
+    let a = TcpTransport::bind(settings).await.unwrap();
+    let b = node(2).await;
+    let mut a_inbox = a.subscribe(CH);
+    let mut b_inbox = b.subscribe(CH);
+    b.learn_address(NodeId(1), &NodeAddr(format!("127.0.0.1:{port}")));
+    send_until_delivered(&b, NodeId(1), &mut a_inbox).await;
+    // A never heard of B's address but from B's handshake: it can answer.
+    let got = send_until_delivered(&a, NodeId(2), &mut b_inbox).await;
+    assert_eq!(got.from, NodeId(1));
+}

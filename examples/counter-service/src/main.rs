@@ -95,14 +95,9 @@ async fn main() -> std::process::ExitCode {
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let node = cluster::NodeId(config.node_id);
-    let transport = Arc::new(
-        TcpTransport::bind(TcpSettings::new(
-            config.cluster_name.clone(),
-            node,
-            config.cluster_listen,
-        ))
-        .await?,
-    );
+    let mut tcp = TcpSettings::new(config.cluster_name.clone(), node, config.cluster_listen);
+    tcp.advertise = config.cluster_advertise.clone().map(NodeAddr);
+    let transport = Arc::new(TcpTransport::bind(tcp).await?);
     let advertise = config
         .cluster_advertise
         .clone()

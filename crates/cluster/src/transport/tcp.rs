@@ -46,6 +46,10 @@ pub struct TcpSettings {
     pub backoff_min: Duration,
     /// Largest reconnect delay (default 5 s).
     pub backoff_max: Duration,
+    /// The address peers should dial to reach this node, sent in the
+    /// handshake. Required when `listen` is a wildcard such as `0.0.0.0`;
+    /// defaults to the bound address.
+    pub advertise: Option<NodeAddr>,
 }
 
 impl TcpSettings {
@@ -61,6 +65,7 @@ impl TcpSettings {
             handshake_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            advertise: None,
         }
     }
 }
@@ -133,7 +138,10 @@ impl TcpTransport {
         let local_addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             inboxes: Inboxes::new(settings.node, settings.inbox_capacity),
-            advertised: NodeAddr::from(local_addr),
+            advertised: settings
+                .advertise
+                .clone()
+                .unwrap_or_else(|| NodeAddr::from(local_addr)),
             settings,
             peers: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
@@ -254,6 +262,12 @@ impl Inner {
         tracing::debug!(node = %self.settings.node, peer = %node, %addr, "peer address learned");
     }
 
+    fn learn_if_unknown(self: &Arc<Self>, node: NodeId, addr: &NodeAddr) {
+        if !lock(&self.peers).contains_key(&node) {
+            self.learn(node, addr);
+        }
+    }
+
     fn hello(&self) -> Hello {
         Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -335,7 +349,8 @@ async fn inbound(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), Connection
     framed.send(Bytes::from(reply)).await?;
     let peer = hello.node;
     tracing::debug!(node = %inner.settings.node, %peer, "inbound peer connected");
-    inner.learn(peer, &hello.listen);
+    // Only for a peer we know nothing about: membership's address wins.
+    inner.learn_if_unknown(peer, &hello.listen);
     while let Some(frame) = framed.next().await {
         let frame = frame.inspect_err(|_| {
             inner.inboxes.bad_frames.fetch_add(1, Ordering::Relaxed);
