@@ -141,3 +141,14 @@ async fn killed_node_is_closed_and_restart_replaces_it() {
     a.send(NodeId(2), CH, payload("welcome back")).unwrap();
     assert_eq!(inbox.recv().await.unwrap().payload, payload("welcome back"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_isolated_node_still_reaches_itself() {
+    let net = InProcessNetwork::new(1);
+    let a = net.join(NodeId(1));
+    let mut inbox = a.subscribe(CH);
+    net.isolate(NodeId(1));
+    a.send(NodeId(1), CH, payload("loopback")).unwrap();
+    assert_eq!(inbox.recv().await.unwrap().payload, payload("loopback"));
+    assert!(net.can_reach(NodeId(1), NodeId(1)));
+}

@@ -49,9 +49,11 @@ struct NetState {
 
 impl NetState {
     fn reachable(&self, from: NodeId, to: NodeId) -> bool {
-        !self.blocked.contains(&(from, to))
-            && !self.isolated.contains(&from)
-            && !self.isolated.contains(&to)
+        // A node always reaches itself: faults cut links, not loopback.
+        from == to
+            || (!self.blocked.contains(&(from, to))
+                && !self.isolated.contains(&from)
+                && !self.isolated.contains(&to))
     }
 }
 
