@@ -62,11 +62,7 @@ async fn lost_lease_stops_activity() {
     s.region.num_shards = 10_000;
     s.region.ask_timeout = Duration::from_secs(1);
     let harness = MultiNode::start(3, s);
-    assert!(harness.converge(Duration::from_secs(20)).await);
-    eventually(Duration::from_secs(20), "active", || {
-        harness.active_coordinators() == vec![id(1)]
-    })
-    .await;
+    settled(&harness).await;
     warm_up(&harness, id(2), 20).await;
 
     harness.isolate_from_lease_store(id(1));
@@ -113,11 +109,7 @@ async fn lost_lease_stops_activity() {
 #[tokio::test(start_paused = true)]
 async fn release_on_leave() {
     let mut harness = MultiNode::start(2, lease_settings(13));
-    assert!(harness.converge(Duration::from_secs(20)).await);
-    eventually(Duration::from_secs(20), "active", || {
-        harness.active_coordinators() == vec![id(1)]
-    })
-    .await;
+    settled(&harness).await;
     // A node with a lower id joins and becomes the leader: node 1 releases.
     harness.start_node(id(0));
     eventually(
@@ -153,11 +145,7 @@ async fn release_on_leave() {
 #[tokio::test(start_paused = true)]
 async fn failed_release_never_blocks() {
     let mut harness = MultiNode::start(2, lease_settings(14));
-    assert!(harness.converge(Duration::from_secs(20)).await);
-    eventually(Duration::from_secs(20), "active", || {
-        harness.active_coordinators() == vec![id(1)]
-    })
-    .await;
+    settled(&harness).await;
     // Node 1's store calls now hang: its release will never complete.
     harness.store().black_hole(&owner_of(id(1)));
     harness.start_node(id(0));
@@ -184,11 +172,7 @@ async fn buffered_queries_served_after_reacquire() {
     let mut s = lease_settings(15);
     s.region.ask_timeout = Duration::from_secs(120);
     let harness = MultiNode::start(3, s);
-    assert!(harness.converge(Duration::from_secs(20)).await);
-    eventually(Duration::from_secs(20), "active", || {
-        harness.active_coordinators() == vec![id(1)]
-    })
-    .await;
+    settled(&harness).await;
 
     harness.isolate_from_lease_store(id(1));
     eventually(Duration::from_secs(40), "lost", || {
@@ -237,11 +221,7 @@ async fn acquire_failure_retries() {
 #[tokio::test(start_paused = true)]
 async fn no_lease_path_unchanged() {
     let harness = MultiNode::start(3, settings(17));
-    assert!(harness.converge(Duration::from_secs(20)).await);
-    eventually(Duration::from_secs(20), "active", || {
-        harness.active_coordinators() == vec![id(1)]
-    })
-    .await;
+    settled(&harness).await;
     assert!(harness.lease(id(1)).is_none());
     let events = harness.history().events();
     assert!(

@@ -197,11 +197,7 @@ async fn graceful_shutdown_hands_shards_off() {
 #[tokio::test(start_paused = true)]
 async fn without_a_lease_a_partition_gives_two_active_coordinators() {
     let harness = MultiNode::start(5, settings(5));
-    assert!(harness.converge(Duration::from_secs(20)).await);
-    eventually(Duration::from_secs(20), "one coordinator", || {
-        harness.active_coordinators() == vec![id(1)]
-    })
-    .await;
+    settled(&harness).await;
     harness.partition(&[&[id(1), id(2), id(3)], &[id(4), id(5)]]);
     // The "before" picture: each side elects its own leader and its own active
     // coordinator. The lease issue turns this into exactly one.

@@ -21,11 +21,7 @@ fn lease_settings(seed: u64) -> HarnessSettings {
 
 async fn five_nodes(seed: u64) -> MultiNode {
     let harness = MultiNode::start(5, lease_settings(seed));
-    assert!(harness.converge(Duration::from_secs(20)).await);
-    eventually(Duration::from_secs(20), "one active", || {
-        harness.active_coordinators() == vec![id(1)]
-    })
-    .await;
+    settled(&harness).await;
     warm_up(&harness, id(3), 200).await;
     harness
 }

@@ -22,6 +22,19 @@ pub fn entity(i: usize) -> String {
     format!("entity-{i}")
 }
 
+/// Waits until every node sees every node and node 1's coordinator is the
+/// one active coordinator.
+pub async fn settled(harness: &MultiNode) {
+    assert!(
+        harness.converge(Duration::from_secs(20)).await,
+        "membership did not converge"
+    );
+    eventually(Duration::from_secs(20), "one active coordinator", || {
+        harness.active_coordinators() == vec![id(1)]
+    })
+    .await;
+}
+
 /// Polls `pred` every 100 ms until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, what: &str, mut pred: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();

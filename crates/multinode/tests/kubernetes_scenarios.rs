@@ -2,16 +2,11 @@
 //! binaries run one after another, so no CPU-heavy paused-time run competes
 //! with these timing margins (ttl 2 s).
 
-use multinode::scenario::{LeaseMode, RunConfig, Scenario, run};
+use multinode::scenario::{LeaseMode, Scenario, run};
 
-fn config(scenario: Scenario, seed: u64, lease: LeaseMode) -> RunConfig {
-    RunConfig {
-        scenario,
-        seed,
-        nodes: 5,
-        lease,
-    }
-}
+mod common;
+
+use common::config;
 
 #[test]
 fn the_kubernetes_lease_keeps_the_invariants_in_real_time() {

@@ -1,15 +1,10 @@
 //! Every scenario once with the memory lease; determinism; the lease-less split brain.
 
-use multinode::scenario::{LeaseMode, RunConfig, Scenario, run};
+use multinode::scenario::{LeaseMode, Scenario, run};
 
-fn config(scenario: Scenario, seed: u64, lease: LeaseMode) -> RunConfig {
-    RunConfig {
-        scenario,
-        seed,
-        nodes: 5,
-        lease,
-    }
-}
+mod common;
+
+use common::config;
 
 #[test]
 fn every_scenario_keeps_the_invariants_with_the_memory_lease() {

@@ -9,30 +9,16 @@ use bytes::Bytes;
 use cluster::{Membership, MembershipSettings, NodeAddr, NodeId, TcpSettings, TcpTransport};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
 use sharding_coordinator::{ClusterSharding, ShardingSettings};
-use sharding_core::{Entity, EntityId, ShardRegion};
+use sharding_core::{EntityId, ShardRegion};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 const MESSAGES: u32 = 20_000;
 
-static PROCESSED: AtomicU64 = AtomicU64::new(0);
+mod common;
 
-#[derive(Serialize, Deserialize)]
-struct Msg {
-    id: u32,
-}
-
-struct Sink;
-
-impl Entity for Sink {
-    type Message = Msg;
-    type Reply = ();
-    async fn handle(&mut self, _: Msg) {
-        PROCESSED.fetch_add(1, Ordering::Relaxed);
-    }
-}
+use common::{Msg, PROCESSED, Sink};
 
 async fn wait_processed(target: u64) {
     while PROCESSED.load(Ordering::Relaxed) < target {

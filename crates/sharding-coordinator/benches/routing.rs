@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cluster::{InProcessNetwork, Membership, MembershipSettings, NodeAddr, NodeId};
@@ -12,31 +12,17 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kameo::Actor;
 use kameo::actor::{ActorRef, Spawn};
 use kameo::message::{Context, Message};
-use serde::{Deserialize, Serialize};
 use sharding_coordinator::{ClusterSharding, ShardingSettings};
-use sharding_core::{Entity, EntityId, ShardRegion};
+use sharding_core::{EntityId, ShardRegion};
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 
 const ENTITIES: u32 = 10_000;
 const MESSAGES: u32 = 100_000;
 
-static PROCESSED: AtomicU64 = AtomicU64::new(0);
+mod common;
 
-#[derive(Serialize, Deserialize)]
-struct Msg {
-    id: u32,
-}
-
-struct Sink;
-
-impl Entity for Sink {
-    type Message = Msg;
-    type Reply = ();
-    async fn handle(&mut self, _: Msg) {
-        PROCESSED.fetch_add(1, Ordering::Relaxed);
-    }
-}
+use common::{Msg, PROCESSED, Sink};
 
 #[derive(Actor)]
 struct KameoSink;
