@@ -474,6 +474,28 @@ mod tests {
     }
 
     #[test]
+    fn failover_counts_until_the_last_other_coordinator_stops() {
+        let t0 = Instant::now();
+        // Node 1 active throughout; node 4 (other side) active until 53 s,
+        // 3 s after the faults ended at 50 s.
+        let events = [
+            phase(at(t0, 1), 1, Phase::Active),
+            phase(at(t0, 20), 4, Phase::Active),
+            phase(at(t0, 53), 4, Phase::Standby),
+        ];
+        let v = check(&input(t0, &events, None));
+        assert_eq!(v.failover, Some(Duration::from_secs(3)));
+        assert_eq!(v.i4, Check::Ok);
+        assert!(v.i1.is_violated(), "two were active during the partition");
+        // Still two at the end: I4 is broken.
+        let both = [
+            phase(at(t0, 1), 1, Phase::Active),
+            phase(at(t0, 20), 4, Phase::Active),
+        ];
+        assert!(check(&input(t0, &both, None)).i4.is_violated());
+    }
+
+    #[test]
     fn double_hosting_is_measured() {
         let t0 = Instant::now();
         let s = ShardId(7);
