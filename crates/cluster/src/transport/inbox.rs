@@ -1,8 +1,8 @@
 //! Per-channel inboxes of one node, and the node's traffic counters.
 
 use std::collections::HashMap;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
@@ -31,7 +31,7 @@ pub struct TransportStats {
 pub(crate) struct Inboxes {
     node: NodeId,
     capacity: usize,
-    subscribers: Mutex<HashMap<Channel, mpsc::Sender<Envelope>>>,
+    subscribers: RwLock<HashMap<Channel, mpsc::Sender<Envelope>>>,
     pub(crate) sent: AtomicU64,
     delivered: AtomicU64,
     pub(crate) dropped_queue_full: AtomicU64,
@@ -46,7 +46,7 @@ impl Inboxes {
         Self {
             node,
             capacity: capacity.max(1),
-            subscribers: Mutex::new(HashMap::new()),
+            subscribers: RwLock::new(HashMap::new()),
             sent: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped_queue_full: AtomicU64::new(0),
@@ -57,21 +57,21 @@ impl Inboxes {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Channel, mpsc::Sender<Envelope>>> {
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub(crate) fn subscribe(&self, channel: Channel) -> mpsc::Receiver<Envelope> {
         let (tx, rx) = mpsc::channel(self.capacity);
-        self.lock().insert(channel, tx);
+        self.subscribers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(channel, tx);
         rx
     }
 
     /// Hands `envelope` to its channel's subscriber; a drop is counted and logged.
     pub(crate) fn deliver(&self, envelope: Envelope) {
         let channel = envelope.channel;
-        let sender = self.lock().get(&channel).cloned();
-        let Some(sender) = sender else {
+        // A read lock and no sender clone: this runs for every received message.
+        let subscribers = self.subscribers.read().unwrap_or_else(|e| e.into_inner());
+        let Some(sender) = subscribers.get(&channel) else {
             self.dropped_no_subscriber.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(node = %self.node, ?channel, from = %envelope.from, "dropped: no subscriber for channel");
             return;
