@@ -98,12 +98,6 @@ pub fn run(args: Args) -> ExitCode {
     print!("{}", report::table(&rows));
     let failed: Vec<&RunReport> = reports.iter().filter(|r| !r.passed).collect();
     let passed = reports.len() - failed.len();
-    println!(
-        "{passed} passed, {} failed  ({} runs in {:.1}s)",
-        failed.len(),
-        reports.len(),
-        elapsed.as_secs_f64()
-    );
     for r in &failed {
         println!(
             "FAILED {} seed {}: {}\n  reproduce: cargo xtask multinode --scenario {} --seed {} --nodes {} --lease {}",
@@ -130,6 +124,9 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    println!("{} runs in {:.1}s", reports.len(), elapsed.as_secs_f64());
+    // The last line is the verdict.
+    println!("{passed} passed, {} failed", failed.len());
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
