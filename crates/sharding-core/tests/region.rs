@@ -358,35 +358,101 @@ impl Entity for Recorder {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_senders_messages_keep_their_order_while_the_home_arrives() {
-    let network = InProcessNetwork::new(1);
-    let transport = Arc::new(network.join(REGION));
-    let membership = Membership::start(
-        transport.clone(),
-        NodeAddr::from("inproc:1"),
-        MembershipSettings::new(Vec::new()),
-    )
-    .unwrap();
-    let type_name = TypeName::from("recorder");
-    let channels = TypeChannels::of(&type_name);
-    let coordinator = network.join(COORDINATOR);
-    let mut to_coordinator = transport.subscribe(channels.coordinator);
-    let region = ShardRegion::start(
-        RegionConfig {
-            type_name,
-            extractor: Arc::new(|m: &Add| EntityId(m.id.clone())),
-            factory: Arc::new(|_: &EntityId| Recorder(Vec::new())),
-            settings: RegionSettings::default(),
-            observer: None,
-        },
-        transport,
-        membership.view(),
-    );
-    // A sender that never stops while the shard's home is unknown, then known.
+/// A region of `Recorder`s with a scripted coordinator on node 9.
+struct RecorderRig {
+    region: ShardRegion<Recorder>,
+    coordinator: InProcessTransport,
+    /// What the region sends to its leader (itself).
+    to_leader: mpsc::Receiver<Envelope>,
+    /// What the region answers to directives (sent to node 9).
+    replies: mpsc::Receiver<Envelope>,
+    channels: TypeChannels,
+    _membership: Membership,
+}
+
+impl RecorderRig {
+    fn new() -> Self {
+        let network = InProcessNetwork::new(1);
+        let transport = Arc::new(network.join(REGION));
+        let membership = Membership::start(
+            transport.clone(),
+            NodeAddr::from("inproc:1"),
+            MembershipSettings::new(Vec::new()),
+        )
+        .unwrap();
+        let type_name = TypeName::from("recorder");
+        let channels = TypeChannels::of(&type_name);
+        let coordinator = network.join(COORDINATOR);
+        let to_leader = transport.subscribe(channels.coordinator);
+        let replies = coordinator.subscribe(channels.coordinator);
+        let region = ShardRegion::start(
+            RegionConfig {
+                type_name,
+                extractor: Arc::new(|m: &Add| EntityId(m.id.clone())),
+                factory: Arc::new(|_: &EntityId| Recorder(Vec::new())),
+                settings: RegionSettings::default(),
+                observer: None,
+            },
+            transport,
+            membership.view(),
+        );
+        Self {
+            region,
+            coordinator,
+            to_leader,
+            replies,
+            channels,
+            _membership: membership,
+        }
+    }
+
+    fn direct(&self, directive: Directive) {
+        let bytes = encode(&RegionMsg::Directive(directive)).unwrap();
+        self.coordinator
+            .send(REGION, self.channels.region, bytes)
+            .unwrap();
+    }
+
+    /// Answers the next `GetShardHome` with this region as the home.
+    async fn home_here(&mut self) -> ShardId {
+        loop {
+            let e = self.to_leader.recv().await.unwrap();
+            if let CoordinatorMsg::GetShardHome { shard } =
+                decode("coordinator message", &e.payload).unwrap()
+            {
+                self.direct(Directive::ShardHome {
+                    epoch: Epoch(1),
+                    shard,
+                    region: REGION,
+                });
+                return shard;
+            }
+        }
+    }
+
+    /// Waits for the entity to have seen `total` values; returns them.
+    async fn seen(&self, total: usize) -> Vec<i64> {
+        loop {
+            let seen = self
+                .region
+                .ask(Add {
+                    id: "one".into(),
+                    n: -1,
+                })
+                .await
+                .unwrap();
+            if seen.len() >= total {
+                return seen;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Tells `0..total` to entity "one" from one task, yielding now and then.
+fn send_in_order(region: &ShardRegion<Recorder>, total: i64) -> tokio::task::JoinHandle<()> {
     let sender = region.clone();
-    let total = 20_000;
-    let sending = tokio::spawn(async move {
+    tokio::spawn(async move {
         for n in 0..total {
             sender
                 .tell(Add {
@@ -398,42 +464,62 @@ async fn one_senders_messages_keep_their_order_while_the_home_arrives() {
                 tokio::task::yield_now().await;
             }
         }
+    })
+}
+
+fn inversions(seen: &[i64]) -> usize {
+    seen.windows(2).filter(|w| w[0] > w[1]).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_messages_keep_their_order_while_the_home_arrives() {
+    let mut rig = RecorderRig::new();
+    let total = 20_000;
+    let sending = send_in_order(&rig.region, total);
+    // The home arrives while messages keep coming.
+    rig.home_here().await;
+    sending.await.unwrap();
+    let seen = rig.seen(total as usize).await;
+    assert_eq!(
+        inversions(&seen),
+        0,
+        "messages from one sender were reordered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_messages_keep_their_order_across_a_handoff() {
+    let mut rig = RecorderRig::new();
+    let total = 40_000;
+    let sending = send_in_order(&rig.region, total);
+    let shard = rig.home_here().await;
+    sleep(Duration::from_millis(5)).await;
+    // Hand the shard off while messages keep coming, then home it here again.
+    rig.direct(Directive::HandOff {
+        epoch: Epoch(1),
+        shard,
     });
-    // Answer the first GetShardHome while messages keep coming.
     loop {
-        let e = to_coordinator.recv().await.unwrap();
-        if let CoordinatorMsg::GetShardHome { shard } =
-            decode("coordinator message", &e.payload).unwrap()
+        let e = rig.replies.recv().await.unwrap();
+        if decode::<CoordinatorMsg>("coordinator message", &e.payload).unwrap()
+            == (CoordinatorMsg::ShardStopped { shard })
         {
-            let home = Directive::ShardHome {
-                epoch: Epoch(1),
-                shard,
-                region: REGION,
-            };
-            coordinator
-                .send(
-                    REGION,
-                    channels.region,
-                    encode(&RegionMsg::Directive(home)).unwrap(),
-                )
-                .unwrap();
             break;
         }
     }
+    rig.home_here().await;
     sending.await.unwrap();
-    let seen = loop {
-        let seen = region
-            .ask(Add {
-                id: "one".into(),
-                n: -1,
-            })
-            .await
-            .unwrap();
-        if seen.len() == total as usize {
-            break seen;
-        }
-        sleep(Duration::from_millis(10)).await;
-    };
-    let out_of_order = seen.windows(2).filter(|w| w[0] > w[1]).count();
-    assert_eq!(out_of_order, 0, "messages from one sender were reordered");
+    // The second incarnation saw the rest, in order.
+    let seen = rig.seen(1).await;
+    assert!(!seen.is_empty());
+    assert_eq!(
+        *seen.last().unwrap(),
+        total - 1,
+        "the last message arrived last"
+    );
+    assert_eq!(
+        inversions(&seen),
+        0,
+        "messages were reordered across the handoff"
+    );
 }

@@ -47,6 +47,7 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         senders: BTreeMap::new(),
         handing_off: BTreeMap::new(),
         pending: BTreeMap::new(),
+        held: BTreeMap::new(),
         asks: BTreeMap::new(),
         next_request: 0,
         max_epoch: Epoch::default(),
@@ -79,6 +80,9 @@ struct Actor<E: Entity> {
     handing_off: BTreeMap<ShardId, NodeId>,
     /// Messages waiting for their shard's home.
     pending: BTreeMap<ShardId, VecDeque<Delivery<E>>>,
+    /// Messages for a shard being handed off from here: they wait until the
+    /// shard has returned what it had not delivered, so they stay behind it.
+    held: BTreeMap<ShardId, VecDeque<Delivery<E>>>,
     /// Asks forwarded to other nodes, by request number.
     asks: BTreeMap<u64, oneshot::Sender<Result<E::Reply, ShardingError>>>,
     next_request: u64,
@@ -139,7 +143,11 @@ impl<E: Entity> Actor<E> {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.senders.clear();
-        for (_, queue) in std::mem::take(&mut self.pending) {
+        let waiting: Vec<VecDeque<Delivery<E>>> = std::mem::take(&mut self.pending)
+            .into_values()
+            .chain(std::mem::take(&mut self.held).into_values())
+            .collect();
+        for queue in waiting {
             for d in queue {
                 if d.counted {
                     self.shared
@@ -273,6 +281,9 @@ impl<E: Entity> Actor<E> {
     }
 
     fn route(&mut self, d: Delivery<E>) {
+        if self.handing_off.contains_key(&d.shard) {
+            return self.hold(d);
+        }
         match self.locations.get(&d.shard).copied() {
             Some(home) if home == self.node => self.deliver_local(d),
             Some(home) => self.forward(home, d),
@@ -379,6 +390,15 @@ impl<E: Entity> Actor<E> {
         }
     }
 
+    fn hold(&mut self, d: Delivery<E>) {
+        let capacity = self.shared.settings.buffer_size;
+        if self.shared.stats.buffered.load(Ordering::Relaxed) >= capacity {
+            return self.drop_delivery(d, ShardingError::BufferFull { capacity }, true);
+        }
+        self.held.entry(d.shard).or_default().push_back(d);
+        self.shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn buffer(&mut self, d: Delivery<E>) {
         let capacity = self.shared.settings.buffer_size;
         let buffered = self.shared.stats.buffered.load(Ordering::Relaxed);
@@ -460,8 +480,18 @@ impl<E: Entity> Actor<E> {
         if let Some(coordinator) = self.handing_off.remove(&shard) {
             self.to_coordinator(coordinator, &CoordinatorMsg::ShardStopped { shard });
         }
+        // What the shard had not delivered is older than what was held meanwhile.
         for d in stopped.undelivered {
             self.route(d);
+        }
+        if let Some(queue) = self.held.remove(&shard) {
+            self.shared
+                .stats
+                .buffered
+                .fetch_sub(queue.len(), Ordering::Relaxed);
+            for d in queue {
+                self.route(d);
+            }
         }
     }
 

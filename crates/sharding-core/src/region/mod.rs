@@ -280,7 +280,7 @@ impl<E: Entity> ShardRegion<E> {
     /// means it was not accepted (and was counted).
     ///
     /// Messages from one sender to one entity arrive in the order sent,
-    /// except those in flight while their shard is handed off.
+    /// including across a handoff of their shard.
     pub fn tell(&self, message: E::Message) -> Result<(), ShardingError> {
         let delivery = self.delivery(message, ReplyTo::Nobody);
         self.route(delivery)
