@@ -390,28 +390,45 @@ impl<E: Entity> Actor<E> {
         }
     }
 
+    /// Keeps `d` until its handed-off shard has returned its backlog.
     fn hold(&mut self, d: Delivery<E>) {
-        let capacity = self.shared.settings.buffer_size;
-        if self.shared.stats.buffered.load(Ordering::Relaxed) >= capacity {
-            return self.drop_delivery(d, ShardingError::BufferFull { capacity }, true);
+        if let Some(d) = self.count_in(d) {
+            self.held.entry(d.shard).or_default().push_back(d);
         }
-        self.held.entry(d.shard).or_default().push_back(d);
-        self.shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Keeps `d` until its shard's home is known, asking for it once.
     fn buffer(&mut self, d: Delivery<E>) {
-        let capacity = self.shared.settings.buffer_size;
-        let buffered = self.shared.stats.buffered.load(Ordering::Relaxed);
-        if buffered >= capacity {
-            return self.drop_delivery(d, ShardingError::BufferFull { capacity }, true);
-        }
+        let Some(d) = self.count_in(d) else { return };
         let shard = d.shard;
         let queue = self.pending.entry(shard).or_default();
         let first = queue.is_empty();
         queue.push_back(d);
-        self.shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
         if first {
             self.request_home(shard);
+        }
+    }
+
+    /// Counts `d` into the region's bounded buffer, or drops it when full.
+    fn count_in(&self, d: Delivery<E>) -> Option<Delivery<E>> {
+        let capacity = self.shared.settings.buffer_size;
+        if self.shared.stats.buffered.load(Ordering::Relaxed) >= capacity {
+            self.drop_delivery(d, ShardingError::BufferFull { capacity }, true);
+            return None;
+        }
+        self.shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
+        Some(d)
+    }
+
+    /// Routes a queue taken out of the buffer again.
+    fn reroute(&mut self, queue: Option<VecDeque<Delivery<E>>>) {
+        let Some(queue) = queue else { return };
+        self.shared
+            .stats
+            .buffered
+            .fetch_sub(queue.len(), Ordering::Relaxed);
+        for d in queue {
+            self.route(d);
         }
     }
 
@@ -432,15 +449,8 @@ impl<E: Entity> Actor<E> {
     }
 
     fn flush(&mut self, shard: ShardId) {
-        if let Some(queue) = self.pending.remove(&shard) {
-            self.shared
-                .stats
-                .buffered
-                .fetch_sub(queue.len(), Ordering::Relaxed);
-            for d in queue {
-                self.route(d);
-            }
-        }
+        let queue = self.pending.remove(&shard);
+        self.reroute(queue);
         self.publish(shard);
     }
 
@@ -484,15 +494,8 @@ impl<E: Entity> Actor<E> {
         for d in stopped.undelivered {
             self.route(d);
         }
-        if let Some(queue) = self.held.remove(&shard) {
-            self.shared
-                .stats
-                .buffered
-                .fetch_sub(queue.len(), Ordering::Relaxed);
-            for d in queue {
-                self.route(d);
-            }
-        }
+        let queue = self.held.remove(&shard);
+        self.reroute(queue);
     }
 
     fn on_envelope(&mut self, envelope: Envelope) {
