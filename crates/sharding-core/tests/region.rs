@@ -40,8 +40,8 @@ impl Entity for Counter {
 const REGION: NodeId = NodeId(1);
 const COORDINATOR: NodeId = NodeId(9);
 
-struct Rig {
-    region: ShardRegion<Counter>,
+struct Rig<E: Entity<Message = Add>> {
+    region: ShardRegion<E>,
     coordinator: InProcessTransport,
     to_coordinator: mpsc::Receiver<Envelope>,
     replies: mpsc::Receiver<Envelope>,
@@ -50,49 +50,54 @@ struct Rig {
     _membership: Membership,
 }
 
-fn rig(settings: RegionSettings) -> Rig {
-    let network = InProcessNetwork::new(1);
-    let transport = Arc::new(network.join(REGION));
-    let membership = Membership::start(
-        transport.clone(),
-        NodeAddr::from("inproc:1"),
-        MembershipSettings::new(Vec::new()),
-    )
-    .unwrap();
-    let type_name = TypeName::from("counter");
-    let channels = TypeChannels::of(&type_name);
-    let coordinator = network.join(COORDINATOR);
-    // The region sends to its view's leader (itself, alone): intercept there.
-    let to_coordinator = transport.subscribe(channels.coordinator);
-    // Answers to directives go to the node that sent them.
-    let replies = coordinator.subscribe(channels.coordinator);
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&events);
-    let region = ShardRegion::start(
-        RegionConfig {
-            type_name,
-            extractor: Arc::new(|m: &Add| EntityId(m.id.clone())),
-            factory: Arc::new(|_: &EntityId| Counter::default()),
-            settings,
-            observer: Some(Arc::new(move |_, _, e: &RegionEvent| {
-                sink.lock().unwrap().push(e.clone());
-            })),
-        },
-        transport,
-        membership.view(),
-    );
-    Rig {
-        region,
-        coordinator,
-        to_coordinator,
-        replies,
-        channels,
-        events,
-        _membership: membership,
-    }
+fn rig(settings: RegionSettings) -> Rig<Counter> {
+    Rig::start("counter", Counter::default, settings)
 }
 
-impl Rig {
+impl<E: Entity<Message = Add>> Rig<E> {
+    /// One region of `type_name` on node 1, alone in its cluster.
+    fn start(type_name: &str, make: fn() -> E, settings: RegionSettings) -> Self {
+        let network = InProcessNetwork::new(1);
+        let transport = Arc::new(network.join(REGION));
+        let membership = Membership::start(
+            transport.clone(),
+            NodeAddr::from("inproc:1"),
+            MembershipSettings::new(Vec::new()),
+        )
+        .unwrap();
+        let type_name = TypeName::from(type_name);
+        let channels = TypeChannels::of(&type_name);
+        let coordinator = network.join(COORDINATOR);
+        // The region sends to its view's leader (itself, alone): intercept there.
+        let to_coordinator = transport.subscribe(channels.coordinator);
+        // Answers to directives go to the node that sent them.
+        let replies = coordinator.subscribe(channels.coordinator);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        let region = ShardRegion::start(
+            RegionConfig {
+                type_name,
+                extractor: Arc::new(|m: &Add| EntityId(m.id.clone())),
+                factory: Arc::new(move |_: &EntityId| make()),
+                settings,
+                observer: Some(Arc::new(move |_, _, e: &RegionEvent| {
+                    sink.lock().unwrap().push(e.clone());
+                })),
+            },
+            transport,
+            membership.view(),
+        );
+        Rig {
+            region,
+            coordinator,
+            to_coordinator,
+            replies,
+            channels,
+            events,
+            _membership: membership,
+        }
+    }
+
     fn direct(&self, directive: Directive) {
         let bytes = encode(&RegionMsg::Directive(directive)).unwrap();
         self.coordinator
@@ -358,65 +363,11 @@ impl Entity for Recorder {
     }
 }
 
-/// A region of `Recorder`s with a scripted coordinator on node 9.
-struct RecorderRig {
-    region: ShardRegion<Recorder>,
-    coordinator: InProcessTransport,
-    /// What the region sends to its leader (itself).
-    to_leader: mpsc::Receiver<Envelope>,
-    /// What the region answers to directives (sent to node 9).
-    replies: mpsc::Receiver<Envelope>,
-    channels: TypeChannels,
-    _membership: Membership,
-}
-
-impl RecorderRig {
-    fn new() -> Self {
-        let network = InProcessNetwork::new(1);
-        let transport = Arc::new(network.join(REGION));
-        let membership = Membership::start(
-            transport.clone(),
-            NodeAddr::from("inproc:1"),
-            MembershipSettings::new(Vec::new()),
-        )
-        .unwrap();
-        let type_name = TypeName::from("recorder");
-        let channels = TypeChannels::of(&type_name);
-        let coordinator = network.join(COORDINATOR);
-        let to_leader = transport.subscribe(channels.coordinator);
-        let replies = coordinator.subscribe(channels.coordinator);
-        let region = ShardRegion::start(
-            RegionConfig {
-                type_name,
-                extractor: Arc::new(|m: &Add| EntityId(m.id.clone())),
-                factory: Arc::new(|_: &EntityId| Recorder(Vec::new())),
-                settings: RegionSettings::default(),
-                observer: None,
-            },
-            transport,
-            membership.view(),
-        );
-        Self {
-            region,
-            coordinator,
-            to_leader,
-            replies,
-            channels,
-            _membership: membership,
-        }
-    }
-
-    fn direct(&self, directive: Directive) {
-        let bytes = encode(&RegionMsg::Directive(directive)).unwrap();
-        self.coordinator
-            .send(REGION, self.channels.region, bytes)
-            .unwrap();
-    }
-
+impl Rig<Recorder> {
     /// Answers the next `GetShardHome` with this region as the home.
     async fn home_here(&mut self) -> ShardId {
         loop {
-            let e = self.to_leader.recv().await.unwrap();
+            let e = self.to_coordinator.recv().await.unwrap();
             if let CoordinatorMsg::GetShardHome { shard } =
                 decode("coordinator message", &e.payload).unwrap()
             {
@@ -473,7 +424,11 @@ fn inversions(seen: &[i64]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_senders_messages_keep_their_order_while_the_home_arrives() {
-    let mut rig = RecorderRig::new();
+    let mut rig = Rig::start(
+        "recorder",
+        || Recorder(Vec::new()),
+        RegionSettings::default(),
+    );
     let total = 20_000;
     let sending = send_in_order(&rig.region, total);
     // The home arrives while messages keep coming.
@@ -489,7 +444,11 @@ async fn one_senders_messages_keep_their_order_while_the_home_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_senders_messages_keep_their_order_across_a_handoff() {
-    let mut rig = RecorderRig::new();
+    let mut rig = Rig::start(
+        "recorder",
+        || Recorder(Vec::new()),
+        RegionSettings::default(),
+    );
     let total = 40_000;
     let sending = send_in_order(&rig.region, total);
     let shard = rig.home_here().await;
