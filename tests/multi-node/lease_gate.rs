@@ -106,11 +106,8 @@ async fn lost_lease_stops_activity() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn release_on_leave() {
-    let mut harness = MultiNode::start(2, lease_settings(13));
-    settled(&harness).await;
-    // A node with a lower id joins and becomes the leader: node 1 releases.
+/// Node 0 joins; node 1, the leader so far, sees it take the lead.
+async fn lower_id_takes_the_lead(harness: &mut MultiNode) {
     harness.start_node(id(0));
     eventually(
         Duration::from_secs(20),
@@ -118,6 +115,14 @@ async fn release_on_leave() {
         || harness.leader_of(id(1)) == Some(id(0)),
     )
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_on_leave() {
+    let mut harness = MultiNode::start(2, lease_settings(13));
+    settled(&harness).await;
+    // A node with a lower id joins and becomes the leader: node 1 releases.
+    lower_id_takes_the_lead(&mut harness).await;
     let lost_leadership = Instant::now();
     eventually(Duration::from_secs(2), "released", || {
         harness
@@ -148,13 +153,7 @@ async fn failed_release_never_blocks() {
     settled(&harness).await;
     // Node 1's store calls now hang: its release will never complete.
     harness.store().black_hole(&owner_of(id(1)));
-    harness.start_node(id(0));
-    eventually(
-        Duration::from_secs(20),
-        "node 1 sees the new leader",
-        || harness.leader_of(id(1)) == Some(id(0)),
-    )
-    .await;
+    lower_id_takes_the_lead(&mut harness).await;
     eventually(Duration::from_millis(200), "node 1 standby at once", || {
         harness.coordinator_status(id(1)).map(|s| s.phase) == Some(Phase::Standby)
     })
