@@ -1,11 +1,13 @@
 //! `cargo xtask multinode`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::{Args as ClapArgs, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use multinode::scenario::{self, LeaseMode, RunConfig, RunReport, Scenario};
 
 use crate::report;
@@ -91,7 +93,7 @@ pub fn run(args: Args) -> ExitCode {
     } else {
         parallelism()
     };
-    let reports = run_all(&jobs, threads);
+    let reports = run_all(&jobs, threads, lease);
     let elapsed = started.elapsed();
 
     let rows = report::rows(&scenarios, &reports, lease);
@@ -147,9 +149,10 @@ fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn run_all(jobs: &[RunConfig], threads: usize) -> Vec<RunReport> {
+fn run_all(jobs: &[RunConfig], threads: usize, lease: LeaseMode) -> Vec<RunReport> {
     let next = AtomicUsize::new(0);
     let out = Mutex::new(Vec::with_capacity(jobs.len()));
+    let progress = Progress::new(jobs.len());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -157,6 +160,7 @@ fn run_all(jobs: &[RunConfig], threads: usize) -> Vec<RunReport> {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { break };
                     let report = scenario::run(*job);
+                    progress.finished(&report, lease);
                     out.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push((i, report));
@@ -164,9 +168,86 @@ fn run_all(jobs: &[RunConfig], threads: usize) -> Vec<RunReport> {
             });
         }
     });
+    progress.done();
     let mut reports = out.into_inner().unwrap_or_else(|e| e.into_inner());
     reports.sort_by_key(|(i, _)| *i);
     reports.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Progress on stderr: a bar on a terminal, a plain line every 10 % (and
+/// every failure at once, with its seed) when not, as in CI.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: usize,
+    done: AtomicUsize,
+    failed: AtomicUsize,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64);
+            let style = ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} runs  {msg}  {elapsed} elapsed, ~{eta} left",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_message("0 failed");
+            bar
+        });
+        Self {
+            bar,
+            total,
+            done: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn finished(&self, report: &RunReport, lease: LeaseMode) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        let failed = self.failed.load(Ordering::Relaxed) + usize::from(!report.passed);
+        if !report.passed {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            let line = format!(
+                "FAILED {} seed {} (reproduce: cargo xtask multinode --scenario {} --seed {} --nodes {} --lease {})",
+                report.scenario,
+                report.seed,
+                report.scenario,
+                report.seed,
+                report.nodes,
+                lease_name(lease)
+            );
+            match &self.bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(format!("{failed} failed"));
+                bar.inc(1);
+            }
+            None => {
+                let step = (self.total / 10).max(1);
+                if done % step == 0 || done == self.total {
+                    let elapsed = self.started.elapsed().as_secs_f64();
+                    let left = elapsed / done as f64 * (self.total - done) as f64;
+                    eprintln!(
+                        "progress: {done}/{} runs, {failed} failed, {elapsed:.0}s elapsed, ~{left:.0}s left",
+                        self.total
+                    );
+                }
+            }
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 pub fn target_dir() -> PathBuf {

@@ -35,7 +35,9 @@ mod node;
 pub mod transport;
 
 pub use envelope::{Channel, Envelope, FrameError, PROTOCOL_VERSION};
-pub use membership::{ClusterEvent, ClusterState, ClusterView, Membership, MembershipSettings};
+pub use membership::{
+    ClusterEvent, ClusterState, ClusterView, Membership, MembershipSettings, ViewChanges,
+};
 pub use node::{NodeAddr, NodeId};
 pub use transport::{
     InProcessNetwork, InProcessTransport, LinkFaults, SendError, TcpSettings, TcpTransport,

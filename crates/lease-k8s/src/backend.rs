@@ -190,22 +190,11 @@ impl KubernetesBackend {
         };
         let observed = self.observe(&current);
         let owner = settings.owner_name();
-        let ttl = duration_secs(settings);
         match holder(&current) {
-            Some(h) if h == owner => {
-                let now = self.now();
-                let renewed = self
-                    .replace(settings, current, |spec| {
-                        spec.renew_time = Some(now);
-                        spec.lease_duration_seconds = Some(ttl);
-                    })
-                    .await
-                    .map_err(|e| lease_error(settings, e))?;
-                Ok(match renewed {
-                    Some(lease) => AcquireOutcome::Acquired(FencingToken::new(transitions(&lease))),
-                    None => AcquireOutcome::HeldByOther(None),
-                })
-            }
+            // Only a handle that does not hold the lease acquires; our owner
+            // name on a live record is a predecessor (a restarted pod), whose
+            // tenure we end with a new token rather than continue.
+            Some(h) if h == owner => self.take_over(settings, current).await,
             Some(h) => {
                 let their_ttl = current
                     .spec

@@ -189,15 +189,19 @@ impl InMemoryLeaseStore {
         });
         let live = record.expires_at > now;
         match &record.holder {
+            // Handles call this only when they do not hold the lease; the
+            // same owner name then means a restarted process, which must
+            // not continue its predecessor's tenure: it ends here.
             Some(holder) if live && holder == owner => {
-                record.expires_at = now + ttl;
-                history[record.grant].until = record.expires_at;
-                return AcquireOutcome::Acquired(FencingToken::new(record.token));
+                if let Some(grant) = history.get_mut(record.grant) {
+                    grant.until = now;
+                }
             }
             Some(holder) if live => return AcquireOutcome::HeldByOther(Some(holder.clone())),
             _ => {}
         }
-        // Free or expired: a new tenure with a strictly greater token.
+        // Free, expired or ours from a previous handle: a new tenure with a
+        // strictly greater token.
         record.token += 1;
         record.holder = Some(owner.to_owned());
         record.expires_at = now + ttl;

@@ -56,8 +56,19 @@ pub struct CheckInput<'a> {
     pub healed_at: Option<Instant>,
     /// I4's bound: ttl + heartbeat + recovery timeout.
     pub recovery_bound: Duration,
-    /// Shards that did not answer an ask after the run.
-    pub unanswered_shards: usize,
+    /// The final probe: every shard asked through every running node.
+    pub probe: FinalProbe,
+}
+
+/// What the final probe saw, once the faults had ended for the I4 bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinalProbe {
+    /// When the probe started, if it ran.
+    pub at: Option<Instant>,
+    /// `(shard, through node)` pairs whose ask was never answered.
+    pub unreachable: Vec<(ShardId, NodeId)>,
+    /// The shards' hosts once the probe had asked every shard.
+    pub hosts: BTreeMap<ShardId, Vec<NodeId>>,
 }
 
 /// The checker's findings for one run.
@@ -245,15 +256,31 @@ fn check_i4(active: &[Interval], input: &CheckInput<'_>) -> (Option<Duration>, C
             "one active coordinator only {failover:?} after the faults ended (bound {:?})",
             input.recovery_bound
         ))
-    } else if input.unanswered_shards > 0 {
-        Check::Violated(format!(
-            "{} shards did not answer after the faults",
-            input.unanswered_shards
-        ))
     } else {
-        Check::Ok
+        probe_verdict(&input.probe, input.start).unwrap_or(Check::Ok)
     };
     (Some(failover), check)
+}
+
+/// I4's shard half, judged from every node: every shard has exactly one
+/// host, and every shard answered through every node.
+fn probe_verdict(probe: &FinalProbe, start: Instant) -> Option<Check> {
+    let at = probe
+        .at
+        .map_or(0.0, |t| t.duration_since(start).as_secs_f64());
+    if let Some((shard, nodes)) = probe.hosts.iter().find(|(_, n)| n.len() > 1) {
+        let all = probe.hosts.values().filter(|n| n.len() > 1).count();
+        return Some(Check::Violated(format!(
+            "{shard} hosted on {nodes:?} at {at:.1}s ({all} double-hosted shards)"
+        )));
+    }
+    if let Some((shard, node)) = probe.unreachable.first() {
+        return Some(Check::Violated(format!(
+            "{shard} unreachable through {node} at {at:.1}s ({} shard-node pairs unanswered)",
+            probe.unreachable.len()
+        )));
+    }
+    None
 }
 
 /// Sum over shards of the time hosted on two or more nodes.
@@ -358,7 +385,7 @@ mod tests {
             end: at(t0, 100),
             healed_at: Some(at(t0, 50)),
             recovery_bound: Duration::from_secs(38),
-            unanswered_shards: 0,
+            probe: FinalProbe::default(),
         }
     }
 
@@ -468,9 +495,30 @@ mod tests {
         let none: [Event; 0] = [];
         assert!(check(&input(t0, &none, None)).i4.is_violated());
         let fine = [phase(at(t0, 60), 2, Phase::Active)];
+        assert_eq!(check(&input(t0, &fine, None)).i4, Check::Ok);
         let mut i = input(t0, &fine, None);
-        i.unanswered_shards = 3;
-        assert!(check(&i).i4.is_violated(), "unanswered shards");
+        i.probe.unreachable = vec![(ShardId(3), NodeId(2)), (ShardId(9), NodeId(4))];
+        let why = check(&i).i4;
+        assert!(
+            matches!(&why, Check::Violated(w) if w.contains("shard-3") && w.contains("node-2")),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn a_shard_hosted_twice_at_the_end_breaks_i4() {
+        let t0 = Instant::now();
+        let fine = [phase(at(t0, 60), 2, Phase::Active)];
+        let mut i = input(t0, &fine, None);
+        i.probe.hosts.insert(ShardId(1), vec![NodeId(1)]);
+        i.probe.hosts.insert(ShardId(5), vec![NodeId(2), NodeId(3)]);
+        let why = check(&i).i4;
+        assert!(
+            matches!(&why, Check::Violated(w) if w.contains("shard-5") && w.contains("1 double-hosted")),
+            "{why:?}"
+        );
+        i.probe.hosts.insert(ShardId(5), vec![NodeId(3)]);
+        assert_eq!(check(&i).i4, Check::Ok);
     }
 
     #[test]

@@ -4,15 +4,21 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cluster::NodeId;
+use cluster::{LinkFaults, NodeId};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
+use sharding_coordinator::Phase;
+use sharding_core::TypeName;
+use sharding_core::protocol::TypeChannels;
 use sharding_core::{EntityId, ShardId, shard_of};
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::checker::{self, Check, CheckInput, Verdict};
-use crate::{CounterMsg, EventKind, HarnessEvent, HarnessSettings, MultiNode};
+use crate::checker::{self, Check, CheckInput, FinalProbe, Verdict};
+use crate::{COUNTER_TYPE, CounterMsg, EventKind, HarnessEvent, HarnessSettings, MultiNode};
+
+/// Restart delays below membership's down-after (10 s), in seconds.
+const RESTART_DELAYS: [f64; 4] = [0.5, 2.0, 5.0, 9.0];
 
 /// A named fault pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,6 +39,18 @@ pub enum Scenario {
     FlappingPartition,
     /// Every node is restarted in turn.
     RollingRestart,
+    /// The leader is killed and started again before membership declares it
+    /// down (after 0.5, 2, 5 or 9 s, by seed), as a crashed pod comes back.
+    LeaderRestartBeforeDown,
+    /// The same for a node that is not the leader.
+    MemberRestartBeforeDown,
+    /// The leader leaves gracefully and comes back 20 s later.
+    LeaderLeavesAndReturns,
+    /// The leader crashes; its successor is killed while it recovers.
+    KillDuringRecovery,
+    /// A third of the sharding protocol's messages are lost while a node's
+    /// shards move away and back (registration, homes, handoffs).
+    HandoffMessageLoss,
     /// A seeded random schedule of all of the above.
     Nemesis,
 }
@@ -48,6 +66,11 @@ impl Scenario {
         Scenario::LeaderCrashRestart,
         Scenario::FlappingPartition,
         Scenario::RollingRestart,
+        Scenario::LeaderRestartBeforeDown,
+        Scenario::MemberRestartBeforeDown,
+        Scenario::LeaderLeavesAndReturns,
+        Scenario::KillDuringRecovery,
+        Scenario::HandoffMessageLoss,
         Scenario::Nemesis,
     ];
 
@@ -62,6 +85,11 @@ impl Scenario {
             Scenario::LeaderCrashRestart => "leader-crash-restart",
             Scenario::FlappingPartition => "flapping-partition",
             Scenario::RollingRestart => "rolling-restart",
+            Scenario::LeaderRestartBeforeDown => "leader-restart-before-down",
+            Scenario::MemberRestartBeforeDown => "member-restart-before-down",
+            Scenario::LeaderLeavesAndReturns => "leader-leaves-and-returns",
+            Scenario::KillDuringRecovery => "kill-during-recovery",
+            Scenario::HandoffMessageLoss => "handoff-message-loss",
             Scenario::Nemesis => "nemesis",
         }
     }
@@ -210,7 +238,7 @@ impl Run {
             asks_failed: 0,
             samples: Vec::new(),
             next_sample: Instant::now(),
-            probes: probe_entities(64),
+            probes: probe_entities(PROBE_SHARDS),
             down: Vec::new(),
         }
     }
@@ -283,9 +311,65 @@ impl Run {
 
     fn heal_all(&mut self) {
         self.harness.heal();
+        self.harness.network().clear_link_faults();
         for n in self.nodes() {
             self.harness.reconnect_to_lease_store(n);
         }
+    }
+
+    /// Kills `node` and starts it again after `delay` (below down-after: the
+    /// others never see it go).
+    async fn restart_before_down(&mut self, node: NodeId, delay: Duration) {
+        if !self.harness.node_ids().contains(&node) {
+            return;
+        }
+        self.fault(format!("restart {node} after {delay:?}"));
+        self.harness.kill(node);
+        self.wait(delay).await;
+        self.harness.start_node(node);
+    }
+
+    /// Kills `node` (the coordinator), waits for another coordinator to start
+    /// recovering and kills that one too; both come back once it is over.
+    async fn kill_during_recovery(&mut self, node: NodeId) {
+        if !self.harness.node_ids().contains(&node) {
+            return;
+        }
+        self.fault(format!("crash {node}, then whoever recovers"));
+        self.harness.kill(node);
+        self.down.push(node);
+        // Registrations are lost until then, so that the successor's recovery
+        // lasts its timeout instead of an instant, and it can be caught in it.
+        let coordinators = TypeChannels::of(&TypeName::from(COUNTER_TYPE)).coordinator;
+        self.harness.network().set_channel_loss(coordinators, 1.0);
+        let limit = Instant::now() + self.s(60.0);
+        while Instant::now() < limit {
+            let recovering = self.harness.node_ids().into_iter().find(|n| {
+                self.harness
+                    .coordinator_status(*n)
+                    .is_some_and(|s| s.phase == Phase::Recovering)
+            });
+            if let Some(next) = recovering {
+                self.fault(format!("crash {next} while it recovers"));
+                self.harness.kill(next);
+                self.down.push(next);
+                break;
+            }
+            sleep(self.s(0.1)).await;
+        }
+        self.harness.network().set_channel_loss(coordinators, 0.0);
+        let pause = self.random_ms(0..15_000);
+        self.wait(pause).await;
+        self.restart_down().await;
+    }
+
+    /// Loses sharding protocol messages (both of the counter type's
+    /// channels) with `probability`; membership is untouched.
+    fn sharding_loss(&self, probability: f64) {
+        let channels = TypeChannels::of(&TypeName::from(COUNTER_TYPE));
+        let network = self.harness.network();
+        network.set_channel_loss(channels.region, probability);
+        network.set_channel_loss(channels.coordinator, probability);
     }
 
     async fn restart_down(&mut self) {
@@ -368,6 +452,40 @@ impl Run {
                     self.wait(self.s(40.0)).await;
                 }
             }
+            Scenario::LeaderRestartBeforeDown => {
+                let delay = RESTART_DELAYS[(self.config.seed % 4) as usize];
+                self.restart_before_down(NodeId(1), self.s(delay)).await;
+                self.wait(self.s(60.0)).await;
+            }
+            Scenario::MemberRestartBeforeDown => {
+                let delay = RESTART_DELAYS[(self.config.seed % 4) as usize];
+                let node = nodes[n - 1];
+                self.restart_before_down(node, self.s(delay)).await;
+                self.wait(self.s(60.0)).await;
+            }
+            Scenario::LeaderLeavesAndReturns => {
+                self.fault("node-1 leaves".into());
+                self.harness.stop_gracefully(NodeId(1), self.s(10.0)).await;
+                self.wait(self.s(20.0)).await;
+                self.harness.start_node(NodeId(1));
+                self.wait(self.s(40.0)).await;
+            }
+            Scenario::KillDuringRecovery => {
+                self.kill_during_recovery(NodeId(1)).await;
+                self.wait(self.s(20.0)).await;
+            }
+            Scenario::HandoffMessageLoss => {
+                let node = nodes[n - 1];
+                self.fault(format!(
+                    "sharding messages lost (1 in 3), {node} away and back"
+                ));
+                self.sharding_loss(0.33);
+                self.harness.kill(node);
+                self.down.push(node);
+                self.wait(self.s(20.0)).await;
+                self.restart_down().await;
+                self.wait(self.s(60.0)).await;
+            }
             Scenario::Nemesis => self.nemesis(&nodes).await,
         }
         self.heal_all();
@@ -376,9 +494,11 @@ impl Run {
         self.harness
             .history()
             .push(NodeId(0), EventKind::Harness(HarnessEvent::FaultsHealed));
-        self.wait(self.s(60.0)).await;
-        let unanswered = self.probe_every_shard().await;
-        self.report(healed_at, unanswered)
+        // I4: within its bound after the faults, every shard answers
+        // through every node and has exactly one host.
+        self.wait(self.recovery_bound).await;
+        let probe = self.probe_every_shard_through_every_node().await;
+        self.report(healed_at, probe)
     }
 
     /// A seeded random schedule of the named faults.
@@ -387,7 +507,7 @@ impl Run {
         let rounds = self.rng.random_range(3..7);
         for _ in 0..rounds {
             let hold = self.random_ms(3_000..70_000);
-            match self.rng.random_range(0..6) {
+            match self.rng.random_range(0..10) {
                 0 => {
                     let cut = self.rng.random_range(1..n);
                     let (a, b) = nodes.split_at(cut);
@@ -424,6 +544,58 @@ impl Run {
                     self.fault(format!("pause {node} for {hold:?}"));
                     self.harness.pause(node, hold).await;
                 }
+                5 => {
+                    let node = nodes[self.rng.random_range(0..n)];
+                    let delay = self.random_ms(500..9_000);
+                    self.restart_before_down(node, delay).await;
+                    self.wait(hold).await;
+                }
+                6 => {
+                    let node = nodes[self.rng.random_range(0..n)];
+                    let outgoing = self.rng.random_bool(0.5);
+                    let way = if outgoing {
+                        "cannot send"
+                    } else {
+                        "cannot hear"
+                    };
+                    self.fault(format!("{node} {way}"));
+                    for &other in nodes.iter().filter(|o| **o != node) {
+                        let (from, to) = if outgoing {
+                            (node, other)
+                        } else {
+                            (other, node)
+                        };
+                        self.harness.network().cut_one_way(from, to);
+                    }
+                    self.wait(hold).await;
+                }
+                7 => {
+                    let node = self
+                        .harness
+                        .active_coordinators()
+                        .first()
+                        .copied()
+                        .unwrap_or(nodes[0]);
+                    self.kill_during_recovery(node).await;
+                }
+                8 => {
+                    let p = f64::from(self.rng.random_range(10..60u32)) / 100.0;
+                    let links = self.rng.random_range(1..=n * 2);
+                    self.fault(format!(
+                        "loss {p:.2} on {links} links and sharding messages"
+                    ));
+                    for _ in 0..links {
+                        let from = nodes[self.rng.random_range(0..n)];
+                        let to = nodes[self.rng.random_range(0..n)];
+                        let faults = LinkFaults {
+                            latency: Duration::ZERO,
+                            drop_probability: p,
+                        };
+                        self.harness.network().set_link(from, to, faults);
+                    }
+                    self.sharding_loss(p / 2.0);
+                    self.wait(hold).await;
+                }
                 _ => {
                     let node = nodes[self.rng.random_range(0..n)];
                     if self.harness.node_ids().contains(&node) {
@@ -441,36 +613,44 @@ impl Run {
         }
     }
 
-    /// Asks one entity of every shard; returns how many shards never answered.
-    async fn probe_every_shard(&mut self) -> usize {
-        let mut unanswered = 0;
+    /// Asks one entity of every shard through every running node (a few
+    /// tries each, two seconds apart at most), then reads every region's
+    /// hosted shards.
+    async fn probe_every_shard_through_every_node(&mut self) -> FinalProbe {
+        let at = Instant::now();
+        let mut unreachable = Vec::new();
         let probes = self.probes.clone();
-        for entity in probes {
-            let mut ok = false;
-            for attempt in 0..5 {
-                let running = self.harness.node_ids();
-                let via = running[attempt % running.len()];
-                let ask = self
-                    .harness
-                    .region(via)
-                    .ask(CounterMsg::get(entity.clone()));
-                if let Ok(Ok(_)) = timeout(self.s(3.0), ask).await {
-                    ok = true;
-                    break;
+        for via in self.harness.node_ids() {
+            for entity in &probes {
+                let mut ok = false;
+                for _ in 0..3 {
+                    let ask = self
+                        .harness
+                        .region(via)
+                        .ask(CounterMsg::get(entity.clone()));
+                    if let Ok(Ok(_)) = timeout(self.s(2.0), ask).await {
+                        ok = true;
+                        break;
+                    }
+                    sleep(self.s(0.5)).await;
                 }
-                sleep(self.s(1.0)).await;
-            }
-            if ok {
-                self.asks_ok += 1;
-            } else {
-                self.asks_failed += 1;
-                unanswered += 1;
+                if ok {
+                    self.asks_ok += 1;
+                } else {
+                    self.asks_failed += 1;
+                    let shard = shard_of(&EntityId(entity.clone()), PROBE_SHARDS);
+                    unreachable.push((shard, via));
+                }
             }
         }
-        unanswered
+        FinalProbe {
+            at: Some(at),
+            unreachable,
+            hosts: self.harness.shard_hosts(),
+        }
     }
 
-    fn report(self, healed_at: Instant, unanswered: usize) -> RunReport {
+    fn report(self, healed_at: Instant, probe: FinalProbe) -> RunReport {
         let events = self.harness.history().events();
         let grants = self.harness.grants();
         let end = Instant::now();
@@ -482,7 +662,7 @@ impl Run {
             healed_at: Some(healed_at),
             // DESIGN.md I4: ttl + lease heartbeat + recovery timeout.
             recovery_bound: self.recovery_bound,
-            unanswered_shards: unanswered,
+            probe,
         });
         let cell = |c: &Check| match c {
             Check::Violated(why) => format!("FAIL: {why}"),
@@ -539,7 +719,10 @@ impl Run {
     }
 }
 
-/// One entity id per shard (of 64), so a probe touches every shard.
+/// Shards of the counter type (the region default).
+const PROBE_SHARDS: u32 = 64;
+
+/// One entity id per shard, so a probe touches every shard.
 fn probe_entities(num_shards: u32) -> Vec<String> {
     let mut by_shard: BTreeMap<ShardId, String> = BTreeMap::new();
     let mut i = 0u64;

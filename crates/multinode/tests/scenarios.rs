@@ -52,3 +52,31 @@ fn without_a_lease_the_suite_sees_the_split_brain() {
         report.invariants
     );
 }
+
+#[test]
+fn the_new_fault_schedules_do_what_they_say() {
+    // A scenario that never reaches its fault would pass vacuously.
+    let report = run(config(Scenario::KillDuringRecovery, 1, LeaseMode::Memory));
+    assert!(
+        report
+            .faults
+            .iter()
+            .any(|f| f.2.contains("while it recovers")),
+        "no coordinator was caught recovering: {:?}",
+        report.faults
+    );
+    assert!(report.passed, "{:?}", report.invariants);
+    let report = run(config(
+        Scenario::LeaderRestartBeforeDown,
+        2,
+        LeaseMode::Memory,
+    ));
+    assert!(
+        report
+            .faults
+            .iter()
+            .any(|f| f.2.contains("restart node-1 after 5s")),
+        "{:?}",
+        report.faults
+    );
+}

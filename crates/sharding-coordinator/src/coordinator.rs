@@ -22,6 +22,16 @@ use crate::{
     CoordinatorObserver, CoordinatorRecord, CoordinatorSettings, CoordinatorStatus, Phase,
 };
 
+/// A directive sent again on every retry tick until its answer arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unanswered {
+    /// `HostShard`, until `ShardStarted`.
+    Host,
+    /// `HandOff` to a region that claimed a shard homed elsewhere, until
+    /// `ShardStopped`.
+    StopDuplicate,
+}
+
 /// A shard on its way from one region to the next.
 struct Handoff {
     from: NodeId,
@@ -50,8 +60,13 @@ pub(crate) struct Coordinator {
     phase: Phase,
     /// When recovery ends at the latest.
     recovery_deadline: Option<Instant>,
-    /// Regions registered during recovery, and the shards each claimed.
-    claims: BTreeMap<NodeId, Vec<ShardId>>,
+    /// Regions registered during recovery: their incarnation and the shards
+    /// each claimed.
+    claims: BTreeMap<NodeId, (u64, Vec<ShardId>)>,
+    /// The incarnation each registered region registered with.
+    incarnations: BTreeMap<NodeId, u64>,
+    /// Directives that need an answer and have not had one, by region and shard.
+    unanswered: BTreeMap<(NodeId, ShardId), Unanswered>,
     state: CoordinatorState,
     /// The epoch of the current tenure; directives carry it.
     epoch: Epoch,
@@ -121,6 +136,8 @@ impl Coordinator {
             phase: Phase::Standby,
             recovery_deadline: None,
             claims: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
+            unanswered: BTreeMap::new(),
             state: CoordinatorState::default(),
             epoch: Epoch::default(),
             highest_epoch: Epoch::default(),
@@ -140,11 +157,13 @@ impl Coordinator {
         let mut view = self.view.watch();
         let mut rebalance = tokio::time::interval(self.settings.rebalance_interval);
         rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = tokio::time::interval(self.settings.retry_interval);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lease_status = self.lease.as_ref().map(|l| l.status());
         self.step();
         loop {
             let recovery = self.recovery_deadline;
-            let retry = self.gate.next_retry();
+            let gate_retry = self.gate.next_retry();
             let lease_check = self.lease_check_at();
             // Biased, in a fixed order, so a seeded simulation replays exactly.
             tokio::select! {
@@ -153,8 +172,9 @@ impl Coordinator {
                 Some(event) = gate_rx.recv() => self.feed_gate(event),
                 Some(()) = lease_lost(&mut lease_status) => {}
                 _ = rebalance.tick() => self.on_rebalance_tick(),
+                _ = retry.tick() => self.on_retry_tick(),
                 () = sleep_until(recovery.unwrap_or_else(Instant::now)), if recovery.is_some() => {}
-                () = sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => self.feed_gate(GateEvent::Tick),
+                () = sleep_until(gate_retry.unwrap_or_else(Instant::now)), if gate_retry.is_some() => self.feed_gate(GateEvent::Tick),
                 () = sleep_until(lease_check.unwrap_or_else(Instant::now)), if lease_check.is_some() => {}
                 // Traffic last, so lease and leadership changes are never starved.
                 Some(envelope) = inbox.recv() => self.on_envelope(envelope),
@@ -266,22 +286,38 @@ impl Coordinator {
     /// Starts learning the allocation from the regions themselves.
     fn begin_recovery(&mut self) {
         self.claims.clear();
-        self.state = CoordinatorState::default();
-        self.handoffs.clear();
-        self.deferred.clear();
-        self.shutting_down.clear();
+        self.forget_allocations();
         self.recovery_deadline = Some(Instant::now() + self.settings.recovery_timeout);
         self.set_phase(Phase::Recovering);
         // Regions registered with an earlier tenure do not know we are back.
-        if let Ok(bytes) = encode(&RegionMsg::RegisterRequest) {
-            for member in self.view.members() {
-                if let Err(error) = self
-                    .transport
-                    .send(member, self.channels.region, bytes.clone())
-                {
-                    tracing::debug!(node = %self.node, %member, %error, "register request not sent");
-                }
-            }
+        for member in self.view.members() {
+            self.ask_to_register(member);
+        }
+    }
+
+    /// Drops everything learned in a tenure: the next one learns it afresh
+    /// from registrations.
+    fn forget_allocations(&mut self) {
+        self.state = CoordinatorState::default();
+        self.incarnations.clear();
+        self.unanswered.clear();
+        self.handoffs.clear();
+        self.deferred.clear();
+        self.shutting_down.clear();
+    }
+
+    /// Asks `region` to register (again). Not a directive; sent in any phase
+    /// past standby, since it moves nothing.
+    fn ask_to_register(&self, region: NodeId) {
+        let sent = encode(&RegionMsg::RegisterRequest)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                self.transport
+                    .send(region, self.channels.region, bytes)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = sent {
+            tracing::debug!(node = %self.node, %region, %error, "register request not sent");
         }
     }
 
@@ -302,11 +338,8 @@ impl Coordinator {
         self.recovery_deadline = None;
         self.epoch = Epoch::default();
         self.claims.clear();
-        self.state = CoordinatorState::default();
-        self.handoffs.clear();
-        self.deferred.clear();
+        self.forget_allocations();
         self.buffered.clear();
-        self.shutting_down.clear();
         self.set_phase(Phase::Standby);
     }
 
@@ -319,15 +352,22 @@ impl Coordinator {
                 // Lapsed this very instant: the next step goes to Acquiring.
                 None => return,
             },
-            // Without one, a term above anything any region obeyed.
-            None => Epoch(self.highest_epoch.0 + 1),
+            // Without one, a term above anything any region obeyed
+            // (plausible by construction: absurd registrations are refused).
+            None => match self.highest_epoch.next() {
+                Some(epoch) => epoch,
+                None => {
+                    tracing::error!(node = %self.node, highest = %self.highest_epoch, "no epoch left below the ceiling; staying in recovery");
+                    return;
+                }
+            },
         };
         self.recovery_deadline = None;
         self.highest_epoch = self.highest_epoch.max(self.epoch);
         self.set_phase(Phase::Active);
         let claims = std::mem::take(&mut self.claims);
-        for (region, shards) in claims {
-            self.register(region, &shards);
+        for (region, (incarnation, shards)) in claims {
+            self.register(region, incarnation, &shards);
         }
         while let Some((from, msg)) = self.buffered.pop_front() {
             self.handle(from, msg);
@@ -373,6 +413,21 @@ impl Coordinator {
                 return;
             }
         };
+        if let CoordinatorMsg::Register { max_epoch, .. } = &msg {
+            if !max_epoch.is_plausible() {
+                // Raising our term above it would wrap, or fence every
+                // region off for good.
+                metrics::counter!("sharding_coordinator_refused_absurd_epochs_total", "type" => self.type_name.0.clone()).increment(1);
+                tracing::warn!(node = %self.node, from = %envelope.from, %max_epoch, "registration with an absurd epoch refused");
+                return;
+            }
+            if !self.view.state().contains(envelope.from) {
+                // Not a member yet: it retries until acknowledged, and is
+                // asked again when it joins our view.
+                tracing::debug!(node = %self.node, from = %envelope.from, "registration from a non-member ignored");
+                return;
+            }
+        }
         match self.phase {
             Phase::Standby => {
                 tracing::trace!(node = %self.node, from = %envelope.from, ?msg, "standby: ignored");
@@ -380,9 +435,19 @@ impl Coordinator {
             // Registrations are collected afresh when recovery starts.
             Phase::Acquiring if matches!(msg, CoordinatorMsg::Register { .. }) => {}
             Phase::Acquiring | Phase::Recovering => match msg {
-                CoordinatorMsg::Register { shards, max_epoch } => {
+                CoordinatorMsg::Register {
+                    shards,
+                    max_epoch,
+                    incarnation,
+                } => {
                     self.highest_epoch = self.highest_epoch.max(max_epoch);
-                    self.claims.insert(envelope.from, shards);
+                    let newer = self
+                        .claims
+                        .get(&envelope.from)
+                        .is_none_or(|(known, _)| *known <= incarnation);
+                    if newer {
+                        self.claims.insert(envelope.from, (incarnation, shards));
+                    }
                 }
                 other if self.buffered.len() < self.settings.buffer_size => {
                     self.buffered.push_back((envelope.from, other));
@@ -405,24 +470,45 @@ impl Coordinator {
         if !self.is_active() {
             return;
         }
+        let registered = self.state.is_registered(from);
         match msg {
-            CoordinatorMsg::Register { shards, max_epoch } => {
+            CoordinatorMsg::Register {
+                shards,
+                max_epoch,
+                incarnation,
+            } => {
+                if self
+                    .incarnations
+                    .get(&from)
+                    .is_some_and(|known| *known > incarnation)
+                {
+                    tracing::debug!(node = %self.node, region = %from, incarnation, "registration of an earlier incarnation ignored");
+                    return;
+                }
                 if max_epoch > self.epoch && self.lease.is_none() {
                     // A region obeyed a newer term than ours (another side of a
                     // partition): move above it so our directives are obeyed.
-                    self.epoch = Epoch(max_epoch.0 + 1);
-                    self.highest_epoch = self.epoch;
-                    self.status.send_replace(CoordinatorStatus {
-                        phase: Phase::Active,
-                        epoch: Some(self.epoch),
-                    });
+                    // `max_epoch` is plausible (checked on receipt), so this
+                    // never passes the ceiling.
+                    if let Some(epoch) = max_epoch.next() {
+                        self.epoch = epoch;
+                        self.highest_epoch = self.epoch;
+                        self.status.send_replace(CoordinatorStatus {
+                            phase: Phase::Active,
+                            epoch: Some(self.epoch),
+                        });
+                    }
                 }
-                self.register(from, &shards);
+                self.register(from, incarnation, &shards);
+            }
+            // Whatever an unregistered region asks, it registers first: it
+            // may host shards we do not know of.
+            _ if !registered => {
+                tracing::debug!(node = %self.node, region = %from, "request from an unregistered region; asking it to register");
+                self.ask_to_register(from);
             }
             CoordinatorMsg::GetShardHome { shard } => self.get_shard_home(from, shard),
-            CoordinatorMsg::ShardStarted { shard } => {
-                tracing::trace!(node = %self.node, region = %from, %shard, "shard started");
-            }
+            CoordinatorMsg::ShardStarted { shard } => self.shard_started(from, shard),
             CoordinatorMsg::BeginHandOffAck { shard } => {
                 let ready = self.handoffs.get_mut(&shard).is_some_and(|h| {
                     h.awaiting.remove(&from);
@@ -433,6 +519,9 @@ impl Coordinator {
                 }
             }
             CoordinatorMsg::ShardStopped { shard } => {
+                if self.unanswered.get(&(from, shard)) == Some(&Unanswered::StopDuplicate) {
+                    self.unanswered.remove(&(from, shard));
+                }
                 if self.handoffs.get(&shard).is_some_and(|h| h.from == from) {
                     self.handoffs.remove(&shard);
                     if self.state.home(shard) == Some(from) {
@@ -464,11 +553,17 @@ impl Coordinator {
 
     /// Registers a region and the shards it hosts; a shard already homed
     /// elsewhere is handed off from the newcomer (one home per shard).
-    fn register(&mut self, region: NodeId, shards: &[ShardId]) {
+    fn register(&mut self, region: NodeId, incarnation: u64, shards: &[ShardId]) {
         if !self.state.is_registered(region) {
             self.apply(CoordinatorEvent::RegionRegistered { region });
         }
-        // Shards we think it hosts but it does not claim were lost (a restart).
+        let known = self.incarnations.insert(region, incarnation);
+        if known.is_some_and(|k| k < incarnation) {
+            // A new life of the node: what we sent its predecessor is moot.
+            self.unanswered.retain(|(r, _), _| *r != region);
+        }
+        // Shards we think it hosts but it does not claim were lost (a
+        // restart), unless our `HostShard` to it is still on its way.
         let lost: Vec<ShardId> = self
             .state
             .regions()
@@ -476,7 +571,10 @@ impl Coordinator {
             .map(|hosted| {
                 hosted
                     .iter()
-                    .filter(|s| !shards.contains(s))
+                    .filter(|s| {
+                        !shards.contains(s)
+                            && self.unanswered.get(&(region, **s)) != Some(&Unanswered::Host)
+                    })
                     .copied()
                     .collect()
             })
@@ -492,22 +590,52 @@ impl Coordinator {
                 Some(home) if home == region => {}
                 Some(home) => {
                     tracing::warn!(node = %self.node, %shard, %home, claimant = %region, "shard claimed twice; handing off from the claimant");
-                    self.direct(
-                        region,
-                        Directive::HandOff {
-                            epoch: self.epoch,
-                            shard,
-                        },
-                    );
+                    self.stop_duplicate(region, shard);
                 }
             }
         }
         self.direct(region, Directive::RegisterAck { epoch: self.epoch });
     }
 
+    /// Tells `region` to stop its copy of `shard` (homed elsewhere), until it
+    /// says it has (one home per shard, I4).
+    fn stop_duplicate(&mut self, region: NodeId, shard: ShardId) {
+        self.unanswered
+            .insert((region, shard), Unanswered::StopDuplicate);
+        self.direct(
+            region,
+            Directive::HandOff {
+                epoch: self.epoch,
+                shard,
+            },
+        );
+    }
+
+    /// A region says it hosts `shard`: our `HostShard` arrived, or it obeyed
+    /// an earlier tenure's. A shard homed nowhere is adopted there; one homed
+    /// elsewhere is stopped there.
+    fn shard_started(&mut self, region: NodeId, shard: ShardId) {
+        if self.unanswered.get(&(region, shard)) == Some(&Unanswered::Host) {
+            self.unanswered.remove(&(region, shard));
+        }
+        match self.state.home(shard) {
+            Some(home) if home == region => {}
+            None if !self.handoffs.contains_key(&shard) => {
+                self.apply(CoordinatorEvent::ShardHomeAllocated { shard, region });
+            }
+            _ => {
+                if self.handoffs.get(&shard).is_none_or(|h| h.from != region) {
+                    self.stop_duplicate(region, shard);
+                }
+            }
+        }
+    }
+
     fn get_shard_home(&mut self, requester: NodeId, shard: ShardId) {
         if !self.state.is_registered(requester) {
-            return; // it registers first, then asks again
+            // It registers first (asked to), then asks again.
+            self.ask_to_register(requester);
+            return;
         }
         if self.handoffs.contains_key(&shard) {
             self.deferred.entry(shard).or_default().insert(requester);
@@ -557,6 +685,7 @@ impl Coordinator {
             shard,
             region: home,
         });
+        self.unanswered.insert((home, shard), Unanswered::Host);
         self.direct(
             home,
             Directive::HostShard {
@@ -644,6 +773,67 @@ impl Coordinator {
         }
     }
 
+    /// Sends every unanswered directive again, and asks every member we have
+    /// no registration from (or only an earlier incarnation's) to register:
+    /// no lost message leaves a shard unreachable or hosted twice for longer
+    /// than a retry interval.
+    fn on_retry_tick(&mut self) {
+        if !self.is_active() {
+            return;
+        }
+        let state = self.view.state();
+        for (member, m) in &state.members {
+            let current = self
+                .incarnations
+                .get(member)
+                .is_some_and(|known| *known >= m.incarnation);
+            if !self.state.is_registered(*member) || !current {
+                self.ask_to_register(*member);
+            }
+        }
+        let epoch = self.epoch;
+        // Only what still holds: a shard moved or re-homed since is not
+        // started, or stopped, on the strength of an old decision.
+        let (state, handoffs) = (&self.state, &self.handoffs);
+        self.unanswered.retain(|(region, shard), what| {
+            let home = state.home(*shard);
+            match what {
+                Unanswered::Host => home == Some(*region) && !handoffs.contains_key(shard),
+                Unanswered::StopDuplicate => home != Some(*region),
+            }
+        });
+        let unanswered: Vec<((NodeId, ShardId), Unanswered)> =
+            self.unanswered.iter().map(|(k, v)| (*k, *v)).collect();
+        for ((region, shard), what) in unanswered {
+            let directive = match what {
+                Unanswered::Host => Directive::HostShard { epoch, shard },
+                Unanswered::StopDuplicate => Directive::HandOff { epoch, shard },
+            };
+            self.direct(region, directive);
+        }
+        let handoffs: Vec<(ShardId, NodeId, bool, Vec<NodeId>)> = self
+            .handoffs
+            .iter()
+            .map(|(s, h)| {
+                (
+                    *s,
+                    h.from,
+                    h.handoff_sent,
+                    h.awaiting.iter().copied().collect(),
+                )
+            })
+            .collect();
+        for (shard, from, handoff_sent, awaiting) in handoffs {
+            if handoff_sent {
+                self.direct(from, Directive::HandOff { epoch, shard });
+            } else {
+                for region in awaiting {
+                    self.direct(region, Directive::BeginHandOff { epoch, shard });
+                }
+            }
+        }
+    }
+
     fn on_view_change(&mut self) {
         if !self.is_active() {
             return;
@@ -657,30 +847,48 @@ impl Coordinator {
             .copied()
             .collect();
         for region in gone {
-            tracing::info!(node = %self.node, %region, "region terminated; its shards will be re-allocated");
-            self.apply(CoordinatorEvent::RegionTerminated { region });
-            self.shutting_down.remove(&region);
-            let finished: Vec<ShardId> = self
-                .handoffs
-                .iter_mut()
-                .filter_map(|(shard, h)| {
-                    h.awaiting.remove(&region);
-                    (h.from == region).then_some(*shard)
-                })
-                .collect();
-            for shard in finished {
-                self.handoffs.remove(&shard);
-                self.serve_deferred(shard);
+            self.terminate_region(region);
+        }
+        // Members new to the view, or seen under a new incarnation, may host
+        // shards (or have lost theirs): they register (again).
+        for (member, m) in &state.members {
+            let current = self
+                .incarnations
+                .get(member)
+                .is_some_and(|known| *known >= m.incarnation);
+            if !current {
+                self.ask_to_register(*member);
             }
-            let ready: Vec<ShardId> = self
-                .handoffs
-                .iter()
-                .filter(|(_, h)| h.awaiting.is_empty() && !h.handoff_sent)
-                .map(|(s, _)| *s)
-                .collect();
-            for shard in ready {
-                self.send_handoff(shard);
-            }
+        }
+    }
+
+    /// Forgets a region that left the view; its shards will be re-allocated.
+    fn terminate_region(&mut self, region: NodeId) {
+        tracing::info!(node = %self.node, %region, "region terminated; its shards will be re-allocated");
+        self.apply(CoordinatorEvent::RegionTerminated { region });
+        self.incarnations.remove(&region);
+        self.unanswered.retain(|(r, _), _| *r != region);
+        self.shutting_down.remove(&region);
+        let finished: Vec<ShardId> = self
+            .handoffs
+            .iter_mut()
+            .filter_map(|(shard, h)| {
+                h.awaiting.remove(&region);
+                (h.from == region).then_some(*shard)
+            })
+            .collect();
+        for shard in finished {
+            self.handoffs.remove(&shard);
+            self.serve_deferred(shard);
+        }
+        let ready: Vec<ShardId> = self
+            .handoffs
+            .iter()
+            .filter(|(_, h)| h.awaiting.is_empty() && !h.handoff_sent)
+            .map(|(s, _)| *s)
+            .collect();
+        for shard in ready {
+            self.send_handoff(shard);
         }
     }
 }

@@ -23,6 +23,10 @@ pub struct CoordinatorSettings {
     pub buffer_size: usize,
     /// While leader without the lease, how often to try acquiring it (default 5 s).
     pub lease_retry_interval: Duration,
+    /// How often unanswered directives (`HostShard`, `BeginHandOff`,
+    /// `HandOff`) are sent again, and members with no registration are asked
+    /// to register (default 2 s, the region's retry interval).
+    pub retry_interval: Duration,
     /// Where shards go and which move.
     pub strategy: Arc<dyn ShardAllocationStrategy>,
 }
@@ -35,6 +39,7 @@ impl Default for CoordinatorSettings {
             recovery_timeout: Duration::from_secs(5),
             buffer_size: 100_000,
             lease_retry_interval: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(2),
             strategy: Arc::new(LeastShardAllocationStrategy::default()),
         }
     }

@@ -20,6 +20,29 @@ use crate::{EntityId, ShardId, TypeName};
 )]
 pub struct Epoch(pub u64);
 
+impl Epoch {
+    /// No plausible epoch is above this: lease tokens and terms grow by one
+    /// per coordinator change (Kubernetes' `leaseTransitions` is even an
+    /// `i32`), so 2^48 is thousands of years of changes every millisecond.
+    /// An epoch above it came from a broken or hostile peer; it is refused
+    /// and counted, never obeyed or incremented, so it cannot fence the
+    /// cluster off for good or wrap around to 0.
+    pub const CEILING: Epoch = Epoch(1 << 48);
+
+    /// Whether this epoch could have been issued by a coordinator.
+    pub fn is_plausible(self) -> bool {
+        self <= Self::CEILING
+    }
+
+    /// The next epoch, or `None` past [`Epoch::CEILING`].
+    pub fn next(self) -> Option<Epoch> {
+        self.0
+            .checked_add(1)
+            .map(Epoch)
+            .filter(|e| e.is_plausible())
+    }
+}
+
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "epoch-{}", self.0)
@@ -30,12 +53,16 @@ impl fmt::Display for Epoch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoordinatorMsg {
     /// A region announces itself and the shards it hosts; sent until acked,
-    /// and again whenever the leader changes.
+    /// again whenever the leader (or the leader's incarnation) changes, and
+    /// whenever a coordinator asks with [`RegionMsg::RegisterRequest`].
     Register {
         /// The shards this region hosts now.
         shards: Vec<ShardId>,
         /// The highest epoch this region has obeyed.
         max_epoch: Epoch,
+        /// The region's node incarnation (its membership generation): a
+        /// higher one replaces what the coordinator knew of the node.
+        incarnation: u64,
     },
     /// Where does this shard live?
     GetShardHome {
@@ -161,8 +188,10 @@ pub enum RegionMsg {
         /// The postcard-encoded reply, or why there is none.
         result: Result<Vec<u8>, String>,
     },
-    /// A coordinator starting recovery asks every region to register with it.
-    /// Not a directive: it moves nothing, so it needs no epoch.
+    /// A coordinator asks a region to register with it: when it starts
+    /// recovery, when a member it has no registration from joins its view or
+    /// shows a new incarnation, and when an unregistered region asks it
+    /// something. Not a directive: it moves nothing, so it needs no epoch.
     RegisterRequest,
 }
 

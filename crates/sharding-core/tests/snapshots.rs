@@ -62,6 +62,7 @@ fn protocol_encodings_are_stable() {
         CoordinatorMsg::Register {
             shards: vec![ShardId(1), ShardId(300)],
             max_epoch: epoch,
+            incarnation: 1_764_000_000_000,
         },
         CoordinatorMsg::GetShardHome { shard },
         CoordinatorMsg::ShardStarted { shard },

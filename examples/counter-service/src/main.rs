@@ -146,6 +146,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         settings.region.ask_timeout = Duration::from_secs(2);
         settings.coordinator.recovery_timeout = Duration::from_millis(500);
         settings.coordinator.lease_retry_interval = Duration::from_millis(500);
+        settings.coordinator.retry_interval = Duration::from_millis(200);
     }
     let region = sharding.start(settings)?;
     let node = Arc::new(Node {

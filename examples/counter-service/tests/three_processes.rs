@@ -4,81 +4,19 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-struct Proc(Child);
+mod common;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-fn get_json(agent: &ureq::Agent, url: &str) -> Option<(u16, Value)> {
-    let mut response = agent.get(url).call().ok()?;
-    let status = response.status().as_u16();
-    let body: Value = response.body_mut().read_json().ok()?;
-    Some((status, body))
-}
-
-fn post_json(agent: &ureq::Agent, url: &str) -> Option<(u16, Value)> {
-    let mut response = agent.post(url).send_empty().ok()?;
-    let status = response.status().as_u16();
-    let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
-    Some((status, body))
-}
-
-fn eventually(limit: Duration, what: &str, mut pred: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !pred() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-struct Node {
-    id: u64,
-    http: String,
-    proc: Option<Proc>,
-}
+use common::{Node, agent, eventually, free_port, get_json, post_json, spawn_node, start_emulator};
 
 #[test]
 fn three_processes_survive_the_leader_dying_and_hand_off_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("counter-service-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    let mut emulator = Command::new(env!("CARGO_BIN_EXE_k8s-api-emulator"))
-        .arg(&kubeconfig)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut url = String::new();
-    BufReader::new(emulator.stdout.take().unwrap())
-        .read_line(&mut url)
-        .unwrap();
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let _emulator = Proc(emulator);
+    let (_emulator, kubeconfig) = start_emulator(&dir);
 
     let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let seeds = format!(
@@ -88,28 +26,18 @@ fn three_processes_survive_the_leader_dying_and_hand_off_on_sigterm() {
     let mut nodes: Vec<Node> = (1..=3u64)
         .map(|id| {
             let http_port = free_port();
-            let child = Command::new(env!("CARGO_BIN_EXE_counter-service"))
-                .env("NODE_ID", id.to_string())
-                .env(
-                    "CLUSTER_LISTEN",
-                    format!("127.0.0.1:{}", cluster_ports[id as usize - 1]),
-                )
-                .env("SEEDS", &seeds)
-                .env("HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
-                .env("LEASE", "kubernetes")
-                .env("KUBECONFIG", &kubeconfig)
-                .env("HOSTNAME", format!("node-{id}"))
-                .env("LEASE_TTL_MS", "2000")
-                .env("LEASE_HEARTBEAT_MS", "300")
-                .env("MEMBERSHIP_HEARTBEAT_MS", "200")
-                .env("MEMBERSHIP_DOWN_AFTER_MS", "1000")
-                .env("RUST_LOG", "warn")
-                .spawn()
-                .unwrap();
+            let child = spawn_node(
+                id,
+                cluster_ports[id as usize - 1],
+                http_port,
+                &seeds,
+                &kubeconfig,
+                1000,
+            );
             Node {
                 id,
                 http: format!("http://127.0.0.1:{http_port}"),
-                proc: Some(Proc(child)),
+                proc: Some(child),
             }
         })
         .collect();

@@ -9,7 +9,7 @@ use foca::{Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, State, Tim
 use futures::StreamExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::time::DelayQueue;
 
@@ -50,6 +50,10 @@ struct Driver {
     seeds: Vec<MemberId>,
     state: watch::Sender<Arc<ClusterState>>,
     events: broadcast::Sender<ClusterEvent>,
+    /// Wakes [`ClusterView::watch`]ers, in a fixed order.
+    changed: Arc<Notify>,
+    /// Heard from another member, or the join timeout passed.
+    joined: bool,
 }
 
 pub(super) fn spawn(
@@ -75,11 +79,17 @@ pub(super) fn spawn(
             node: local,
             addr,
             status: MemberStatus::Up,
+            incarnation: settings.generation,
         },
     );
-    let (state, state_rx) = watch::channel(Arc::new(ClusterState { local, members }));
+    let (state, state_rx) = watch::channel(Arc::new(ClusterState {
+        local,
+        members,
+        joined: false,
+    }));
     let (events, _) = broadcast::channel(1024);
-    let view = ClusterView::new(state_rx, events.clone());
+    let changed = Arc::new(Notify::new());
+    let view = ClusterView::new(state_rx, events.clone(), Arc::clone(&changed));
     let inbox = transport.subscribe(Channel::MEMBERSHIP);
     let seeds = settings
         .seeds
@@ -104,9 +114,16 @@ pub(super) fn spawn(
         seeds,
         state,
         events,
+        changed,
+        joined: false,
     };
     let (leave_tx, leave_rx) = mpsc::channel(1);
-    let task = tokio::spawn(driver.run(inbox, leave_rx, settings.announce_interval));
+    let task = tokio::spawn(driver.run(
+        inbox,
+        leave_rx,
+        settings.announce_interval,
+        settings.join_timeout,
+    ));
     (view, leave_tx, task)
 }
 
@@ -116,16 +133,27 @@ impl Driver {
         mut inbox: mpsc::Receiver<Envelope>,
         mut leave: mpsc::Receiver<oneshot::Sender<()>>,
         announce_interval: Duration,
+        join_timeout: Duration,
     ) {
         let local = self.transport.local_node();
         tracing::info!(node = %local, seeds = self.seeds.len(), "membership starting");
+        if self.seeds.is_empty() {
+            // No other seed to ask: this node founds the cluster.
+            self.joined = true;
+        }
         self.announce_to_seeds();
         let mut rejoin = tokio::time::interval(announce_interval);
         rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let join_deadline = tokio::time::sleep(join_timeout);
+        tokio::pin!(join_deadline);
         loop {
             // Biased, in a fixed order, so a seeded simulation replays exactly.
             tokio::select! {
                 biased;
+                () = &mut join_deadline, if !self.joined => {
+                    tracing::info!(node = %local, ?join_timeout, "no member answered; joined alone");
+                    self.joined = true;
+                }
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     let result = self.swim.handle_timer(expired.into_inner(), &mut self.effects);
                     if let Err(error) = result {
@@ -180,7 +208,10 @@ impl Driver {
         let local = self.transport.local_node();
         for note in self.effects.notifications.drain(..) {
             match note {
-                OwnedNotification::Active => tracing::info!(node = %local, "joined the cluster"),
+                OwnedNotification::Active => {
+                    self.joined = true;
+                    tracing::info!(node = %local, "joined the cluster");
+                }
                 OwnedNotification::Idle => {
                     tracing::info!(node = %local, "no other member reachable")
                 }
@@ -204,6 +235,7 @@ impl Driver {
                 node: identity.node,
                 addr: identity.addr.clone(),
                 status: MemberStatus::Up,
+                incarnation: identity.generation,
             },
         );
         for member in self.swim.iter_members() {
@@ -218,16 +250,18 @@ impl Driver {
                     node: id.node,
                     addr: id.addr.clone(),
                     status,
+                    incarnation: id.generation,
                 },
             );
         }
         let old = Arc::clone(&self.state.borrow());
-        if old.members == members {
+        if old.members == members && old.joined == self.joined {
             return;
         }
         let next = ClusterState {
             local: old.local,
             members,
+            joined: self.joined,
         };
         let local = old.local;
         for (node, member) in &next.members {
@@ -238,6 +272,9 @@ impl Driver {
                     self.transport.learn_address(*node, &member.addr);
                     tracing::info!(%local, member = %node, addr = %member.addr, "member up");
                     let _ = self.events.send(ClusterEvent::MemberUp(*node));
+                }
+                Some(before) if before.incarnation != member.incarnation => {
+                    tracing::info!(%local, member = %node, from = before.incarnation, to = member.incarnation, "member has a new incarnation");
                 }
                 Some(before) if before.status != member.status => {
                     if member.status == MemberStatus::Suspect {
@@ -259,5 +296,6 @@ impl Driver {
             let _ = self.events.send(ClusterEvent::LeaderChanged { from, to });
         }
         self.state.send_replace(Arc::new(next));
+        self.changed.notify_waiters();
     }
 }

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::{NodeAddr, NodeId, Transport};
 
-pub use view::{ClusterEvent, ClusterState, ClusterView, Member, MemberStatus};
+pub use view::{ClusterEvent, ClusterState, ClusterView, Member, MemberStatus, ViewChanges};
 
 /// Timing and seeding of membership. Defaults follow DESIGN.md section 10.
 #[derive(Debug, Clone)]
@@ -39,6 +39,12 @@ pub struct MembershipSettings {
     /// Starting generation of this node's identity; must grow across restarts
     /// (default: milliseconds since the Unix epoch).
     pub generation: u64,
+    /// How long a node that has heard from no other member waits before it
+    /// considers itself joined alone, and may lead (default 5 s; a node with
+    /// no seed but itself joins at once: it founds the cluster). Until it
+    /// has joined it has no leader, so a restarted node never leads a
+    /// cluster of one next to the cluster it belongs to.
+    pub join_timeout: Duration,
 }
 
 impl MembershipSettings {
@@ -55,6 +61,7 @@ impl MembershipSettings {
             announce_interval: Duration::from_secs(2),
             rng_seed: generation,
             generation,
+            join_timeout: Duration::from_secs(5),
         }
     }
 

@@ -43,6 +43,8 @@ struct NetState {
     isolated: HashSet<NodeId>,
     links: HashMap<(NodeId, NodeId), LinkFaults>,
     default_link: LinkFaults,
+    /// Loss on one channel of every link, on top of the link's own.
+    channel_loss: HashMap<Channel, f64>,
     rng: StdRng,
     dropped_by_network: u64,
 }
@@ -67,6 +69,7 @@ impl InProcessNetwork {
                 isolated: HashSet::new(),
                 links: HashMap::new(),
                 default_link: LinkFaults::default(),
+                channel_loss: HashMap::new(),
                 rng: StdRng::seed_from_u64(seed),
                 dropped_by_network: 0,
             })),
@@ -133,6 +136,28 @@ impl InProcessNetwork {
         self.lock().default_link = faults;
     }
 
+    /// Loses each message on `channel` (any link) with `probability`, on top
+    /// of the link's own loss: protocol messages go missing while
+    /// membership, on its own channel, carries on.
+    pub fn set_channel_loss(&self, channel: Channel, probability: f64) {
+        let mut state = self.lock();
+        if probability > 0.0 {
+            state
+                .channel_loss
+                .insert(channel, probability.clamp(0.0, 1.0));
+        } else {
+            state.channel_loss.remove(&channel);
+        }
+    }
+
+    /// Removes every latency and loss setting (links, default, channels).
+    pub fn clear_link_faults(&self) {
+        let mut state = self.lock();
+        state.links.clear();
+        state.default_link = LinkFaults::default();
+        state.channel_loss.clear();
+    }
+
     /// Removes every cut, partition and isolation that involves `node` only.
     pub fn reconnect(&self, node: NodeId) {
         let mut state = self.lock();
@@ -160,17 +185,19 @@ impl InProcessNetwork {
     }
 
     /// Decides the fate of one frame: `Some(latency)` if it will be carried.
-    fn route(&self, from: NodeId, to: NodeId) -> Option<Duration> {
+    fn route(&self, from: NodeId, to: NodeId, channel: Channel) -> Option<Duration> {
         let mut state = self.lock();
         let faults = state
             .links
             .get(&(from, to))
             .copied()
             .unwrap_or(state.default_link);
-        let lost = faults.drop_probability > 0.0
+        let channel_loss = state.channel_loss.get(&channel).copied().unwrap_or(0.0);
+        let lost = (faults.drop_probability > 0.0
             && state
                 .rng
-                .random_bool(faults.drop_probability.clamp(0.0, 1.0));
+                .random_bool(faults.drop_probability.clamp(0.0, 1.0)))
+            || (channel_loss > 0.0 && state.rng.random_bool(channel_loss));
         if lost || !state.reachable(from, to) || !state.nodes.contains_key(&to) {
             state.dropped_by_network += 1;
             return None;
@@ -237,7 +264,7 @@ impl Transport for InProcessTransport {
         }
         .encode();
         self.inboxes.sent.fetch_add(1, Ordering::Relaxed);
-        let Some(latency) = self.network.route(self.node, to) else {
+        let Some(latency) = self.network.route(self.node, to, channel) else {
             return Ok(());
         };
         let from = self.node;

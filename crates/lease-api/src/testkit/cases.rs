@@ -37,6 +37,9 @@ pub enum Case {
     InvalidSettingsRejected,
     /// l. N owners acquire at once: exactly one gets true.
     ConcurrentAcquireOneWins,
+    /// m. A new handle of the holder's owner (a restarted process) that
+    /// acquires the live lease starts a new tenure with a greater token.
+    RestartedOwnerNewToken,
 }
 
 impl Case {
@@ -54,6 +57,7 @@ impl Case {
         Case::SlowRenewFails,
         Case::InvalidSettingsRejected,
         Case::ConcurrentAcquireOneWins,
+        Case::RestartedOwnerNewToken,
     ];
 
     /// A stable snake_case name for reports.
@@ -71,6 +75,7 @@ impl Case {
             Case::SlowRenewFails => "j_slow_renew_fails",
             Case::InvalidSettingsRejected => "k_invalid_settings_rejected",
             Case::ConcurrentAcquireOneWins => "l_concurrent_acquire_one_wins",
+            Case::RestartedOwnerNewToken => "m_restarted_owner_new_token",
         }
     }
 
@@ -89,6 +94,7 @@ impl Case {
             Case::SlowRenewFails => slow_renew_fails(&mut fx).await,
             Case::InvalidSettingsRejected => invalid_settings_rejected(&mut fx),
             Case::ConcurrentAcquireOneWins => concurrent_acquire_one_wins(&mut fx).await,
+            Case::RestartedOwnerNewToken => restarted_owner_new_token(&mut fx).await,
         };
         fx.cleanup().await;
         outcome
@@ -228,6 +234,34 @@ async fn reacquire_idempotent(fx: &mut Fixture<'_>) -> Result<(), String> {
     ensure!(
         !acquire(&b).await?,
         "re-acquire freed the lease for another owner"
+    );
+    Ok(())
+}
+
+async fn restarted_owner_new_token(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let before = fx.lease(1)?;
+    ensure!(acquire(&before).await?, "first acquire returned false");
+    let first = before.fencing_token().ok_or("holder has no token")?;
+    // The process restarts under the same owner name (a StatefulSet pod):
+    // the store cannot tell it from its predecessor, only the handle can.
+    drop(fx.leases.pop());
+    drop(before);
+    let after = fx.lease(1)?;
+    ensure!(
+        acquire(&after).await?,
+        "the restarted owner could not acquire its own live lease"
+    );
+    let second = after
+        .fencing_token()
+        .ok_or("restarted holder has no token")?;
+    ensure!(
+        second > first,
+        "a restarted owner continued its predecessor's tenure: token {first} -> {second}"
+    );
+    let other = fx.lease(2)?;
+    ensure!(
+        !acquire(&other).await?,
+        "the new tenure left the lease free for another owner"
     );
     Ok(())
 }

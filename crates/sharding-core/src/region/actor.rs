@@ -53,6 +53,7 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         max_epoch: Epoch::default(),
         registered_with: None,
         leader: None,
+        incarnations: BTreeMap::new(),
         stopped_tx,
         shutting_down: None,
     };
@@ -89,7 +90,12 @@ struct Actor<E: Entity> {
     /// The highest epoch obeyed (I3).
     max_epoch: Epoch,
     registered_with: Option<NodeId>,
-    leader: Option<NodeId>,
+    /// The leader of the view and its incarnation: a new incarnation is a new
+    /// coordinator that knows nothing of this region until it registers.
+    leader: Option<(NodeId, u64)>,
+    /// Members' incarnations in the last view seen, to forget homes on
+    /// nodes that restarted.
+    incarnations: BTreeMap<NodeId, u64>,
     stopped_tx: mpsc::UnboundedSender<Stopped<E>>,
     shutting_down: Option<oneshot::Sender<()>>,
 }
@@ -173,16 +179,30 @@ impl<E: Entity> Actor<E> {
 
     fn on_view_change(&mut self) {
         let state = self.view.state();
-        let leader = state.leader();
+        let leader = state.leader_incarnation();
         if leader != self.leader {
             tracing::debug!(node = %self.node, ?leader, "region sees a new leader; registering");
             self.leader = leader;
             self.registered_with = None;
             self.register();
         }
-        // Homes on nodes that left are void: ask again on the next message.
-        self.locations
-            .retain(|_, home| *home == self.node || state.contains(*home));
+        // Homes on nodes that left or restarted are void: ask again on the
+        // next message.
+        let incarnations: BTreeMap<NodeId, u64> = state
+            .members
+            .iter()
+            .map(|(node, m)| (*node, m.incarnation))
+            .collect();
+        let before = std::mem::replace(&mut self.incarnations, incarnations);
+        let node = self.node;
+        let now = &self.incarnations;
+        self.locations.retain(|_, home| {
+            *home == node || (now.contains_key(home) && before.get(home) == now.get(home))
+        });
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.leader.map(|(node, _)| node)
     }
 
     /// Publishes the region's counters through the `metrics` facade, for
@@ -246,7 +266,7 @@ impl<E: Entity> Actor<E> {
     }
 
     fn register(&self) {
-        if let Some(leader) = self.leader {
+        if let Some(leader) = self.leader() {
             self.register_with(leader);
         }
     }
@@ -264,18 +284,19 @@ impl<E: Entity> Actor<E> {
             &CoordinatorMsg::Register {
                 shards,
                 max_epoch: self.max_epoch,
+                incarnation: self.view.local_incarnation(),
             },
         );
     }
 
     fn request_home(&self, shard: ShardId) {
-        if let Some(leader) = self.leader {
+        if let Some(leader) = self.leader() {
             self.to_coordinator(leader, &CoordinatorMsg::GetShardHome { shard });
         }
     }
 
     fn request_shutdown(&self) {
-        if let Some(leader) = self.leader {
+        if let Some(leader) = self.leader() {
             self.to_coordinator(leader, &CoordinatorMsg::GracefulShutdownReq);
         }
     }
@@ -361,7 +382,7 @@ impl<E: Entity> Actor<E> {
             entity,
             payload,
             reply_to,
-            hops: hops + 1,
+            hops: hops.saturating_add(1),
         };
         let sent = encode(&msg)
             .map_err(|e| ShardingError::Codec(e.to_string()))
@@ -566,6 +587,21 @@ impl<E: Entity> Actor<E> {
 
     fn on_directive(&mut self, from: NodeId, directive: Directive) {
         let epoch = directive.epoch();
+        if !epoch.is_plausible() {
+            // Obeying it would fence every real coordinator off for good.
+            self.shared
+                .stats
+                .refused_directives
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node = %self.node, %from, kind = directive.kind(), %epoch, "directive with an absurd epoch refused");
+            self.observe(RegionEvent::DirectiveRefused {
+                from,
+                kind: directive.kind(),
+                epoch,
+                max_epoch: self.max_epoch,
+            });
+            return;
+        }
         if epoch < self.max_epoch {
             // I3: a coordinator older than one we obeyed cannot move anything.
             self.shared

@@ -1,0 +1,110 @@
+//! Shared by the process-level tests: processes that die with the test,
+//! HTTP helpers, and the API server emulator.
+
+#![allow(clippy::unwrap_used, dead_code)] // test helpers: a panic is the failure report
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+pub fn get_json(agent: &ureq::Agent, url: &str) -> Option<(u16, Value)> {
+    let mut response = agent.get(url).call().ok()?;
+    let status = response.status().as_u16();
+    let body: Value = response.body_mut().read_json().ok()?;
+    Some((status, body))
+}
+
+pub fn post_json(agent: &ureq::Agent, url: &str) -> Option<(u16, Value)> {
+    let mut response = agent.post(url).send_empty().ok()?;
+    let status = response.status().as_u16();
+    let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+    Some((status, body))
+}
+
+pub fn eventually(limit: Duration, what: &str, mut pred: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !pred() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub http: String,
+    pub proc: Option<Proc>,
+}
+
+/// The API server emulator in its own process, writing `dir/kubeconfig`.
+pub fn start_emulator(dir: &Path) -> (Proc, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    let mut emulator = Command::new(env!("CARGO_BIN_EXE_k8s-api-emulator"))
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    BufReader::new(emulator.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    (Proc(emulator), kubeconfig)
+}
+
+/// Starts counter-service node `id` with the Kubernetes lease and fast
+/// timings; `down_after_ms` is membership's down-after.
+pub fn spawn_node(
+    id: u64,
+    cluster_port: u16,
+    http_port: u16,
+    seeds: &str,
+    kubeconfig: &Path,
+    down_after_ms: u64,
+) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_counter-service"))
+        .env("NODE_ID", id.to_string())
+        .env("CLUSTER_LISTEN", format!("127.0.0.1:{cluster_port}"))
+        .env("SEEDS", seeds)
+        .env("HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("LEASE", "kubernetes")
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOSTNAME", format!("node-{id}"))
+        .env("LEASE_TTL_MS", "2000")
+        .env("LEASE_HEARTBEAT_MS", "300")
+        .env("MEMBERSHIP_HEARTBEAT_MS", "200")
+        .env("MEMBERSHIP_DOWN_AFTER_MS", down_after_ms.to_string())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
