@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 mod lease_gate;
+mod ownership;
 mod sharding_basics;
 mod sharding_lease_split_brain;
 mod support;

@@ -482,3 +482,55 @@ async fn one_senders_messages_keep_their_order_across_a_handoff() {
         "messages were reordered across the handoff"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_absurd_epoch_is_refused_and_counted_and_fences_nothing() {
+    let mut rig = rig(RegionSettings::default());
+    let shard = ShardId(3);
+    // A peer claiming an epoch no coordinator could have issued: obeying it
+    // would make the region refuse every real coordinator for good.
+    rig.direct(Directive::HostShard {
+        epoch: Epoch(u64::MAX),
+        shard,
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert!(rig.region.hosted_shards().is_empty());
+    assert_eq!(rig.region.max_epoch(), Epoch(0));
+    assert_eq!(rig.region.stats().refused_directives, 1);
+    // The real coordinator is still obeyed.
+    rig.direct(Directive::HostShard {
+        epoch: Epoch(2),
+        shard,
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.hosted_shards(), vec![shard]);
+    assert!(rig.sent().contains(&CoordinatorMsg::ShardStarted { shard }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_register_request_is_answered_with_the_hosted_shards_and_the_incarnation() {
+    let mut rig = rig(RegionSettings::default());
+    let shard = ShardId(9);
+    rig.direct(Directive::HostShard {
+        epoch: Epoch(1),
+        shard,
+    });
+    sleep(Duration::from_millis(10)).await;
+    rig.sent();
+    let bytes = encode(&RegionMsg::RegisterRequest).unwrap();
+    rig.coordinator
+        .send(REGION, rig.channels.region, bytes)
+        .unwrap();
+    sleep(Duration::from_millis(10)).await;
+    let registered = rig.sent().into_iter().find_map(|m| match m {
+        CoordinatorMsg::Register {
+            shards,
+            max_epoch,
+            incarnation,
+        } => Some((shards, max_epoch, incarnation)),
+        _ => None,
+    });
+    let (shards, max_epoch, incarnation) = registered.expect("no Register sent");
+    assert_eq!((shards, max_epoch), (vec![shard], Epoch(1)));
+    assert!(incarnation > 0, "the node's membership generation");
+}

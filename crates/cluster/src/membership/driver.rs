@@ -54,6 +54,8 @@ struct Driver {
     changed: Arc<Notify>,
     /// Heard from another member, or the join timeout passed.
     joined: bool,
+    /// SWIM is connected: active since the last rejoin, idle or defunct.
+    connected: bool,
 }
 
 pub(super) fn spawn(
@@ -116,6 +118,7 @@ pub(super) fn spawn(
         events,
         changed,
         joined: false,
+        connected: false,
     };
     let (leave_tx, leave_rx) = mpsc::channel(1);
     let task = tokio::spawn(driver.run(
@@ -161,9 +164,14 @@ impl Driver {
                     }
                 }
                 _ = rejoin.tick() => {
-                    // Alone (never joined, or everyone else went away): knock on the seeds again.
-                    if self.swim.iter_members().next().is_none() {
+                    // Alone (never joined, or everyone else went away), or
+                    // cut off by SWIM itself (after a rejoin under a new
+                    // generation it waits for a message to that generation,
+                    // and peers that rejoined too may never send one): knock
+                    // on the seeds and every known member again.
+                    if !self.connected || self.swim.iter_members().next().is_none() {
                         self.announce_to_seeds();
+                        self.announce_to_members();
                     }
                 }
                 Some(done) = leave.recv() => {
@@ -184,6 +192,16 @@ impl Driver {
             }
             self.apply_effects();
         }
+    }
+
+    fn announce_to_members(&mut self) {
+        let members: Vec<MemberId> = self.swim.iter_members().map(|m| m.id().clone()).collect();
+        for member in members {
+            if let Err(error) = self.swim.announce(member, &mut self.effects) {
+                tracing::debug!(%error, "announce failed");
+            }
+        }
+        self.apply_effects();
     }
 
     fn announce_to_seeds(&mut self) {
@@ -209,16 +227,22 @@ impl Driver {
         for note in self.effects.notifications.drain(..) {
             match note {
                 OwnedNotification::Active => {
+                    self.connected = true;
                     self.joined = true;
                     tracing::info!(node = %local, "joined the cluster");
                 }
                 OwnedNotification::Idle => {
+                    self.connected = false;
                     tracing::info!(node = %local, "no other member reachable")
                 }
                 OwnedNotification::Rejoin(id) => {
+                    self.connected = false;
                     tracing::info!(node = %local, generation = id.generation, "declared down; rejoined with a new generation")
                 }
-                OwnedNotification::Defunct => tracing::warn!(node = %local, "declared down"),
+                OwnedNotification::Defunct => {
+                    self.connected = false;
+                    tracing::warn!(node = %local, "declared down")
+                }
                 _ => {}
             }
         }
