@@ -16,8 +16,9 @@ use crate::{BoxFuture, FencingToken, LeaseError, LeaseSettings, LeaseStatus};
 /// - A loss flips `check_alive` to false at once and publishes
 ///   [`LeaseStatus::Lost`].
 /// - [`release`](Self::release) of a lease we do not hold is `Ok(false)`.
-/// - [`fencing_token`](Self::fencing_token) strictly increases on every change
-///   of holder.
+/// - [`fencing_token`](Self::fencing_token) strictly increases with every new
+///   tenure: every change of holder, and every acquire by a handle that did
+///   not hold the lease (a restarted process under the same owner name).
 pub trait Lease: Send + Sync + 'static {
     /// The settings this handle was built with.
     fn settings(&self) -> &LeaseSettings;

@@ -9,7 +9,7 @@
 //! - [`Lease`]: the object-safe trait the coordinator holds as `Arc<dyn Lease>`;
 //! - [`ManagedLease`]: the heartbeat and local-validity logic, written once over a
 //!   small [`LeaseBackend`] that only does store I/O;
-//! - [`FencingToken`]: strictly increases on every change of holder;
+//! - [`FencingToken`]: strictly increases with every new tenure;
 //! - `testkit` (feature): the conformance suite every backend must pass.
 //!
 //! ```

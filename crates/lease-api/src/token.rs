@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-/// A number that strictly increases every time the lease changes holder.
+/// A number that strictly increases with every new tenure of the lease: every
+/// change of holder, and every acquire by a handle that did not hold it (a
+/// restarted process under its predecessor's owner name).
 ///
 /// Directives carry the token of the coordinator that issued them; a receiver
 /// that has seen a higher token refuses them (invariant I3). Tokens of one

@@ -199,6 +199,15 @@ impl NodeLease {
     }
 }
 
+/// A node in a stop-the-world pause, from [`MultiNode::freeze`].
+#[derive(Debug)]
+#[must_use = "thaw the node to end its pause"]
+pub struct Frozen {
+    node: NodeId,
+    /// The last directive its coordinator sent, replayed on thaw.
+    last_sent: Option<(NodeId, sharding_core::protocol::Directive)>,
+}
+
 /// N nodes, one network.
 pub struct MultiNode {
     network: InProcessNetwork,
@@ -411,9 +420,18 @@ impl MultiNode {
     ///
     /// The node's tasks keep running during the pause (one tokio runtime
     /// cannot freeze a subset of tasks); what they do cannot reach anyone,
-    /// and the replay models the one hazard a pause adds.
+    /// and the replay models the one hazard a pause adds. To observe the
+    /// cluster during the pause, use [`freeze`](Self::freeze) and
+    /// [`thaw`](Self::thaw) around your own waiting.
     pub async fn pause(&self, node: NodeId, duration: Duration) -> usize {
-        let owner = owner_of(node);
+        let frozen = self.freeze(node);
+        tokio::time::sleep(duration).await;
+        self.thaw(frozen)
+    }
+
+    /// Starts a stop-the-world pause of `node` (see [`pause`](Self::pause));
+    /// [`thaw`](Self::thaw) ends it.
+    pub fn freeze(&self, node: NodeId) -> Frozen {
         let last_sent = self
             .history
             .events()
@@ -429,11 +447,17 @@ impl MultiNode {
             });
         self.network.isolate(node);
         match self.settings.backend {
-            LeaseBackendKind::Memory => self.store.black_hole(&owner),
-            LeaseBackendKind::Kubernetes => self.api.cut(&owner, true),
+            LeaseBackendKind::Memory => self.store.black_hole(&owner_of(node)),
+            LeaseBackendKind::Kubernetes => self.api.cut(&owner_of(node), true),
         }
-        tracing::info!(%node, ?duration, "paused");
-        tokio::time::sleep(duration).await;
+        tracing::info!(%node, "paused");
+        Frozen { node, last_sent }
+    }
+
+    /// Ends a pause: reconnects the node and replays the directive it had in
+    /// flight. Returns how many copies were sent.
+    pub fn thaw(&self, frozen: Frozen) -> usize {
+        let Frozen { node, last_sent } = frozen;
         self.network.reconnect(node);
         self.reconnect_to_lease_store(node);
         tracing::info!(%node, "resumed");

@@ -317,6 +317,15 @@ impl Run {
         }
     }
 
+    /// Pauses `node` for `duration` while sampling and asking as usual (asks
+    /// through the paused node fail, as they would), so the timeline shows
+    /// what happened during the pause.
+    async fn pause(&mut self, node: NodeId, duration: Duration) {
+        let frozen = self.harness.freeze(node);
+        self.wait(duration).await;
+        self.harness.thaw(frozen);
+    }
+
     /// Kills `node` and starts it again after `delay` (below down-after: the
     /// others never see it go).
     async fn restart_before_down(&mut self, node: NodeId, delay: Duration) {
@@ -421,7 +430,7 @@ impl Run {
                     .copied()
                     .unwrap_or(NodeId(1));
                 self.fault(format!("pause {target} for 60 s"));
-                self.harness.pause(target, self.s(60.0)).await;
+                self.pause(target, self.s(60.0)).await;
             }
             Scenario::LeaderCrashRestart => {
                 self.fault("crash node-1".into());
@@ -542,7 +551,7 @@ impl Run {
                         .copied()
                         .unwrap_or(nodes[0]);
                     self.fault(format!("pause {node} for {hold:?}"));
-                    self.harness.pause(node, hold).await;
+                    self.pause(node, hold).await;
                 }
                 5 => {
                     let node = nodes[self.rng.random_range(0..n)];

@@ -201,6 +201,17 @@ impl<E: Entity> Actor<E> {
         });
     }
 
+    /// A shard was started on the word of `coordinator`. If that is not the
+    /// one this region is registered with (views disagree: another side of
+    /// a partition, a leader not yet seen), ours does not know: register
+    /// again so it learns, and resolves a shard now hosted twice.
+    fn started_for(&mut self, coordinator: NodeId) {
+        if self.registered_with != Some(coordinator) {
+            self.registered_with = None;
+            self.register();
+        }
+    }
+
     fn leader(&self) -> Option<NodeId> {
         self.leader.map(|(node, _)| node)
     }
@@ -637,12 +648,14 @@ impl<E: Entity> Actor<E> {
                 self.locations.insert(shard, region);
                 if region == self.node && !self.hosted.contains(&shard) {
                     self.start_shard(shard);
+                    self.started_for(from);
                 }
                 self.flush(shard);
             }
             Directive::HostShard { shard, .. } => {
                 if !self.hosted.contains(&shard) {
                     self.start_shard(shard);
+                    self.started_for(from);
                 }
                 self.to_coordinator(from, &CoordinatorMsg::ShardStarted { shard });
                 self.flush(shard);
