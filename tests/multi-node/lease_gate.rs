@@ -16,7 +16,7 @@ fn phase_of(harness: &MultiNode, node: cluster::NodeId) -> Option<Phase> {
 
 #[tokio::test(start_paused = true)]
 async fn acquire_blocks_coordinator_activity() {
-    let settings = HarnessSettings::with_memory_lease(11);
+    let settings = memory_lease(11);
     // An outsider holds the lease before the cluster starts.
     let template = settings.lease.clone().unwrap();
     let outsider = settings
@@ -50,7 +50,7 @@ async fn acquire_blocks_coordinator_activity() {
 }
 
 fn lease_settings(seed: u64) -> HarnessSettings {
-    let mut s = HarnessSettings::with_memory_lease(seed);
+    let mut s = memory_lease(seed);
     s.region.passivate_after = Duration::from_secs(3600);
     s
 }
@@ -63,6 +63,9 @@ async fn lost_lease_stops_activity() {
     s.region.ask_timeout = Duration::from_secs(1);
     let harness = MultiNode::start(3, s);
     settled(&harness).await;
+    // A new coordinator places no shard before its predecessors' grants
+    // could have lapsed (tenure x 1.01 + margin), longer than these asks wait.
+    sleep(Duration::from_secs(4)).await;
     warm_up(&harness, id(2), 20).await;
 
     harness.isolate_from_lease_store(id(1));

@@ -73,7 +73,7 @@ async fn a_leader_restarted_before_down_leaves_every_shard_reachable_once_withou
 
 #[tokio::test(start_paused = true)]
 async fn a_leader_restarted_before_down_leaves_every_shard_reachable_once_with_a_lease() {
-    let mut s = HarnessSettings::with_memory_lease(22);
+    let mut s = memory_lease(22);
     s.region.passivate_after = Duration::from_secs(3600);
     restart_the_leader_before_it_is_declared_down(s).await;
 }

@@ -14,7 +14,7 @@ use crate::support::*;
 const LEASE: &str = "counter-coordinator";
 
 fn lease_settings(seed: u64) -> HarnessSettings {
-    let mut s = HarnessSettings::with_memory_lease(seed);
+    let mut s = memory_lease(seed);
     s.region.passivate_after = Duration::from_secs(3600);
     s
 }

@@ -14,6 +14,20 @@ pub fn settings(seed: u64) -> HarnessSettings {
     HarnessSettings::new(seed)
 }
 
+/// The in-memory lease with a short shard tenure (3 s), so that a new
+/// coordinator's wait for its predecessors' grants (tenure x 1.01 + margin)
+/// stays inside these tests' ask timeouts.
+pub fn memory_lease(seed: u64) -> HarnessSettings {
+    let mut s = HarnessSettings::with_memory_lease(seed);
+    s.tenure = sharding_core::TenureSettings {
+        tenure: Duration::from_secs(3),
+        renew_interval: Duration::from_millis(500),
+        clock_rate_bound: 0.01,
+        margin: Duration::from_millis(200),
+    };
+    s
+}
+
 pub fn id(i: u64) -> NodeId {
     NodeId(i)
 }

@@ -12,7 +12,7 @@ pub struct Row {
     scenario: &'static str,
     runs: usize,
     max_active: usize,
-    invariants: [String; 4],
+    invariants: [String; 5],
     double_hosted_shard_seconds: f64,
     failover_p50_ttls: Option<f64>,
     failover_p99_ttls: Option<f64>,
@@ -35,7 +35,9 @@ pub fn rows(scenarios: &[Scenario], reports: &[RunReport], lease: LeaseMode) -> 
                 match (broken, na) {
                     (0, true) => "n/a".to_owned(),
                     (0, false) => "ok".to_owned(),
-                    (n, _) if i == 0 && lease == LeaseMode::None => {
+                    // Without a lease, two coordinators (I1) and shards on
+                    // both sides (I5) in a partition are the demonstration.
+                    (n, _) if (i == 0 || i == 4) && lease == LeaseMode::None => {
                         format!("broken {n}/{} (expected)", runs.len())
                     }
                     (n, _) => format!("FAIL {n}/{}", runs.len()),
@@ -73,7 +75,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<26} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:>12} {:>9} {:>9} {:>8} {:>8}",
+        "{:<26} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>12} {:>9} {:>9} {:>8} {:>8}",
         "scenario",
         "runs",
         "active",
@@ -81,6 +83,7 @@ pub fn table(rows: &[Row]) -> String {
         "I2",
         "I3",
         "I4",
+        "I5",
         "dbl-host s",
         "fo p50",
         "fo p99",
@@ -91,7 +94,7 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<26} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:>12.1} {:>9} {:>9} {:>8} {:>8}",
+            "{:<26} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>12.1} {:>9} {:>9} {:>8} {:>8}",
             r.scenario,
             r.runs,
             r.max_active,
@@ -99,6 +102,7 @@ pub fn table(rows: &[Row]) -> String {
             r.invariants[1],
             r.invariants[2],
             r.invariants[3],
+            r.invariants[4],
             r.double_hosted_shard_seconds,
             ttl(r.failover_p50_ttls),
             ttl(r.failover_p99_ttls),
@@ -125,7 +129,7 @@ struct RunSummary<'a> {
     seed: u64,
     passed: bool,
     max_active: usize,
-    invariants: &'a [String; 4],
+    invariants: &'a [String; 5],
     failover_ttls: Option<f64>,
     double_hosted_shard_seconds: f64,
     history_digest: u64,
@@ -202,6 +206,7 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
         "I2",
         "I3",
         "I4",
+        "I5",
         "double-hosted shard-s",
         "failover p50 (ttl)",
         "failover p99 (ttl)",
@@ -220,7 +225,7 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
         let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}"));
         let _ = write!(
             out,
-            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.scenario,
             r.runs,
             r.max_active,
@@ -228,6 +233,7 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
             escape(&r.invariants[1]),
             escape(&r.invariants[2]),
             escape(&r.invariants[3]),
+            escape(&r.invariants[4]),
             r.double_hosted_shard_seconds,
             f(r.failover_p50_ttls),
             f(r.failover_p99_ttls),

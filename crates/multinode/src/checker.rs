@@ -82,6 +82,9 @@ pub struct Verdict {
     pub i3: Check,
     /// One active coordinator and every shard answering, soon after the faults.
     pub i4: Check,
+    /// No shard hosted on two nodes at any instant (with a lease; without
+    /// one it is reported, and expected to break in a partition).
+    pub i5: Check,
     /// The most coordinators active at one instant.
     pub max_active: usize,
     /// Total time shards spent hosted on two or more nodes at once (I5).
@@ -97,6 +100,7 @@ impl Verdict {
             || self.i2.is_violated()
             || self.i3.is_violated()
             || self.i4.is_violated()
+            || self.i5.is_violated()
     }
 }
 
@@ -110,13 +114,26 @@ pub fn check(input: &CheckInput<'_>) -> Verdict {
     };
     let i3 = check_i3(input.events);
     let (failover, i4) = check_i4(&active, input);
+    let (double_hosted_shard_seconds, first_double) = double_hosted(input.events, input.end);
+    let i5 = match first_double {
+        None => Check::Ok,
+        Some((shard, nodes, from, until)) => {
+            let secs = |t: Instant| t.duration_since(input.start).as_secs_f64();
+            Check::Violated(format!(
+                "{shard} hosted on {nodes:?} from {:.1}s to {:.1}s",
+                secs(from),
+                secs(until)
+            ))
+        }
+    };
     Verdict {
         i1,
         i2,
         i3,
         i4,
+        i5,
         max_active,
-        double_hosted_shard_seconds: double_hosted(input.events, input.end),
+        double_hosted_shard_seconds,
         failover,
     }
 }
@@ -283,11 +300,16 @@ fn probe_verdict(probe: &FinalProbe, start: Instant) -> Option<Check> {
     None
 }
 
-/// Sum over shards of the time hosted on two or more nodes.
-fn double_hosted(events: &[Event], end: Instant) -> f64 {
+/// A shard, the nodes hosting it, and when that started and ended.
+type DoubleHosting = (ShardId, Vec<NodeId>, Instant, Instant);
+
+/// Sum over shards of the time hosted on two or more nodes, and the first
+/// such interval (I5's evidence).
+fn double_hosted(events: &[Event], end: Instant) -> (f64, Option<DoubleHosting>) {
     let mut hosts: BTreeMap<ShardId, BTreeSet<NodeId>> = BTreeMap::new();
-    let mut since: BTreeMap<ShardId, Instant> = BTreeMap::new();
+    let mut since: BTreeMap<ShardId, (Instant, Vec<NodeId>)> = BTreeMap::new();
     let mut total = Duration::ZERO;
+    let mut first: Option<DoubleHosting> = None;
     let mut update = |hosts: &mut BTreeMap<ShardId, BTreeSet<NodeId>>,
                       shard: ShardId,
                       at: Instant,
@@ -298,11 +320,14 @@ fn double_hosted(events: &[Event], end: Instant) -> f64 {
         let is_double = set.len() >= 2;
         match (was_double, is_double) {
             (false, true) => {
-                since.insert(shard, at);
+                since.insert(shard, (at, set.iter().copied().collect()));
             }
             (true, false) => {
-                if let Some(from) = since.remove(&shard) {
+                if let Some((from, nodes)) = since.remove(&shard) {
                     total += at.duration_since(from);
+                    if first.as_ref().is_none_or(|f| from < f.2) {
+                        first = Some((shard, nodes, from, at));
+                    }
                 }
             }
             _ => {}
@@ -335,10 +360,13 @@ fn double_hosted(events: &[Event], end: Instant) -> f64 {
             _ => {}
         }
     }
-    for (_, from) in since {
+    for (shard, (from, nodes)) in since {
         total += end.duration_since(from);
+        if first.as_ref().is_none_or(|f| from < f.2) {
+            first = Some((shard, nodes, from, end));
+        }
     }
-    total.as_secs_f64()
+    (total.as_secs_f64(), first)
 }
 
 #[cfg(test)]
@@ -555,5 +583,25 @@ mod tests {
         ];
         let v = check(&input(t0, &events, None));
         assert!((v.double_hosted_shard_seconds - 4.0).abs() < 1e-9);
+        let why = v.i5;
+        assert!(
+            matches!(&why, Check::Violated(w) if w.contains("shard-7") && w.contains("from 10.0s to 14.0s")),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn a_handoff_that_stops_before_the_next_start_keeps_i5() {
+        let t0 = Instant::now();
+        let s = ShardId(7);
+        let events = [
+            region(at(t0, 0), 1, RegionEvent::ShardStarted(s)),
+            region(at(t0, 10), 1, RegionEvent::ShardStopped(s)),
+            region(at(t0, 10), 2, RegionEvent::ShardStarted(s)),
+            phase(at(t0, 60), 2, Phase::Active),
+        ];
+        let v = check(&input(t0, &events, None));
+        assert_eq!(v.i5, Check::Ok);
+        assert_eq!(v.double_hosted_shard_seconds, 0.0);
     }
 }

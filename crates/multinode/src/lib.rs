@@ -22,7 +22,7 @@ use lease_memory::{Grant, InMemoryLease, InMemoryLeaseStore};
 use sharding_coordinator::CoordinatorRecord;
 use sharding_coordinator::{ClusterSharding, CoordinatorSettings, ShardingSettings};
 use sharding_core::protocol::{RegionMsg, TypeChannels, encode};
-use sharding_core::{RegionSettings, ShardId, ShardRegion, TypeName};
+use sharding_core::{RegionSettings, ShardId, ShardRegion, TenureSettings, TypeName};
 
 pub use counter::{Counter, CounterMsg, CounterOp};
 pub use history::{Event, EventKind, HarnessEvent, History};
@@ -51,6 +51,8 @@ pub struct HarnessSettings {
     pub store: InMemoryLeaseStore,
     /// Where leases live when `lease` is set.
     pub backend: LeaseBackendKind,
+    /// Shard tenure timing (used when `lease` is set).
+    pub tenure: TenureSettings,
 }
 
 /// Which store backs the nodes' leases.
@@ -76,6 +78,7 @@ impl HarnessSettings {
             record: true,
             store: InMemoryLeaseStore::new(),
             backend: LeaseBackendKind::Memory,
+            tenure: TenureSettings::default(),
         }
     }
 
@@ -127,6 +130,12 @@ impl HarnessSettings {
         self.coordinator.handoff_timeout = Duration::from_secs(4);
         self.region.retry_interval = Duration::from_millis(200);
         self.region.ask_timeout = Duration::from_secs(1);
+        self.tenure = TenureSettings {
+            tenure: Duration::from_millis(1000),
+            renew_interval: Duration::from_millis(200),
+            clock_rate_bound: 0.01,
+            margin: Duration::from_millis(100),
+        };
     }
 }
 
@@ -261,6 +270,7 @@ impl MultiNode {
         );
         settings.region = self.settings.region.clone();
         settings.coordinator = self.settings.coordinator.clone();
+        settings.tenure = self.settings.tenure;
         let lease = self.settings.lease.as_ref().map(|template| {
             let owned = match template.with_owner(owner_of(node)) {
                 Ok(s) => s,

@@ -151,8 +151,8 @@ pub struct RunReport {
     pub lease: LeaseMode,
     /// The most coordinators active at one instant.
     pub max_active: usize,
-    /// I1-I4 as `ok`, `n/a` or `FAIL: why`.
-    pub invariants: [String; 4],
+    /// I1-I5 as `ok`, `n/a` or `FAIL: why`.
+    pub invariants: [String; 5],
     /// Shard-seconds spent hosted on two nodes (I5, measured only).
     pub double_hosted_shard_seconds: f64,
     /// Time to one stable active coordinator after the faults, in ttls.
@@ -681,7 +681,8 @@ impl Run {
         let broken = (verdict.i1.is_violated() && i1_counts)
             || verdict.i2.is_violated()
             || verdict.i3.is_violated()
-            || verdict.i4.is_violated();
+            || verdict.i4.is_violated()
+            || (verdict.i5.is_violated() && i1_counts);
         let passed = !broken;
         let secs = |t: Instant| t.duration_since(self.start).as_secs_f64();
         let mut faults = Vec::new();
@@ -713,6 +714,7 @@ impl Run {
                 cell(&verdict.i2),
                 cell(&verdict.i3),
                 cell(&verdict.i4),
+                cell(&verdict.i5),
             ],
             double_hosted_shard_seconds: verdict.double_hosted_shard_seconds,
             failover_ttls: verdict

@@ -13,7 +13,7 @@ use cluster::{ClusterView, Envelope, NodeId, Transport};
 use lease_api::{Lease, LeaseStatus};
 use sharding_core::coordinator::{CoordinatorEvent, CoordinatorState};
 use sharding_core::protocol::{CoordinatorMsg, Directive, RegionMsg, TypeChannels, decode, encode};
-use sharding_core::{Epoch, ShardId, TypeName};
+use sharding_core::{Epoch, ShardId, TenureSettings, TypeName};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
@@ -67,6 +67,16 @@ pub(crate) struct Coordinator {
     incarnations: BTreeMap<NodeId, u64>,
     /// Directives that need an answer and have not had one, by region and shard.
     unanswered: BTreeMap<(NodeId, ShardId), Unanswered>,
+    /// Shard tenure (with a lease): regions host only under our grants (I5).
+    tenure: Option<TenureSettings>,
+    /// When we last sent each region anything it may count as a grant.
+    last_grant: BTreeMap<NodeId, Instant>,
+    /// Shards of regions we lost, not to be re-homed before their tenure
+    /// has surely ended there.
+    fenced: BTreeMap<ShardId, Instant>,
+    /// Since this tenure began, shards nobody claimed may still be tenured
+    /// under a predecessor's grants: none is allocated before this.
+    allocation_fence: Option<Instant>,
     state: CoordinatorState,
     /// The epoch of the current tenure; directives carry it.
     epoch: Epoch,
@@ -87,6 +97,7 @@ pub(crate) struct Parts {
     pub(crate) settings: CoordinatorSettings,
     pub(crate) lease: Option<Arc<dyn Lease>>,
     pub(crate) observer: Option<CoordinatorObserver>,
+    pub(crate) tenure: Option<TenureSettings>,
 }
 
 /// Resolves when the lease status turns `Lost`; never without a lease.
@@ -138,6 +149,10 @@ impl Coordinator {
             claims: BTreeMap::new(),
             incarnations: BTreeMap::new(),
             unanswered: BTreeMap::new(),
+            tenure: parts.tenure,
+            last_grant: BTreeMap::new(),
+            fenced: BTreeMap::new(),
+            allocation_fence: None,
             state: CoordinatorState::default(),
             epoch: Epoch::default(),
             highest_epoch: Epoch::default(),
@@ -301,6 +316,9 @@ impl Coordinator {
         self.state = CoordinatorState::default();
         self.incarnations.clear();
         self.unanswered.clear();
+        self.last_grant.clear();
+        self.fenced.clear();
+        self.allocation_fence = None;
         self.handoffs.clear();
         self.deferred.clear();
         self.shutting_down.clear();
@@ -364,6 +382,9 @@ impl Coordinator {
         };
         self.recovery_deadline = None;
         self.highest_epoch = self.highest_epoch.max(self.epoch);
+        // Our predecessors' grants are unknown to us: wait them out before
+        // allocating any shard nobody claims (I5).
+        self.allocation_fence = self.tenure.map(|t| Instant::now() + t.bound());
         self.set_phase(Phase::Active);
         let claims = std::mem::take(&mut self.claims);
         for (region, (incarnation, shards)) in claims {
@@ -388,11 +409,15 @@ impl Coordinator {
     }
 
     /// Sends a directive, only while active: a passive coordinator never directs.
-    fn direct(&self, to: NodeId, directive: Directive) {
+    fn direct(&mut self, to: NodeId, directive: Directive) {
         if !self.is_active() {
             return;
         }
         self.record(CoordinatorRecord::DirectiveSent { to, directive });
+        if self.tenure.is_some() {
+            // Whatever it is, the region may take it as leave to host.
+            self.last_grant.insert(to, Instant::now());
+        }
         let sent = encode(&RegionMsg::Directive(directive))
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
@@ -508,6 +533,17 @@ impl Coordinator {
                 self.ask_to_register(from);
             }
             CoordinatorMsg::GetShardHome { shard } => self.get_shard_home(from, shard),
+            CoordinatorMsg::RenewTenure { seq } => {
+                if self.tenure.is_some() {
+                    self.direct(
+                        from,
+                        Directive::TenureGranted {
+                            epoch: self.epoch,
+                            seq,
+                        },
+                    );
+                }
+            }
             CoordinatorMsg::ShardStarted { shard } => self.shard_started(from, shard),
             CoordinatorMsg::BeginHandOffAck { shard } => {
                 let ready = self.handoffs.get_mut(&shard).is_some_and(|h| {
@@ -677,6 +713,9 @@ impl Coordinator {
     /// Picks a home for an unallocated shard through the strategy and tells
     /// that region to host it.
     fn allocate(&mut self, requester: NodeId, shard: ShardId) -> Option<NodeId> {
+        if !self.may_allocate(shard) {
+            return None; // the requester asks again
+        }
         let home = self
             .settings
             .strategy
@@ -694,6 +733,23 @@ impl Coordinator {
             },
         );
         Some(home)
+    }
+
+    /// With tenure, a shard may be placed only once no grant of ours or of a
+    /// predecessor can still let another region host it (I5).
+    fn may_allocate(&mut self, shard: ShardId) -> bool {
+        let now = Instant::now();
+        if self.allocation_fence.is_some_and(|until| now < until) {
+            return false;
+        }
+        match self.fenced.get(&shard) {
+            Some(until) if now < *until => false,
+            Some(_) => {
+                self.fenced.remove(&shard);
+                true
+            }
+            None => true,
+        }
     }
 
     fn serve_deferred(&mut self, shard: ShardId) {
@@ -865,6 +921,21 @@ impl Coordinator {
     /// Forgets a region that left the view; its shards will be re-allocated.
     fn terminate_region(&mut self, region: NodeId) {
         tracing::info!(node = %self.node, %region, "region terminated; its shards will be re-allocated");
+        if let Some(tenure) = self.tenure {
+            // It may still host them, until its tenure surely ends (I5).
+            let last = self.last_grant.remove(&region);
+            if let Some(until) = last.map(|t| t + tenure.bound()) {
+                let shards: Vec<ShardId> = self
+                    .state
+                    .regions()
+                    .get(&region)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                for shard in shards {
+                    self.fenced.insert(shard, until);
+                }
+            }
+        }
         self.apply(CoordinatorEvent::RegionTerminated { region });
         self.incarnations.remove(&region);
         self.unanswered.retain(|(r, _), _| *r != region);

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use lease_api::Lease;
 use sharding_core::coordinator::{LeastShardAllocationStrategy, ShardAllocationStrategy};
-use sharding_core::{Entity, EntityId, MessageExtractor, RegionObserver, RegionSettings, TypeName};
+use sharding_core::{
+    Entity, EntityId, MessageExtractor, RegionObserver, RegionSettings, TenureSettings, TypeName,
+};
 
 use crate::CoordinatorObserver;
 
@@ -61,6 +63,11 @@ pub struct ShardingSettings<E: Entity> {
     /// behaviour unchanged (I6). Each node passes its own handle on the
     /// shared lease (same lease name, its own owner name).
     pub lease: Option<Arc<dyn Lease>>,
+    /// Shard tenure, used whenever `lease` is set: a region hosts shards
+    /// only while the active coordinator's grant is valid, and the
+    /// coordinator re-homes a lost region's shards only once that grant has
+    /// surely ended, so no shard runs on two nodes even while partitioned (I5).
+    pub tenure: TenureSettings,
     /// Observes region events (histories, metrics).
     pub region_observer: Option<RegionObserver>,
     /// Observes coordinator events (histories, metrics).
@@ -82,6 +89,7 @@ impl<E: Entity> ShardingSettings<E> {
             region: RegionSettings::default(),
             coordinator: CoordinatorSettings::default(),
             lease: None,
+            tenure: TenureSettings::default(),
             region_observer: None,
             coordinator_observer: None,
         }

@@ -25,6 +25,9 @@ pub enum StartError {
     /// `num_shards` must be positive.
     #[error("invalid setting `num_shards` = 0 for `{0}`: must be positive")]
     ZeroShards(TypeName),
+    /// The shard tenure settings cannot work (checked only with a lease).
+    #[error("entity type `{0}`: {1}")]
+    InvalidTenure(TypeName, sharding_core::TenureError),
 }
 
 /// A probe on one coordinator.
@@ -104,6 +107,13 @@ impl ClusterSharding {
         if settings.region.num_shards == 0 {
             return Err(StartError::ZeroShards(type_name));
         }
+        // Tenure only with a lease (I5); without one the path is unchanged (I6).
+        let tenure = settings.lease.is_some().then_some(settings.tenure);
+        if let Some(tenure) = &tenure {
+            tenure
+                .validate()
+                .map_err(|e| StartError::InvalidTenure(type_name.clone(), e))?;
+        }
         let channels = TypeChannels::of(&type_name);
         let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
         if types.contains_key(&type_name) {
@@ -119,6 +129,7 @@ impl ClusterSharding {
             settings: settings.coordinator,
             lease: settings.lease,
             observer: settings.coordinator_observer,
+            tenure,
         });
         let region = ShardRegion::start(
             RegionConfig {
@@ -127,6 +138,7 @@ impl ClusterSharding {
                 factory: settings.factory,
                 settings: settings.region,
                 observer: settings.region_observer,
+                tenure,
             },
             Arc::clone(&self.transport),
             self.view.clone(),

@@ -10,6 +10,7 @@ mod extractor;
 mod ids;
 pub mod protocol;
 pub mod region;
+pub mod tenure;
 
 pub use entity::Entity;
 pub use extractor::MessageExtractor;
@@ -19,3 +20,4 @@ pub use region::{
     RegionConfig, RegionEvent, RegionObserver, RegionSettings, RegionStatsSnapshot, ShardRegion,
     ShardingError,
 };
+pub use tenure::{TenureError, TenureSettings};

@@ -86,6 +86,12 @@ pub enum CoordinatorMsg {
     },
     /// The region is shutting down: move its shards elsewhere.
     GracefulShutdownReq,
+    /// With a lease: extend this region's tenure over its shards. One per
+    /// region per renew interval, whatever the number of shards.
+    RenewTenure {
+        /// Echoed in the grant, so the region measures from this request's start.
+        seq: u64,
+    },
 }
 
 /// Coordinator to region: every one carries the coordinator's epoch.
@@ -126,6 +132,14 @@ pub enum Directive {
         /// The shard.
         shard: ShardId,
     },
+    /// The answer to `RenewTenure { seq }`: the region may host its shards
+    /// until that request's start + tenure - margin, on its own clock.
+    TenureGranted {
+        /// Coordinator epoch.
+        epoch: Epoch,
+        /// The request answered.
+        seq: u64,
+    },
 }
 
 impl Directive {
@@ -136,14 +150,15 @@ impl Directive {
             | Directive::ShardHome { epoch, .. }
             | Directive::HostShard { epoch, .. }
             | Directive::BeginHandOff { epoch, .. }
-            | Directive::HandOff { epoch, .. } => epoch,
+            | Directive::HandOff { epoch, .. }
+            | Directive::TenureGranted { epoch, .. } => epoch,
         }
     }
 
     /// The shard it concerns, if any.
     pub fn shard(&self) -> Option<ShardId> {
         match *self {
-            Directive::RegisterAck { .. } => None,
+            Directive::RegisterAck { .. } | Directive::TenureGranted { .. } => None,
             Directive::ShardHome { shard, .. }
             | Directive::HostShard { shard, .. }
             | Directive::BeginHandOff { shard, .. }
@@ -159,6 +174,7 @@ impl Directive {
             Directive::HostShard { .. } => "HostShard",
             Directive::BeginHandOff { .. } => "BeginHandOff",
             Directive::HandOff { .. } => "HandOff",
+            Directive::TenureGranted { .. } => "TenureGranted",
         }
     }
 }

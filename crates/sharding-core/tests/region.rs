@@ -83,6 +83,7 @@ impl<E: Entity<Message = Add>> Rig<E> {
                 observer: Some(Arc::new(move |_, _, e: &RegionEvent| {
                     sink.lock().unwrap().push(e.clone());
                 })),
+                tenure: None,
             },
             transport,
             membership.view(),

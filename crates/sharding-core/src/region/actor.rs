@@ -5,12 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use cluster::{ClusterView, Envelope, NodeId, Transport};
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
 
 use super::delivery::{Delivery, ReplyLink, ReplyTo};
 use super::shard::{EntityFactory, Shard, ShardCmd, Stopped};
 use super::{RegionCmd, RegionEvent, RegionObserver, ShardingError, Shared};
 use crate::protocol::{CoordinatorMsg, Directive, Epoch, RegionMsg, TypeChannels, decode, encode};
+use crate::tenure::{TenureClock, TenureSettings};
 use crate::{Entity, ShardId};
 
 /// Forwarding hops after which a message is dropped (tables disagree too long).
@@ -24,6 +28,7 @@ pub(super) struct Parts<E: Entity> {
     pub(super) channels: TypeChannels,
     pub(super) commands: mpsc::Receiver<RegionCmd<E>>,
     pub(super) observer: Option<RegionObserver>,
+    pub(super) tenure: Option<TenureSettings>,
 }
 
 pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
@@ -56,6 +61,7 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         incarnations: BTreeMap::new(),
         stopped_tx,
         shutting_down: None,
+        tenure: parts.tenure.map(TenureClock::new),
     };
     tokio::spawn(actor.run(parts.commands, inbox, stopped_rx));
 }
@@ -77,8 +83,9 @@ struct Actor<E: Entity> {
     /// shard (in `shared.local`) only once the messages buffered for it have
     /// been passed on, so one sender's messages keep their order.
     senders: BTreeMap<ShardId, mpsc::Sender<ShardCmd<E>>>,
-    /// Shards being handed off, and the coordinator node that asked.
-    handing_off: BTreeMap<ShardId, NodeId>,
+    /// Shards being handed off, and the coordinator node that asked (none
+    /// when the region stops them itself because its tenure lapsed).
+    handing_off: BTreeMap<ShardId, Option<NodeId>>,
     /// Messages waiting for their shard's home.
     pending: BTreeMap<ShardId, VecDeque<Delivery<E>>>,
     /// Messages for a shard being handed off from here: they wait until the
@@ -98,6 +105,8 @@ struct Actor<E: Entity> {
     incarnations: BTreeMap<NodeId, u64>,
     stopped_tx: mpsc::UnboundedSender<Stopped<E>>,
     shutting_down: Option<oneshot::Sender<()>>,
+    /// With a lease: the tenure that lets this region host shards (I5).
+    tenure: Option<TenureClock>,
 }
 
 impl<E: Entity> Actor<E> {
@@ -110,15 +119,25 @@ impl<E: Entity> Actor<E> {
         let mut view = self.view.watch();
         let mut tick = tokio::time::interval(self.shared.settings.retry_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let renew_every = self
+            .tenure
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |t| t.settings().renew_interval);
+        let mut renew = tokio::time::interval(renew_every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.on_view_change();
         loop {
+            let lapse_at = self.lapse_at();
             // Biased, in a fixed order, so a seeded simulation replays exactly.
             tokio::select! {
                 biased;
+                // The tenure first: no message is handled past its end (I5).
+                () = sleep_until(lapse_at.unwrap_or_else(Instant::now)), if lapse_at.is_some() => self.lapse(),
                 // Rare events first; then the traffic: directives before user messages.
                 Some(s) = stopped.recv() => self.shard_stopped(s),
                 Ok(()) = view.changed() => self.on_view_change(),
                 _ = tick.tick() => self.retry(),
+                _ = renew.tick(), if self.tenure.is_some() => self.renew(),
                 Some(envelope) = inbox.recv() => self.on_envelope(envelope),
                 Some(cmd) = commands.recv() => match cmd {
                     RegionCmd::Route(d) => self.route(d),
@@ -199,6 +218,89 @@ impl<E: Entity> Actor<E> {
         self.locations.retain(|_, home| {
             *home == node || (now.contains_key(home) && before.get(home) == now.get(home))
         });
+    }
+
+    /// When the tenure lapses, while shards may be hosted under it.
+    fn lapse_at(&self) -> Option<Instant> {
+        let tenure = self.tenure.as_ref()?;
+        if !self.shared.hosting.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(tenure.valid_until().unwrap_or_else(Instant::now))
+    }
+
+    /// Whether shards may be hosted here now: always without a lease; with
+    /// one, only under a valid tenure. Read when a shard starts, never per
+    /// message: the lapse timer flips `shared.hosting` for the hot path.
+    fn may_host(&self) -> bool {
+        self.tenure
+            .as_ref()
+            .is_none_or(|t| t.is_valid(Instant::now()))
+    }
+
+    /// Asks the coordinator this region is registered with to extend its tenure.
+    fn renew(&mut self) {
+        let Some(coordinator) = self.registered_with else {
+            return; // it registers first; the acknowledgement renews
+        };
+        let Some(tenure) = self.tenure.as_mut() else {
+            return;
+        };
+        let seq = tenure.request(Instant::now());
+        self.to_coordinator(coordinator, &CoordinatorMsg::RenewTenure { seq });
+    }
+
+    /// The tenure ended without a renewal: stop every shard at once (their
+    /// entities handle nothing more), keep what arrives for them, and keep
+    /// asking (I5).
+    fn lapse(&mut self) {
+        let Some(tenure) = self.tenure.as_mut() else {
+            return;
+        };
+        if tenure.is_valid(Instant::now()) {
+            return; // renewed meanwhile
+        }
+        tenure.lapse();
+        self.shared.hosting.store(false, Ordering::Release);
+        let shards: Vec<ShardId> = self.senders.keys().copied().collect();
+        // Their homes are the coordinator's to say again: it may have moved
+        // them by the time we are granted a tenure again.
+        let node = self.node;
+        self.locations.retain(|_, home| *home != node);
+        tracing::warn!(node = %self.node, type_name = %self.shared.type_name, shards = shards.len(), "shard tenure lapsed; stopping every shard until the coordinator renews it");
+        self.shared
+            .local
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for shard in shards {
+            if let Some(sender) = self.senders.remove(&shard) {
+                self.handing_off.insert(shard, None);
+                let _ = sender.try_send(ShardCmd::HandOff);
+            }
+        }
+        self.renew();
+    }
+
+    /// A grant arrived: if the shards were stopped for a lapse, host again
+    /// what has messages waiting and is homed here.
+    fn granted(&mut self, seq: u64) {
+        let Some(tenure) = self.tenure.as_mut() else {
+            return;
+        };
+        if !tenure.granted(seq) || self.shared.hosting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(node = %self.node, type_name = %self.shared.type_name, "shard tenure granted; hosting again");
+        let waiting: Vec<ShardId> = self
+            .pending
+            .keys()
+            .filter(|s| self.locations.get(s) == Some(&self.node))
+            .copied()
+            .collect();
+        for shard in waiting {
+            self.flush(shard);
+        }
     }
 
     /// A shard was started on the word of `coordinator`. If that is not the
@@ -325,6 +427,13 @@ impl<E: Entity> Actor<E> {
 
     fn deliver_local(&mut self, mut d: Delivery<E>) {
         if !self.hosted.contains(&d.shard) {
+            if !self.may_host() {
+                // Homed here but no tenure: wait for the grant, which flushes it.
+                if let Some(d) = self.count_in(d) {
+                    self.pending.entry(d.shard).or_default().push_back(d);
+                }
+                return;
+            }
             self.start_shard(d.shard);
         }
         let shard = d.shard;
@@ -502,6 +611,7 @@ impl<E: Entity> Actor<E> {
         let sender = Shard::spawn(
             shard,
             Arc::clone(&self.factory),
+            Arc::clone(&self.shared.hosting),
             self.shared.settings.passivate_after,
             self.shared.settings.shard_inbox,
             Arc::clone(&self.shared.stats),
@@ -512,6 +622,11 @@ impl<E: Entity> Actor<E> {
         self.locations.insert(shard, self.node);
         tracing::debug!(node = %self.node, %shard, "shard started");
         self.observe(RegionEvent::ShardStarted(shard));
+        // Whatever started it, our coordinator hears of it: one it homed
+        // elsewhere meanwhile is stopped here again (one host per shard).
+        if let Some(coordinator) = self.registered_with.or(self.leader()) {
+            self.to_coordinator(coordinator, &CoordinatorMsg::ShardStarted { shard });
+        }
     }
 
     fn shard_stopped(&mut self, stopped: Stopped<E>) {
@@ -519,7 +634,7 @@ impl<E: Entity> Actor<E> {
         self.hosted.remove(&shard);
         tracing::debug!(node = %self.node, %shard, "shard stopped");
         self.observe(RegionEvent::ShardStopped(shard));
-        if let Some(coordinator) = self.handing_off.remove(&shard) {
+        if let Some(Some(coordinator)) = self.handing_off.remove(&shard) {
             self.to_coordinator(coordinator, &CoordinatorMsg::ShardStopped { shard });
         }
         // What the shard had not delivered is older than what was held meanwhile.
@@ -637,8 +752,15 @@ impl<E: Entity> Actor<E> {
             shard: directive.shard(),
         });
         match directive {
+            Directive::TenureGranted { seq, .. } => self.granted(seq),
             Directive::RegisterAck { .. } => {
                 self.registered_with = Some(from);
+                // Homes here that nothing runs are hearsay from before this
+                // registration; ask again rather than start them.
+                let (node, hosted) = (self.node, &self.hosted);
+                self.locations
+                    .retain(|shard, home| *home != node || hosted.contains(shard));
+                self.renew();
                 let waiting: Vec<ShardId> = self.pending.keys().copied().collect();
                 for shard in waiting {
                     self.request_home(shard);
@@ -647,6 +769,10 @@ impl<E: Entity> Actor<E> {
             Directive::ShardHome { shard, region, .. } => {
                 self.locations.insert(shard, region);
                 if region == self.node && !self.hosted.contains(&shard) {
+                    if !self.may_host() {
+                        // Its messages wait for the grant (I5).
+                        return self.renew();
+                    }
                     self.start_shard(shard);
                     self.started_for(from);
                 }
@@ -654,6 +780,12 @@ impl<E: Entity> Actor<E> {
             }
             Directive::HostShard { shard, .. } => {
                 if !self.hosted.contains(&shard) {
+                    if !self.may_host() {
+                        // Not acknowledged: the coordinator asks again, and
+                        // by then the grant has come (I5).
+                        self.locations.insert(shard, self.node);
+                        return self.renew();
+                    }
                     self.start_shard(shard);
                     self.started_for(from);
                 }
@@ -675,13 +807,13 @@ impl<E: Entity> Actor<E> {
                     .remove(&shard);
                 match self.senders.remove(&shard) {
                     Some(sender) => {
-                        self.handing_off.insert(shard, from);
+                        self.handing_off.insert(shard, Some(from));
                         // If the shard already stopped on its own, the Stopped
                         // notice is on its way and answers the coordinator.
                         let _ = sender.try_send(ShardCmd::HandOff);
                     }
                     None if self.handing_off.contains_key(&shard) => {
-                        self.handing_off.insert(shard, from);
+                        self.handing_off.insert(shard, Some(from));
                     }
                     None => self.to_coordinator(from, &CoordinatorMsg::ShardStopped { shard }),
                 }

@@ -10,7 +10,7 @@ mod delivery;
 mod shard;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -189,6 +189,9 @@ pub struct RegionConfig<E: Entity> {
     pub settings: RegionSettings,
     /// Optional observer of directives and shard moves (histories, metrics).
     pub observer: Option<RegionObserver>,
+    /// Shard tenure (with a lease): the region hosts shards only while the
+    /// active coordinator's grant is valid. `None`: no tenure (I6).
+    pub tenure: Option<crate::TenureSettings>,
 }
 
 pub(crate) enum RegionCmd<E: Entity> {
@@ -208,6 +211,10 @@ struct Shared<E: Entity> {
     settings: RegionSettings,
     stats: Arc<RegionStats>,
     max_epoch: AtomicU64,
+    /// Whether entities may handle messages: false from the instant the
+    /// shard tenure lapses until it is granted again (I5). An atomic flag,
+    /// so that delivery never reads a clock.
+    hosting: Arc<AtomicBool>,
     /// Per shard (modulo the array length): messages from local handles still
     /// inside the region task. While non-zero, handles do not take the fast
     /// path for that shard, so one sender's messages never overtake each
@@ -260,6 +267,7 @@ impl<E: Entity> ShardRegion<E> {
             settings: config.settings.clone(),
             stats: Arc::clone(&stats),
             max_epoch: AtomicU64::new(0),
+            hosting: Arc::new(AtomicBool::new(true)),
             via_region: (0..config.settings.num_shards.clamp(1, 65_536))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -272,6 +280,7 @@ impl<E: Entity> ShardRegion<E> {
             channels,
             commands: commands_rx,
             observer: config.observer,
+            tenure: config.tenure,
         });
         Self { shared }
     }

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -34,8 +35,10 @@ pub(crate) enum ShardCmd<E: Entity> {
 }
 
 /// An entity task reports that it has stopped (unbounded: it never blocks).
-struct EntityStopped {
+struct EntityStopped<E: Entity> {
     entity: EntityId,
+    /// Messages it did not handle because the shard tenure lapsed (I5).
+    unhandled: Vec<Delivery<E>>,
 }
 
 enum Slot<E: Entity> {
@@ -62,14 +65,19 @@ pub(crate) struct Shard<E: Entity> {
     /// Fixed-key hasher: iteration order (handoff, sweep) is the same on every run.
     entities: HashMap<EntityId, Slot<E>, BuildHasherDefault<DefaultHasher>>,
     tick: u64,
-    stopped_tx: mpsc::UnboundedSender<EntityStopped>,
+    stopped_tx: mpsc::UnboundedSender<EntityStopped<E>>,
     stats: Arc<RegionStats>,
+    /// False once the region's shard tenure lapsed: entities handle nothing more.
+    hosting: Arc<AtomicBool>,
+    /// Messages entities gave back unhandled; returned to the region on stop.
+    unhandled: Vec<Delivery<E>>,
 }
 
 impl<E: Entity> Shard<E> {
     pub(crate) fn spawn(
         id: ShardId,
         factory: EntityFactory<E>,
+        hosting: Arc<AtomicBool>,
         passivate_after: Duration,
         inbox_capacity: usize,
         stats: Arc<RegionStats>,
@@ -84,6 +92,8 @@ impl<E: Entity> Shard<E> {
             tick: 0,
             stopped_tx,
             stats,
+            hosting,
+            unhandled: Vec::new(),
         };
         let sweep_every = (passivate_after / 2).max(Duration::from_millis(1));
         tokio::spawn(shard.run(rx, stopped_rx, stopped, sweep_every));
@@ -93,7 +103,7 @@ impl<E: Entity> Shard<E> {
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<ShardCmd<E>>,
-        mut entity_stopped: mpsc::UnboundedReceiver<EntityStopped>,
+        mut entity_stopped: mpsc::UnboundedReceiver<EntityStopped<E>>,
         stopped: mpsc::UnboundedSender<Stopped<E>>,
         sweep_every: Duration,
     ) {
@@ -109,6 +119,7 @@ impl<E: Entity> Shard<E> {
             tokio::select! {
                 biased;
                 Some(notice) = entity_stopped.recv() => {
+                    self.unhandled.extend(notice.unhandled);
                     if let Some(buffer) = self.entity_stopped(&notice.entity, handing_off) {
                         undelivered.extend(buffer);
                     }
@@ -129,6 +140,11 @@ impl<E: Entity> Shard<E> {
                 },
             }
         }
+        // Unhandled messages are older than anything buffered meanwhile.
+        let mut undelivered: Vec<Delivery<E>> = std::mem::take(&mut self.unhandled)
+            .into_iter()
+            .chain(undelivered)
+            .collect();
         // Whatever still sits in the inbox goes back to the region for rerouting.
         inbox.close();
         while let Ok(cmd) = inbox.try_recv() {
@@ -149,8 +165,14 @@ impl<E: Entity> Shard<E> {
             Some(Slot::Running { mailbox, last_tick }) => {
                 *last_tick = tick;
                 if let Err(mpsc::error::SendError(d)) = mailbox.send(Box::new(delivery)) {
-                    // Unreachable while the slot is Running (the entity owns the
-                    // receiver until it reports stopped), but never lose it.
+                    if !self.hosting.load(Ordering::Acquire) {
+                        // The entity closed its mailbox at the lapse (I5).
+                        self.unhandled.push(*d);
+                        return;
+                    }
+                    // Unreachable otherwise while the slot is Running (the
+                    // entity owns the receiver until it reports stopped),
+                    // but never lose it.
                     self.entities.remove(&d.entity);
                     self.start(*d);
                 }
@@ -165,7 +187,13 @@ impl<E: Entity> Shard<E> {
         let (mailbox, rx) = mpsc::unbounded_channel();
         let entity = (self.factory)(&id);
         let _ = mailbox.send(Box::new(first));
-        tokio::spawn(run_entity(id.clone(), entity, rx, self.stopped_tx.clone()));
+        tokio::spawn(run_entity(
+            id.clone(),
+            entity,
+            rx,
+            self.stopped_tx.clone(),
+            Arc::clone(&self.hosting),
+        ));
         self.stats.entity_started();
         self.entities.insert(
             id,
@@ -206,6 +234,11 @@ impl<E: Entity> Shard<E> {
         if handing_off {
             return Some(buffer);
         }
+        if !self.hosting.load(Ordering::Acquire) {
+            // The tenure lapsed; the region's stop is on its way.
+            self.unhandled.extend(buffer);
+            return None;
+        }
         // Messages arrived while it stopped: start a fresh incarnation for them.
         let mut buffer = buffer.into_iter();
         if let Some(first) = buffer.next() {
@@ -222,14 +255,29 @@ async fn run_entity<E: Entity>(
     id: EntityId,
     mut entity: E,
     mut mailbox: mpsc::UnboundedReceiver<Box<Delivery<E>>>,
-    stopped: mpsc::UnboundedSender<EntityStopped>,
+    stopped: mpsc::UnboundedSender<EntityStopped<E>>,
+    hosting: Arc<AtomicBool>,
 ) {
     entity.started(&id).await;
+    let mut unhandled = Vec::new();
     while let Some(delivery) = mailbox.recv().await {
+        // An atomic load, not a clock read: the region's lapse timer flips it.
+        if !hosting.load(Ordering::Acquire) {
+            // The shard tenure lapsed: hand this and the rest back (I5).
+            unhandled.push(*delivery);
+            mailbox.close();
+            while let Ok(rest) = mailbox.try_recv() {
+                unhandled.push(*rest);
+            }
+            break;
+        }
         let Delivery { message, reply, .. } = *delivery;
         let answer = entity.handle(message).await;
         reply.send(Ok(answer));
     }
     entity.stopped().await;
-    let _ = stopped.send(EntityStopped { entity: id });
+    let _ = stopped.send(EntityStopped {
+        entity: id,
+        unhandled,
+    });
 }

@@ -1,0 +1,216 @@
+//! Shard tenure: how long a region may keep hosting its shards without
+//! hearing from the active coordinator (invariant I5).
+//!
+//! GFS's chunk lease, applied to a region's shards: the coordinator grants,
+//! the region renews through periodic contact, and each side measures on its
+//! own clock in the direction that keeps the region's belief shorter than
+//! the coordinator's. A region stops its shards when its tenure lapses; the
+//! coordinator re-homes them only once that tenure has surely ended.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Timing of shard tenure. Used only with a lease: without one two sides
+/// of a partition would each grant tenures (and I6 keeps that path as it was).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TenureSettings {
+    /// How long a grant lets a region host its shards, from the start of the
+    /// renew request it answers (default 15 s: half the default lease ttl,
+    /// and above membership's down-after, so a region the coordinator still
+    /// counts as a member has renewed several times).
+    pub tenure: Duration,
+    /// How often a region renews (default 3 s: four renewals can be lost
+    /// before a healthy region's tenure lapses).
+    pub renew_interval: Duration,
+    /// The largest relative rate difference between two nodes' clocks
+    /// (default 0.01; NTP-disciplined clocks drift below 0.0005).
+    pub clock_rate_bound: f64,
+    /// Kept off the region's belief and added to the coordinator's wait
+    /// (default 1 s): scheduling delays and the instant a lapse takes.
+    pub margin: Duration,
+}
+
+impl Default for TenureSettings {
+    fn default() -> Self {
+        Self {
+            tenure: Duration::from_secs(15),
+            renew_interval: Duration::from_secs(3),
+            clock_rate_bound: 0.01,
+            margin: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A tenure setting that cannot work, named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid tenure setting `{field}`: {reason}")]
+pub struct TenureError {
+    /// The field.
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+impl TenureSettings {
+    /// Checks the settings; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), TenureError> {
+        let bad = |field, reason: String| Err(TenureError { field, reason });
+        if self.renew_interval.is_zero() {
+            return bad("renew_interval", "must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.clock_rate_bound) {
+            return bad(
+                "clock_rate_bound",
+                format!("{} must be in [0, 1)", self.clock_rate_bound),
+            );
+        }
+        if self.tenure <= self.margin + self.renew_interval * 2 {
+            return bad(
+                "tenure",
+                format!(
+                    "{:?} must exceed margin ({:?}) + 2 x renew_interval ({:?}), or one lost renewal lapses it",
+                    self.tenure, self.margin, self.renew_interval
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// How long the coordinator waits, after the last grant it sent a region,
+    /// before that region's tenure has surely ended on every clock:
+    /// `tenure x (1 + clock_rate_bound) + margin`.
+    pub fn bound(&self) -> Duration {
+        self.tenure.mul_f64(1.0 + self.clock_rate_bound) + self.margin
+    }
+}
+
+/// Renew requests remembered, to match grants to their start.
+const IN_FLIGHT: usize = 16;
+
+/// A region's side of its tenure: renew requests in flight and the local
+/// deadline. Pure: the region's task feeds it and asks it.
+#[derive(Debug, Clone)]
+pub(crate) struct TenureClock {
+    settings: TenureSettings,
+    next_seq: u64,
+    sent: VecDeque<(u64, Instant)>,
+    valid_until: Option<Instant>,
+}
+
+impl TenureClock {
+    pub(crate) fn new(settings: TenureSettings) -> Self {
+        Self {
+            settings,
+            next_seq: 0,
+            sent: VecDeque::new(),
+            valid_until: None,
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &TenureSettings {
+        &self.settings
+    }
+
+    /// A renew request leaves now; returns its sequence number.
+    pub(crate) fn request(&mut self, now: Instant) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        if self.sent.len() == IN_FLIGHT {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((seq, now));
+        seq
+    }
+
+    /// A grant answering request `seq` arrived: valid until that request's
+    /// start + tenure - margin (never shortened). `false` for a grant that
+    /// answers no request we remember (too old, or not ours).
+    pub(crate) fn granted(&mut self, seq: u64) -> bool {
+        let Some(&(_, started)) = self.sent.iter().find(|(s, _)| *s == seq) else {
+            return false;
+        };
+        let until = started + self.settings.tenure - self.settings.margin;
+        self.valid_until = Some(self.valid_until.map_or(until, |v| v.max(until)));
+        // Older requests can only grant less.
+        self.sent.retain(|(s, _)| *s > seq);
+        true
+    }
+
+    /// Whether the region may host shards at `now`.
+    pub(crate) fn is_valid(&self, now: Instant) -> bool {
+        self.valid_until.is_some_and(|v| now < v)
+    }
+
+    /// When the tenure lapses, if it is held.
+    pub(crate) fn valid_until(&self) -> Option<Instant> {
+        self.valid_until
+    }
+
+    /// The tenure lapsed (or the region restarts its registration): nothing
+    /// is held until the next grant.
+    pub(crate) fn lapse(&mut self) {
+        self.valid_until = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> TenureSettings {
+        TenureSettings::default()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(settings().validate(), Ok(()));
+        let short = TenureSettings {
+            tenure: Duration::from_secs(5),
+            ..settings()
+        };
+        assert_eq!(short.validate().unwrap_err().field, "tenure");
+        let rate = TenureSettings {
+            clock_rate_bound: 1.5,
+            ..settings()
+        };
+        assert_eq!(rate.validate().unwrap_err().field, "clock_rate_bound");
+        let zero = TenureSettings {
+            renew_interval: Duration::ZERO,
+            ..settings()
+        };
+        assert_eq!(zero.validate().unwrap_err().field, "renew_interval");
+    }
+
+    #[test]
+    fn the_coordinator_waits_longer_than_any_region_believes() {
+        let s = settings();
+        // The region's belief, measured from its request's start, is tenure - margin;
+        // the coordinator's wait from its (later) grant is tenure x 1.01 + margin.
+        assert!(s.bound() > s.tenure - s.margin);
+        assert_eq!(s.bound(), Duration::from_millis(16_150));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_counts_from_the_start_of_the_request_it_answers() {
+        let mut clock = TenureClock::new(settings());
+        let t0 = Instant::now();
+        assert!(!clock.is_valid(t0), "nothing held before a grant");
+        let first = clock.request(t0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(clock.granted(first));
+        assert_eq!(clock.valid_until(), Some(t0 + Duration::from_secs(14)));
+        assert!(clock.is_valid(t0 + Duration::from_secs(13)));
+        assert!(!clock.is_valid(t0 + Duration::from_secs(14)));
+        // A late answer to an older request never shortens it.
+        let second = clock.request(t0 + Duration::from_secs(3));
+        let third = clock.request(t0 + Duration::from_secs(6));
+        assert!(clock.granted(third));
+        assert!(!clock.granted(second), "older than the last grant");
+        assert_eq!(clock.valid_until(), Some(t0 + Duration::from_secs(20)));
+        assert!(!clock.granted(99), "answers nothing we sent");
+        clock.lapse();
+        assert!(!clock.is_valid(t0 + Duration::from_secs(7)));
+    }
+}
