@@ -133,3 +133,48 @@ async fn a_registration_with_an_absurd_epoch_is_refused_and_never_wraps_the_term
             .unwrap();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn impossible_tenure_settings_are_refused_naming_the_field() {
+    use std::sync::Arc;
+
+    use cluster::{InProcessNetwork, Membership, MembershipSettings, NodeAddr};
+    use lease_api::{Lease, LeaseSettings};
+    use lease_memory::InMemoryLeaseStore;
+    use multinode::Counter;
+    use sharding_coordinator::{ClusterSharding, ShardingSettings, StartError};
+
+    let network = InProcessNetwork::new(1);
+    let transport = Arc::new(network.join(NodeId(1)));
+    let membership = Membership::start(
+        transport.clone(),
+        NodeAddr::from("inproc:1"),
+        MembershipSettings::new(Vec::new()),
+    )
+    .unwrap();
+    let sharding = ClusterSharding::new(transport, membership.view());
+    let store = InMemoryLeaseStore::new();
+    let mut settings = ShardingSettings::new(
+        "counter",
+        |m: &CounterMsg| m.entity_id(),
+        |_: &EntityId| Counter::default(),
+    );
+    // A tenure shorter than two renewals lapses on one lost message.
+    settings.tenure.tenure = Duration::from_secs(5);
+    settings.tenure.renew_interval = Duration::from_secs(3);
+    settings.lease = Some(Arc::new(
+        store.lease(
+            LeaseSettings::builder("counter-coordinator", "node-1")
+                .build()
+                .unwrap(),
+        ),
+    ) as Arc<dyn Lease>);
+    match sharding.start(settings) {
+        Err(StartError::InvalidTenure(type_name, error)) => {
+            assert_eq!(type_name, TypeName::from("counter"));
+            assert_eq!(error.field, "tenure");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("started with a tenure that cannot be renewed"),
+    }
+}

@@ -14,6 +14,10 @@ pub struct Row {
     max_active: usize,
     invariants: [String; 5],
     double_hosted_shard_seconds: f64,
+    /// Mean per run: shard-seconds with no host (stop to next start).
+    unhosted_shard_seconds: f64,
+    /// The worst single shard outage over the runs, in seconds.
+    worst_outage_secs: f64,
     failover_p50_ttls: Option<f64>,
     failover_p99_ttls: Option<f64>,
     asks_ok: u64,
@@ -61,6 +65,9 @@ pub fn rows(scenarios: &[Scenario], reports: &[RunReport], lease: LeaseMode) -> 
                     .map(|r| r.double_hosted_shard_seconds)
                     .sum::<f64>()
                     / runs.len().max(1) as f64,
+                unhosted_shard_seconds: runs.iter().map(|r| r.unhosted_shard_seconds).sum::<f64>()
+                    / runs.len().max(1) as f64,
+                worst_outage_secs: runs.iter().map(|r| r.worst_outage_secs).fold(0.0, f64::max),
                 failover_p50_ttls: pct(0.5),
                 failover_p99_ttls: pct(0.99),
                 asks_ok: runs.iter().map(|r| r.asks_ok).sum(),
@@ -75,7 +82,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<26} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>12} {:>9} {:>9} {:>8} {:>8}",
+        "{:<26} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>12} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8}",
         "scenario",
         "runs",
         "active",
@@ -85,6 +92,8 @@ pub fn table(rows: &[Row]) -> String {
         "I4",
         "I5",
         "dbl-host s",
+        "unhosted s",
+        "worst s",
         "fo p50",
         "fo p99",
         "asks ok",
@@ -94,7 +103,7 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<26} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>12.1} {:>9} {:>9} {:>8} {:>8}",
+            "{:<26} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>12.1} {:>11.1} {:>9.1} {:>9} {:>9} {:>8} {:>8}",
             r.scenario,
             r.runs,
             r.max_active,
@@ -104,6 +113,8 @@ pub fn table(rows: &[Row]) -> String {
             r.invariants[3],
             r.invariants[4],
             r.double_hosted_shard_seconds,
+            r.unhosted_shard_seconds,
+            r.worst_outage_secs,
             ttl(r.failover_p50_ttls),
             ttl(r.failover_p99_ttls),
             r.asks_ok,
@@ -208,6 +219,8 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
         "I4",
         "I5",
         "double-hosted shard-s",
+        "unhosted shard-s (stop to next start)",
+        "worst shard outage s",
         "failover p50 (ttl)",
         "failover p99 (ttl)",
         "asks ok",
@@ -225,7 +238,7 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
         let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}"));
         let _ = write!(
             out,
-            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.scenario,
             r.runs,
             r.max_active,
@@ -235,6 +248,8 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
             escape(&r.invariants[3]),
             escape(&r.invariants[4]),
             r.double_hosted_shard_seconds,
+            r.unhosted_shard_seconds,
+            r.worst_outage_secs,
             f(r.failover_p50_ttls),
             f(r.failover_p99_ttls),
             r.asks_ok,

@@ -37,4 +37,12 @@ pub trait Lease: Send + Sync + 'static {
 
     /// The token of our current tenure, `Some` only while held.
     fn fencing_token(&self) -> Option<FencingToken>;
+
+    /// The local validity deadline while held: `check_alive` turns false
+    /// then unless a renewal moves it. `None` when not held, or when the
+    /// backend cannot say. Users of the lease bound what they promise others
+    /// by it (a coordinator grants no shard tenure that outlives it).
+    fn valid_until(&self) -> Option<tokio::time::Instant> {
+        None
+    }
 }

@@ -256,6 +256,10 @@ impl<B: LeaseBackend> Lease for ManagedLease<B> {
         let token = self.shared.lock_tenure().token;
         token.filter(|_| self.check_alive())
     }
+
+    fn valid_until(&self) -> Option<Instant> {
+        self.shared.deadline()
+    }
 }
 
 impl<B: LeaseBackend> Drop for ManagedLease<B> {

@@ -135,4 +135,8 @@ impl Lease for KubernetesLease {
     fn fencing_token(&self) -> Option<FencingToken> {
         self.inner.fencing_token()
     }
+
+    fn valid_until(&self) -> Option<tokio::time::Instant> {
+        self.inner.valid_until()
+    }
 }

@@ -89,6 +89,13 @@ pub struct Verdict {
     pub max_active: usize,
     /// Total time shards spent hosted on two or more nodes at once (I5).
     pub double_hosted_shard_seconds: f64,
+    /// The price of safety: time shards spent with no host, from stopping
+    /// on their last host to starting again anywhere (summed over shards).
+    /// Includes waiting for the next message to the shard, so it bounds the
+    /// unavailability from above under light traffic.
+    pub unhosted_shard_seconds: f64,
+    /// The longest single such gap of one shard.
+    pub worst_outage: Duration,
     /// From the end of the faults to one stable active coordinator.
     pub failover: Option<Duration>,
 }
@@ -115,6 +122,7 @@ pub fn check(input: &CheckInput<'_>) -> Verdict {
     let i3 = check_i3(input.events);
     let (failover, i4) = check_i4(&active, input);
     let (double_hosted_shard_seconds, first_double) = double_hosted(input.events, input.end);
+    let (unhosted, worst_outage) = outages(input.events);
     let i5 = match first_double {
         None => Check::Ok,
         Some((shard, nodes, from, until)) => {
@@ -134,8 +142,54 @@ pub fn check(input: &CheckInput<'_>) -> Verdict {
         i5,
         max_active,
         double_hosted_shard_seconds,
+        unhosted_shard_seconds: unhosted.as_secs_f64(),
+        worst_outage,
         failover,
     }
+}
+
+/// Per shard, the gaps between losing its last host and being started again.
+fn outages(events: &[Event]) -> (Duration, Duration) {
+    let mut hosts: BTreeMap<ShardId, BTreeSet<NodeId>> = BTreeMap::new();
+    let mut empty_since: BTreeMap<ShardId, Instant> = BTreeMap::new();
+    let (mut total, mut worst) = (Duration::ZERO, Duration::ZERO);
+    let lose = |hosts: &mut BTreeMap<ShardId, BTreeSet<NodeId>>,
+                empty_since: &mut BTreeMap<ShardId, Instant>,
+                shard: ShardId,
+                node: NodeId,
+                at: Instant| {
+        let set = hosts.entry(shard).or_default();
+        if set.remove(&node) && set.is_empty() {
+            empty_since.insert(shard, at);
+        }
+    };
+    for e in events {
+        match &e.kind {
+            EventKind::Region(RegionEvent::ShardStarted(shard)) => {
+                hosts.entry(*shard).or_default().insert(e.node);
+                if let Some(from) = empty_since.remove(shard) {
+                    let gap = e.at.duration_since(from);
+                    total += gap;
+                    worst = worst.max(gap);
+                }
+            }
+            EventKind::Region(RegionEvent::ShardStopped(shard)) => {
+                lose(&mut hosts, &mut empty_since, *shard, e.node, e.at);
+            }
+            EventKind::Harness(HarnessEvent::NodeStopped) => {
+                let shards: Vec<ShardId> = hosts
+                    .iter()
+                    .filter(|(_, s)| s.contains(&e.node))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for shard in shards {
+                    lose(&mut hosts, &mut empty_since, shard, e.node, e.at);
+                }
+            }
+            _ => {}
+        }
+    }
+    (total, worst)
 }
 
 /// `(node, from, until)`: when each coordinator was active.
@@ -603,5 +657,28 @@ mod tests {
         let v = check(&input(t0, &events, None));
         assert_eq!(v.i5, Check::Ok);
         assert_eq!(v.double_hosted_shard_seconds, 0.0);
+        assert_eq!(v.worst_outage, Duration::ZERO);
+    }
+
+    #[test]
+    fn outages_are_measured_from_the_last_stop_to_the_next_start() {
+        let t0 = Instant::now();
+        let (a, b) = (ShardId(1), ShardId(2));
+        let events = [
+            region(at(t0, 0), 1, RegionEvent::ShardStarted(a)),
+            region(at(t0, 0), 2, RegionEvent::ShardStarted(b)),
+            Event {
+                at: at(t0, 10),
+                node: NodeId(1),
+                kind: EventKind::Harness(HarnessEvent::NodeStopped),
+            },
+            region(at(t0, 27), 2, RegionEvent::ShardStarted(a)),
+            region(at(t0, 30), 2, RegionEvent::ShardStopped(b)),
+            region(at(t0, 35), 3, RegionEvent::ShardStarted(b)),
+            phase(at(t0, 60), 2, Phase::Active),
+        ];
+        let v = check(&input(t0, &events, None));
+        assert_eq!(v.worst_outage, Duration::from_secs(17));
+        assert!((v.unhosted_shard_seconds - 22.0).abs() < 1e-9);
     }
 }

@@ -424,9 +424,10 @@ impl MultiNode {
     /// A stop-the-world pause of `node` for `duration`, as far as the rest of
     /// the world can tell: it hears and says nothing, and its lease calls
     /// hang. When it resumes, the directive it last sent is sent again with
-    /// its original epoch to every other region: the one a real pause would
-    /// have had in flight (a send that passed its `is_active()` check just
-    /// before the pause). Returns how many copies were sent.
+    /// its original epoch: the one a real pause would have had in flight (a
+    /// send that passed its `is_active()` check just before the pause); to
+    /// every other region too if the node is no longer active by then.
+    /// Returns how many copies were sent.
     ///
     /// The node's tasks keep running during the pause (one tokio runtime
     /// cannot freeze a subset of tasks); what they do cannot reach anyone,
@@ -476,10 +477,18 @@ impl MultiNode {
         };
         let channels = TypeChannels::of(&TypeName::from(COUNTER_TYPE));
         let mut replayed = 0;
-        // The stale directive goes to its addressee and, for good measure, to
-        // every other region. Not to the paused node's own region: it was
-        // frozen in the same pause and is caught up by the new coordinator.
-        let mut targets: Vec<NodeId> = self.node_ids().into_iter().filter(|n| *n != node).collect();
+        // A coordinator that is still active resumes its send: to the
+        // addressee only (copying a current directive to other regions would
+        // forge orders it never gave). One that lost its tenure meanwhile
+        // sends a stale directive: to its addressee and, for good measure,
+        // to every other region. Never to the paused node's own region: it
+        // was frozen in the same pause and is caught up by the coordinator.
+        let still_active = self.active_coordinators().contains(&node);
+        let mut targets: Vec<NodeId> = if still_active {
+            Vec::new()
+        } else {
+            self.node_ids().into_iter().filter(|n| *n != node).collect()
+        };
         if to != node && !targets.contains(&to) {
             targets.push(to);
         }

@@ -153,8 +153,13 @@ pub struct RunReport {
     pub max_active: usize,
     /// I1-I5 as `ok`, `n/a` or `FAIL: why`.
     pub invariants: [String; 5],
-    /// Shard-seconds spent hosted on two nodes (I5, measured only).
+    /// Shard-seconds spent hosted on two nodes (I5).
     pub double_hosted_shard_seconds: f64,
+    /// Shard-seconds with no host, from losing the last host to the next
+    /// start (the price of safety; see the checker).
+    pub unhosted_shard_seconds: f64,
+    /// The longest gap of one shard, in seconds.
+    pub worst_outage_secs: f64,
     /// Time to one stable active coordinator after the faults, in ttls.
     pub failover_ttls: Option<f64>,
     /// Asks answered during the run.
@@ -193,6 +198,8 @@ struct Run {
     ttl: Duration,
     /// DESIGN.md I4: ttl + lease heartbeat + recovery timeout.
     recovery_bound: Duration,
+    /// With a lease: how long a new coordinator waits before placing shards.
+    tenure_bound: Duration,
     harness: MultiNode,
     rng: StdRng,
     start: Instant,
@@ -224,13 +231,21 @@ impl Run {
             .map_or((Duration::from_secs(30), Duration::from_secs(3)), |l| {
                 (l.ttl(), l.heartbeat_interval())
             });
-        let recovery_bound = ttl + heartbeat + settings.coordinator.recovery_timeout;
+        // With a lease, a new coordinator also waits out its predecessors'
+        // shard tenures before placing unclaimed shards.
+        let tenure_bound = if settings.lease.is_some() {
+            settings.tenure.bound()
+        } else {
+            Duration::ZERO
+        };
+        let recovery_bound = ttl + heartbeat + settings.coordinator.recovery_timeout + tenure_bound;
         let harness = MultiNode::start(config.nodes.max(3), settings);
         Self {
             config,
             scale,
             ttl,
             recovery_bound,
+            tenure_bound,
             harness,
             rng: StdRng::seed_from_u64(config.seed ^ 0x5eed),
             start: Instant::now(),
@@ -317,6 +332,15 @@ impl Run {
         }
     }
 
+    /// The node whose coordinator is active now, or `otherwise`.
+    fn active_or(&self, otherwise: NodeId) -> NodeId {
+        self.harness
+            .active_coordinators()
+            .first()
+            .copied()
+            .unwrap_or(otherwise)
+    }
+
     /// Pauses `node` for `duration` while sampling and asking as usual (asks
     /// through the paused node fail, as they would), so the timeline shows
     /// what happened during the pause.
@@ -389,7 +413,9 @@ impl Run {
 
     async fn execute(mut self) -> RunReport {
         let _ = self.harness.converge(self.s(30.0)).await;
-        self.wait(self.s(15.0)).await;
+        // Shards spread over every node before the faults: past the first
+        // coordinator's tenure wait, then 15 s of traffic.
+        self.wait(self.s(15.0) + self.tenure_bound).await;
         let nodes = self.nodes();
         let n = nodes.len();
         let half = n / 2 + 1;
@@ -423,12 +449,7 @@ impl Run {
                 self.wait(self.s(90.0)).await;
             }
             Scenario::StopTheWorldPause => {
-                let target = self
-                    .harness
-                    .active_coordinators()
-                    .first()
-                    .copied()
-                    .unwrap_or(NodeId(1));
+                let target = self.active_or(NodeId(1));
                 self.fault(format!("pause {target} for 60 s"));
                 self.pause(target, self.s(60.0)).await;
             }
@@ -544,12 +565,7 @@ impl Run {
                     self.wait(hold).await;
                 }
                 4 => {
-                    let node = self
-                        .harness
-                        .active_coordinators()
-                        .first()
-                        .copied()
-                        .unwrap_or(nodes[0]);
+                    let node = self.active_or(nodes[0]);
                     self.fault(format!("pause {node} for {hold:?}"));
                     self.pause(node, hold).await;
                 }
@@ -579,12 +595,7 @@ impl Run {
                     self.wait(hold).await;
                 }
                 7 => {
-                    let node = self
-                        .harness
-                        .active_coordinators()
-                        .first()
-                        .copied()
-                        .unwrap_or(nodes[0]);
+                    let node = self.active_or(nodes[0]);
                     self.kill_during_recovery(node).await;
                 }
                 8 => {
@@ -717,6 +728,8 @@ impl Run {
                 cell(&verdict.i5),
             ],
             double_hosted_shard_seconds: verdict.double_hosted_shard_seconds,
+            unhosted_shard_seconds: verdict.unhosted_shard_seconds,
+            worst_outage_secs: verdict.worst_outage.as_secs_f64(),
             failover_ttls: verdict
                 .failover
                 .map(|d| d.as_secs_f64() / self.ttl.as_secs_f64()),

@@ -382,8 +382,10 @@ impl Coordinator {
         };
         self.recovery_deadline = None;
         self.highest_epoch = self.highest_epoch.max(self.epoch);
-        // Our predecessors' grants are unknown to us: wait them out before
-        // allocating any shard nobody claims (I5).
+        // Our predecessors' grants are unknown to us: one that released the
+        // lease early, or our own previous incarnation, may have grants
+        // outstanding. Wait them out before allocating any shard nobody
+        // claims (I5).
         self.allocation_fence = self.tenure.map(|t| Instant::now() + t.bound());
         self.set_phase(Phase::Active);
         let claims = std::mem::take(&mut self.claims);
@@ -414,8 +416,8 @@ impl Coordinator {
             return;
         }
         self.record(CoordinatorRecord::DirectiveSent { to, directive });
-        if self.tenure.is_some() {
-            // Whatever it is, the region may take it as leave to host.
+        if matches!(directive, Directive::TenureGranted { .. }) {
+            // Only a grant extends a region's tenure.
             self.last_grant.insert(to, Instant::now());
         }
         let sent = encode(&RegionMsg::Directive(directive))
@@ -534,7 +536,7 @@ impl Coordinator {
             }
             CoordinatorMsg::GetShardHome { shard } => self.get_shard_home(from, shard),
             CoordinatorMsg::RenewTenure { seq } => {
-                if self.tenure.is_some() {
+                if self.may_grant() {
                     self.direct(
                         from,
                         Directive::TenureGranted {
@@ -595,8 +597,12 @@ impl Coordinator {
         }
         let known = self.incarnations.insert(region, incarnation);
         if known.is_some_and(|k| k < incarnation) {
-            // A new life of the node: what we sent its predecessor is moot.
-            self.unanswered.retain(|(r, _), _| *r != region);
+            // A new life of the node: the duplicates we asked its predecessor
+            // to stop are gone. A `HostShard` still on its way may be obeyed
+            // by this life, so that shard stays homed here (and is sent
+            // again) rather than re-homed elsewhere under it (I5).
+            self.unanswered
+                .retain(|(r, _), what| *r != region || *what == Unanswered::Host);
         }
         // Shards we think it hosts but it does not claim were lost (a
         // restart), unless our `HostShard` to it is still on its way.
@@ -733,6 +739,20 @@ impl Coordinator {
             },
         );
         Some(home)
+    }
+
+    /// A tenure is granted only if it surely ends before our lease's local
+    /// validity deadline: a coordinator cut off from the store stops
+    /// granting in time for every grant of its own to end before the store
+    /// could give the lease to anyone else (I5).
+    fn may_grant(&self) -> bool {
+        let Some(tenure) = self.tenure else {
+            return false;
+        };
+        match self.lease.as_ref().and_then(|l| l.valid_until()) {
+            Some(deadline) => Instant::now() + tenure.bound() <= deadline,
+            None => true,
+        }
     }
 
     /// With tenure, a shard may be placed only once no grant of ours or of a

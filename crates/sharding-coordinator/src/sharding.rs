@@ -109,9 +109,13 @@ impl ClusterSharding {
         }
         // Tenure only with a lease (I5); without one the path is unchanged (I6).
         let tenure = settings.lease.is_some().then_some(settings.tenure);
-        if let Some(tenure) = &tenure {
+        if let (Some(tenure), Some(lease)) = (&tenure, &settings.lease) {
             tenure
                 .validate()
+                .and_then(|()| {
+                    let l = lease.settings();
+                    tenure.fits_under(l.ttl(), l.safety_margin(), l.heartbeat_interval())
+                })
                 .map_err(|e| StartError::InvalidTenure(type_name.clone(), e))?;
         }
         let channels = TypeChannels::of(&type_name);

@@ -78,6 +78,29 @@ impl TenureSettings {
         Ok(())
     }
 
+    /// Checks that grants fit under a lease of these timings: a coordinator
+    /// grants only tenures that end before its lease's validity deadline,
+    /// which in steady state lies at least `ttl - safety_margin - heartbeat`
+    /// ahead.
+    pub fn fits_under(
+        &self,
+        ttl: Duration,
+        safety_margin: Duration,
+        heartbeat: Duration,
+    ) -> Result<(), TenureError> {
+        let room = ttl.saturating_sub(safety_margin).saturating_sub(heartbeat);
+        if self.bound() >= room {
+            return Err(TenureError {
+                field: "tenure",
+                reason: format!(
+                    "{:?} x (1 + {}) + {:?} must stay below the lease's ttl - safety margin - heartbeat ({room:?}), or no grant fits under the lease",
+                    self.tenure, self.clock_rate_bound, self.margin
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// How long the coordinator waits, after the last grant it sent a region,
     /// before that region's tenure has surely ended on every clock:
     /// `tenure x (1 + clock_rate_bound) + margin`.
@@ -181,6 +204,16 @@ mod tests {
             ..settings()
         };
         assert_eq!(zero.validate().unwrap_err().field, "renew_interval");
+        // The default lease: ttl 30 s, heartbeat 3 s; a 2 s lease has no room.
+        let s = Duration::from_secs;
+        assert_eq!(settings().fits_under(s(30), s(1), s(3)), Ok(()));
+        assert_eq!(
+            settings()
+                .fits_under(s(2), Duration::from_millis(200), s(1))
+                .unwrap_err()
+                .field,
+            "tenure"
+        );
     }
 
     #[test]

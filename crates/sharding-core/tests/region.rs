@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sharding_core::protocol::{CoordinatorMsg, Directive, RegionMsg, TypeChannels, decode, encode};
 use sharding_core::{
     Entity, EntityId, Epoch, RegionConfig, RegionEvent, RegionSettings, ShardId, ShardRegion,
-    ShardingError, TypeName,
+    ShardingError, TenureSettings, TypeName,
 };
 use tokio::sync::mpsc;
 use tokio::time::sleep;
@@ -51,12 +51,17 @@ struct Rig<E: Entity<Message = Add>> {
 }
 
 fn rig(settings: RegionSettings) -> Rig<Counter> {
-    Rig::start("counter", Counter::default, settings)
+    Rig::start("counter", Counter::default, settings, None)
 }
 
 impl<E: Entity<Message = Add>> Rig<E> {
     /// One region of `type_name` on node 1, alone in its cluster.
-    fn start(type_name: &str, make: fn() -> E, settings: RegionSettings) -> Self {
+    fn start(
+        type_name: &str,
+        make: fn() -> E,
+        settings: RegionSettings,
+        tenure: Option<TenureSettings>,
+    ) -> Self {
         let network = InProcessNetwork::new(1);
         let transport = Arc::new(network.join(REGION));
         let membership = Membership::start(
@@ -83,7 +88,7 @@ impl<E: Entity<Message = Add>> Rig<E> {
                 observer: Some(Arc::new(move |_, _, e: &RegionEvent| {
                     sink.lock().unwrap().push(e.clone());
                 })),
-                tenure: None,
+                tenure,
             },
             transport,
             membership.view(),
@@ -429,6 +434,7 @@ async fn one_senders_messages_keep_their_order_while_the_home_arrives() {
         "recorder",
         || Recorder(Vec::new()),
         RegionSettings::default(),
+        None,
     );
     let total = 20_000;
     let sending = send_in_order(&rig.region, total);
@@ -449,6 +455,7 @@ async fn one_senders_messages_keep_their_order_across_a_handoff() {
         "recorder",
         || Recorder(Vec::new()),
         RegionSettings::default(),
+        None,
     );
     let total = 40_000;
     let sending = send_in_order(&rig.region, total);
@@ -534,4 +541,107 @@ async fn a_register_request_is_answered_with_the_hosted_shards_and_the_incarnati
     let (shards, max_epoch, incarnation) = registered.expect("no Register sent");
     assert_eq!((shards, max_epoch), (vec![shard], Epoch(1)));
     assert!(incarnation > 0, "the node's membership generation");
+}
+
+fn tenure() -> TenureSettings {
+    TenureSettings {
+        tenure: Duration::from_secs(10),
+        renew_interval: Duration::from_secs(2),
+        clock_rate_bound: 0.01,
+        margin: Duration::from_secs(1),
+    }
+}
+
+impl<E: Entity<Message = Add>> Rig<E> {
+    /// Plays a coordinator that acknowledges registrations, grants every
+    /// renewal and homes every requested shard on the region.
+    async fn grant_renewals(&mut self, epoch: Epoch) -> usize {
+        sleep(Duration::from_millis(10)).await;
+        let mut granted = 0;
+        for msg in self.sent() {
+            match msg {
+                CoordinatorMsg::Register { .. } => self.direct(Directive::RegisterAck { epoch }),
+                CoordinatorMsg::RenewTenure { seq } => {
+                    self.direct(Directive::TenureGranted { epoch, seq });
+                    granted += 1;
+                }
+                CoordinatorMsg::GetShardHome { shard } => self.direct(Directive::ShardHome {
+                    epoch,
+                    shard,
+                    region: REGION,
+                }),
+                _ => {}
+            }
+        }
+        sleep(Duration::from_millis(10)).await;
+        granted
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_tenure_a_region_hosts_only_while_granted_and_stops_at_the_lapse() {
+    let mut rig = Rig::start(
+        "counter",
+        Counter::default,
+        RegionSettings::default(),
+        Some(tenure()),
+    );
+    let shard = ShardId(3);
+    let epoch = Epoch(1);
+    // No grant yet: a HostShard is not obeyed (not acknowledged either).
+    rig.direct(Directive::HostShard { epoch, shard });
+    sleep(Duration::from_millis(10)).await;
+    assert!(
+        rig.region.hosted_shards().is_empty(),
+        "hosted without a tenure"
+    );
+    // Register and renew: granted.
+    sleep(Duration::from_secs(2)).await;
+    rig.grant_renewals(epoch).await;
+    sleep(Duration::from_secs(2)).await;
+    assert!(rig.grant_renewals(epoch).await > 0, "the region renews");
+    rig.direct(Directive::HostShard { epoch, shard });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.hosted_shards(), vec![shard]);
+    let entity = "e".to_string();
+    let id = (0..)
+        .map(|i| format!("{entity}{i}"))
+        .find(|id| rig.region.shard_of(&EntityId(id.clone())) == shard)
+        .unwrap();
+    assert_eq!(
+        rig.region
+            .ask(Add {
+                id: id.clone(),
+                n: 1
+            })
+            .await
+            .unwrap(),
+        1
+    );
+
+    // The coordinator goes silent: within tenure - margin of the last
+    // answered request, every shard stops and messages wait.
+    let started = rig.events.lock().unwrap().len();
+    sleep(Duration::from_secs(10)).await;
+    rig.sent();
+    assert!(
+        rig.region.hosted_shards().is_empty(),
+        "still hosting after the lapse"
+    );
+    assert!(rig.events.lock().unwrap()[started..].contains(&RegionEvent::ShardStopped(shard)));
+    let region = rig.region.clone();
+    let waiting = tokio::spawn({
+        let id = id.clone();
+        async move { region.ask(Add { id, n: 1 }).await }
+    });
+    sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "handled without a tenure");
+    assert!(rig.region.hosted_shards().is_empty());
+
+    // A grant: hosted again, and the waiting message is handled (by a fresh
+    // incarnation: the entity's state lived in memory on the stopped one).
+    rig.grant_renewals(epoch).await;
+    rig.grant_renewals(epoch).await;
+    assert_eq!(waiting.await.unwrap().unwrap(), 1);
+    assert_eq!(rig.region.hosted_shards(), vec![shard]);
 }

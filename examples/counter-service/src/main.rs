@@ -148,8 +148,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         settings.coordinator.lease_retry_interval = Duration::from_millis(500);
         settings.coordinator.retry_interval = Duration::from_millis(200);
         settings.tenure = sharding_core::TenureSettings {
-            tenure: Duration::from_millis(1500),
-            renew_interval: Duration::from_millis(300),
+            tenure: Duration::from_millis(1000),
+            renew_interval: Duration::from_millis(200),
             clock_rate_bound: 0.01,
             margin: Duration::from_millis(100),
         };

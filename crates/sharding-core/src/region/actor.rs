@@ -713,28 +713,21 @@ impl<E: Entity> Actor<E> {
 
     fn on_directive(&mut self, from: NodeId, directive: Directive) {
         let epoch = directive.epoch();
-        if !epoch.is_plausible() {
-            // Obeying it would fence every real coordinator off for good.
+        // An absurd epoch would fence every real coordinator off for good;
+        // a lower one is a coordinator older than one we obeyed (I3).
+        let why = if !epoch.is_plausible() {
+            Some("absurd")
+        } else if epoch < self.max_epoch {
+            Some("stale")
+        } else {
+            None
+        };
+        if let Some(why) = why {
             self.shared
                 .stats
                 .refused_directives
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node = %self.node, %from, kind = directive.kind(), %epoch, "directive with an absurd epoch refused");
-            self.observe(RegionEvent::DirectiveRefused {
-                from,
-                kind: directive.kind(),
-                epoch,
-                max_epoch: self.max_epoch,
-            });
-            return;
-        }
-        if epoch < self.max_epoch {
-            // I3: a coordinator older than one we obeyed cannot move anything.
-            self.shared
-                .stats
-                .refused_directives
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node = %self.node, %from, kind = directive.kind(), %epoch, max_epoch = %self.max_epoch, "directive with a stale epoch refused");
+            tracing::warn!(node = %self.node, %from, kind = directive.kind(), %epoch, max_epoch = %self.max_epoch, why, "directive refused");
             self.observe(RegionEvent::DirectiveRefused {
                 from,
                 kind: directive.kind(),
