@@ -54,7 +54,8 @@ pub struct CheckInput<'a> {
     pub end: Instant,
     /// When the last fault ended, if there were faults.
     pub healed_at: Option<Instant>,
-    /// I4's bound: ttl + heartbeat + recovery timeout.
+    /// I4's bound: ttl + heartbeat + recovery timeout (+ the tenure bound
+    /// with a lease).
     pub recovery_bound: Duration,
     /// The final probe: every shard asked through every running node.
     pub probe: FinalProbe,

@@ -420,6 +420,16 @@ impl<E: Entity> Actor<E> {
         }
         match self.locations.get(&d.shard).copied() {
             Some(home) if home == self.node => self.deliver_local(d),
+            // Sent here by a region that thought the shard lives here: our
+            // own idea of its home may be as stale as theirs. Ask the
+            // coordinator rather than pass it on, so stale tables never
+            // bounce a message until its hop limit.
+            Some(_) if d.hops > 0 && !d.rehomed => {
+                let mut d = d;
+                d.rehomed = true;
+                self.locations.remove(&d.shard);
+                self.buffer(d);
+            }
             Some(home) => self.forward(home, d),
             None => self.buffer(d),
         }
@@ -682,6 +692,7 @@ impl<E: Entity> Actor<E> {
                         reply,
                         hops,
                         counted: false,
+                        rehomed: false,
                     }),
                     Err(error) => {
                         self.shared

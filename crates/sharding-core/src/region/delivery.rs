@@ -37,6 +37,9 @@ pub(crate) struct Delivery<E: Entity> {
     pub(crate) hops: u8,
     /// Counted in `Shared::via_region` until the region task passes it on.
     pub(crate) counted: bool,
+    /// Forwarded here by a region that thought the shard lives here, and the
+    /// coordinator has been asked for its home since: pass it on now.
+    pub(crate) rehomed: bool,
 }
 
 impl<E: Entity> ReplyTo<E> {

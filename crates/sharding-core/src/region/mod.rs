@@ -382,6 +382,7 @@ impl<E: Entity> ShardRegion<E> {
             reply,
             hops: 0,
             counted: false,
+            rehomed: false,
         }
     }
 
