@@ -745,6 +745,12 @@ impl<E: Entity> Actor<E> {
                 epoch,
                 max_epoch: self.max_epoch,
             });
+            if Some(from) == self.leader() && self.registered_with.is_some() {
+                // Our own leader's coordinator is behind us: register again
+                // (on the next tick) so it learns the epoch we obeyed and,
+                // without a lease, moves its term above it.
+                self.registered_with = None;
+            }
             return;
         }
         self.max_epoch = epoch;
