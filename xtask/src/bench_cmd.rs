@@ -172,6 +172,16 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
             target: "<= 1.65",
         });
     }
+    let (renewals, renew_interval) = idle_renewals();
+    rows.push(Row {
+        figure: "idle tenure renewals per region (5 nodes, 64 shards)".into(),
+        value: renewals,
+        unit: "/min",
+        baseline: "one per renew interval".into(),
+        baseline_value: 60.0 / renew_interval,
+        ratio: renewals / (60.0 / renew_interval),
+        target: "= 1",
+    });
     let entities = if args.quick { 100_000 } else { 1_000_000 };
     if let Some(bytes) = idle_entity_bytes(entities) {
         rows.push(Row {
@@ -351,6 +361,47 @@ fn failover() -> (f64, f64) {
         })
     };
     (run(false), run(true))
+}
+
+/// Tenure grants per region per minute in an idle 5-node cluster with the
+/// memory lease (paused time): the whole cost of tenure when nothing moves.
+fn idle_renewals() -> (f64, f64) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(_) => return (f64::NAN, f64::NAN),
+    };
+    rt.block_on(async {
+        let settings = HarnessSettings::with_memory_lease(1);
+        let interval = settings.tenure.renew_interval.as_secs_f64();
+        let h = MultiNode::start(5, settings);
+        h.converge(Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let count = |h: &MultiNode| {
+            h.history()
+                .events()
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e.kind,
+                        multinode::EventKind::Coordinator(
+                            sharding_coordinator::CoordinatorRecord::DirectiveSent {
+                                directive: sharding_core::protocol::Directive::TenureGranted { .. },
+                                ..
+                            }
+                        )
+                    )
+                })
+                .count()
+        };
+        let before = count(&h);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let grants = (count(&h) - before) as f64;
+        (grants / 5.0 / 10.0, interval)
+    })
 }
 
 /// Runs the release-built example in its own process, so RSS is its alone.
