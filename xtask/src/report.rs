@@ -298,6 +298,23 @@ fn timeline_svg(run: &RunReport) -> String {
             escape(what)
         );
     }
+    // I5: a red mark on the row of every node hosting a shard twice.
+    for (from, to, what) in &run.double_hosting {
+        for n in 1..=nodes {
+            let name = format!("node-{n}");
+            if !what.split([' ', ',']).any(|w| w == name) {
+                continue;
+            }
+            let _ = write!(
+                svg,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"2\" fill=\"#d00\"><title>double-hosted: {}</title></rect>",
+                x(*from),
+                row_h * (n - 1) as f64 + 20.0,
+                (x(*to) - x(*from)).max(1.0),
+                escape(what)
+            );
+        }
+    }
     for n in 1..=nodes {
         let y = row_h * (n - 1) as f64;
         let _ = write!(

@@ -90,6 +90,8 @@ pub struct Verdict {
     pub max_active: usize,
     /// Total time shards spent hosted on two or more nodes at once (I5).
     pub double_hosted_shard_seconds: f64,
+    /// Every such interval (the first 100): shard, hosts, from, until.
+    pub double_hostings: Vec<DoubleHosting>,
     /// The price of safety: time shards spent with no host, from stopping
     /// on their last host to starting again anywhere (summed over shards).
     /// Includes waiting for the next message to the shard, so it bounds the
@@ -122,7 +124,8 @@ pub fn check(input: &CheckInput<'_>) -> Verdict {
     };
     let i3 = check_i3(input.events);
     let (failover, i4) = check_i4(&active, input);
-    let (double_hosted_shard_seconds, first_double) = double_hosted(input.events, input.end);
+    let (double_hosted_shard_seconds, double_hostings) = double_hosted(input.events, input.end);
+    let first_double = double_hostings.iter().min_by_key(|d| d.2).cloned();
     let (unhosted, worst_outage) = outages(input.events);
     let i5 = match first_double {
         None => Check::Ok,
@@ -143,6 +146,7 @@ pub fn check(input: &CheckInput<'_>) -> Verdict {
         i5,
         max_active,
         double_hosted_shard_seconds,
+        double_hostings,
         unhosted_shard_seconds: unhosted.as_secs_f64(),
         worst_outage,
         failover,
@@ -356,15 +360,18 @@ fn probe_verdict(probe: &FinalProbe, start: Instant) -> Option<Check> {
 }
 
 /// A shard, the nodes hosting it, and when that started and ended.
-type DoubleHosting = (ShardId, Vec<NodeId>, Instant, Instant);
+pub type DoubleHosting = (ShardId, Vec<NodeId>, Instant, Instant);
 
-/// Sum over shards of the time hosted on two or more nodes, and the first
-/// such interval (I5's evidence).
-fn double_hosted(events: &[Event], end: Instant) -> (f64, Option<DoubleHosting>) {
+/// Intervals kept for reports; the total counts them all.
+const KEPT_INTERVALS: usize = 100;
+
+/// Sum over shards of the time hosted on two or more nodes, and the
+/// intervals (I5's evidence).
+fn double_hosted(events: &[Event], end: Instant) -> (f64, Vec<DoubleHosting>) {
     let mut hosts: BTreeMap<ShardId, BTreeSet<NodeId>> = BTreeMap::new();
     let mut since: BTreeMap<ShardId, (Instant, Vec<NodeId>)> = BTreeMap::new();
     let mut total = Duration::ZERO;
-    let mut first: Option<DoubleHosting> = None;
+    let mut found: Vec<DoubleHosting> = Vec::new();
     let mut update = |hosts: &mut BTreeMap<ShardId, BTreeSet<NodeId>>,
                       shard: ShardId,
                       at: Instant,
@@ -380,8 +387,8 @@ fn double_hosted(events: &[Event], end: Instant) -> (f64, Option<DoubleHosting>)
             (true, false) => {
                 if let Some((from, nodes)) = since.remove(&shard) {
                     total += at.duration_since(from);
-                    if first.as_ref().is_none_or(|f| from < f.2) {
-                        first = Some((shard, nodes, from, at));
+                    if found.len() < KEPT_INTERVALS {
+                        found.push((shard, nodes, from, at));
                     }
                 }
             }
@@ -417,11 +424,11 @@ fn double_hosted(events: &[Event], end: Instant) -> (f64, Option<DoubleHosting>)
     }
     for (shard, (from, nodes)) in since {
         total += end.duration_since(from);
-        if first.as_ref().is_none_or(|f| from < f.2) {
-            first = Some((shard, nodes, from, end));
+        if found.len() < KEPT_INTERVALS {
+            found.push((shard, nodes, from, end));
         }
     }
-    (total.as_secs_f64(), first)
+    (total.as_secs_f64(), found)
 }
 
 #[cfg(test)]

@@ -155,6 +155,9 @@ pub struct RunReport {
     pub invariants: [String; 5],
     /// Shard-seconds spent hosted on two nodes (I5).
     pub double_hosted_shard_seconds: f64,
+    /// Double-hosting intervals (I5), for the timeline: seconds since the
+    /// start, the shard and its hosts.
+    pub double_hosting: Vec<(f64, f64, String)>,
     /// Shard-seconds with no host, from losing the last host to the next
     /// start (the price of safety; see the checker).
     pub unhosted_shard_seconds: f64,
@@ -728,6 +731,18 @@ impl Run {
                 cell(&verdict.i5),
             ],
             double_hosted_shard_seconds: verdict.double_hosted_shard_seconds,
+            double_hosting: verdict
+                .double_hostings
+                .iter()
+                .map(|(shard, nodes, from, until)| {
+                    let nodes: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+                    (
+                        secs(*from),
+                        secs(*until),
+                        format!("{shard} on {}", nodes.join(", ")),
+                    )
+                })
+                .collect(),
             unhosted_shard_seconds: verdict.unhosted_shard_seconds,
             worst_outage_secs: verdict.worst_outage.as_secs_f64(),
             failover_ttls: verdict
