@@ -327,16 +327,31 @@ impl Coordinator {
     /// Asks `region` to register (again). Not a directive; sent in any phase
     /// past standby, since it moves nothing.
     fn ask_to_register(&self, region: NodeId) {
-        let sent = encode(&RegionMsg::RegisterRequest)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                self.transport
-                    .send(region, self.channels.region, bytes)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(error) = sent {
+        if let Err(error) = self.send_to_region(region, &RegionMsg::RegisterRequest) {
             tracing::debug!(node = %self.node, %region, %error, "register request not sent");
         }
+    }
+
+    /// Asks every member of the view we have no registration from, or only
+    /// an earlier incarnation's, to register.
+    fn ask_unregistered_members(&self) {
+        let state = self.view.state();
+        for (member, m) in &state.members {
+            let current = self
+                .incarnations
+                .get(member)
+                .is_some_and(|known| *known >= m.incarnation);
+            if !current {
+                self.ask_to_register(*member);
+            }
+        }
+    }
+
+    fn send_to_region(&self, to: NodeId, msg: &RegionMsg) -> Result<(), String> {
+        let bytes = encode(msg).map_err(|e| e.to_string())?;
+        self.transport
+            .send(to, self.channels.region, bytes)
+            .map_err(|e| e.to_string())
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -420,14 +435,7 @@ impl Coordinator {
             // Only a grant extends a region's tenure.
             self.last_grant.insert(to, Instant::now());
         }
-        let sent = encode(&RegionMsg::Directive(directive))
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                self.transport
-                    .send(to, self.channels.region, bytes)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(error) = sent {
+        if let Err(error) = self.send_to_region(to, &RegionMsg::Directive(directive)) {
             tracing::debug!(node = %self.node, %to, kind = directive.kind(), %error, "directive not sent");
         }
     }
@@ -857,16 +865,7 @@ impl Coordinator {
         if !self.is_active() {
             return;
         }
-        let state = self.view.state();
-        for (member, m) in &state.members {
-            let current = self
-                .incarnations
-                .get(member)
-                .is_some_and(|known| *known >= m.incarnation);
-            if !self.state.is_registered(*member) || !current {
-                self.ask_to_register(*member);
-            }
-        }
+        self.ask_unregistered_members();
         let epoch = self.epoch;
         // Only what still holds: a shard moved or re-homed since is not
         // started, or stopped, on the strength of an old decision.
@@ -927,15 +926,7 @@ impl Coordinator {
         }
         // Members new to the view, or seen under a new incarnation, may host
         // shards (or have lost theirs): they register (again).
-        for (member, m) in &state.members {
-            let current = self
-                .incarnations
-                .get(member)
-                .is_some_and(|known| *known >= m.incarnation);
-            if !current {
-                self.ask_to_register(*member);
-            }
-        }
+        self.ask_unregistered_members();
     }
 
     /// Forgets a region that left the view; its shards will be re-allocated.
