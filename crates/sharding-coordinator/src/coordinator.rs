@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use cluster::{ClusterView, Envelope, NodeId, Transport};
 use lease_api::{Lease, LeaseStatus};
@@ -54,6 +55,15 @@ pub(crate) struct Coordinator {
     gate: LeaseGate,
     /// The leadership last fed to the gate.
     gate_leader: bool,
+    /// The quorum last fed to the gate.
+    gate_quorum: bool,
+    /// The members of the view at the last view change.
+    last_members: BTreeSet<NodeId>,
+    /// Nodes that left the view without a graceful shutdown we know of, and
+    /// have not come back: with the members, they tell whether this side of
+    /// the cluster is a majority. Kept in every phase, since a standby may
+    /// be the one to lead a minority next.
+    departed: BTreeSet<NodeId>,
     /// Acquire outcomes, reported by the tasks that run them.
     gate_events: mpsc::UnboundedSender<GateEvent>,
 
@@ -130,11 +140,21 @@ impl Coordinator {
             epoch: None,
         });
         let (gate_events, gate_rx) = mpsc::unbounded_channel();
-        let gate = LeaseGate::new(parts.lease.is_some(), parts.settings.lease_retry_interval);
+        // A minority leader leaves the lease to the majority for one ttl:
+        // long enough for the other side to notice and acquire it.
+        let minority_delay = parts
+            .lease
+            .as_ref()
+            .map_or(Duration::ZERO, |l| l.settings().ttl());
+        let gate = LeaseGate::new(parts.lease.is_some(), parts.settings.lease_retry_interval)
+            .with_minority_delay(minority_delay);
         let coordinator = Coordinator {
             lease: parts.lease,
             gate,
             gate_leader: false,
+            gate_quorum: true,
+            last_members: BTreeSet::new(),
+            departed: BTreeSet::new(),
             gate_events,
             node: parts.transport.local_node(),
             type_name: parts.type_name,
@@ -910,23 +930,45 @@ impl Coordinator {
     }
 
     fn on_view_change(&mut self) {
-        if !self.is_active() {
-            return;
-        }
         let state = self.view.state();
-        let gone: Vec<NodeId> = self
-            .state
-            .regions()
-            .keys()
-            .filter(|r| !state.contains(**r))
-            .copied()
-            .collect();
-        for region in gone {
-            self.terminate_region(region);
+        // Before terminating regions, which forgets who shut down gracefully.
+        let members: BTreeSet<NodeId> = state.members.keys().copied().collect();
+        for gone in self.last_members.difference(&members) {
+            if !self.shutting_down.contains(gone) {
+                self.departed.insert(*gone);
+            }
         }
-        // Members new to the view, or seen under a new incarnation, may host
-        // shards (or have lost theirs): they register (again).
-        self.ask_unregistered_members();
+        self.departed.retain(|n| !members.contains(n));
+        self.last_members = members;
+        if self.is_active() {
+            let gone: Vec<NodeId> = self
+                .state
+                .regions()
+                .keys()
+                .filter(|r| !state.contains(**r))
+                .copied()
+                .collect();
+            for region in gone {
+                self.terminate_region(region);
+            }
+            // Members new to the view, or seen under a new incarnation, may
+            // host shards (or have lost theirs): they register (again).
+            self.ask_unregistered_members();
+        }
+        self.check_quorum();
+    }
+
+    /// Tells the gate whether this side still has a majority of the nodes
+    /// we served: a leader cut off with a few nodes must not sit on the
+    /// lease while the rest, unable to act without it, serve nothing.
+    fn check_quorum(&mut self) {
+        let state = self.view.state();
+        let quorum = state.members.len() > self.departed.len();
+        if quorum != self.gate_quorum {
+            self.gate_quorum = quorum;
+            tracing::info!(node = %self.node, members = state.members.len(), departed = ?self.departed, quorum, "majority of the cluster {}", if quorum { "regained" } else { "lost" });
+            self.feed_gate(GateEvent::Quorum(quorum));
+        }
     }
 
     /// Forgets a region that left the view; its shards will be re-allocated.

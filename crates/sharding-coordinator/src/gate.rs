@@ -6,6 +6,13 @@
 //! being leader. It performs no I/O: it answers each event with at most one
 //! [`GateCommand`] for its owner to carry out, so the coordinator embeds it
 //! today and a lease-guarded cluster singleton can embed it later.
+//!
+//! A leader that finds itself on the minority side of its cluster gives the
+//! lease up and waits `minority_delay` before it asks for it again, so that
+//! the majority side, which cannot act without the lease, gets it first
+//! (the idea of Akka's lease-majority: a lease held by the few would stall
+//! the many). If nobody else takes it, the minority takes it back after the
+//! delay, so a cluster that really lost most of its nodes keeps serving.
 
 use std::time::Duration;
 
@@ -39,6 +46,9 @@ pub enum GateEvent {
     AcquireFailed,
     /// The lease was lost (status `Lost`, or `check_alive` turned false).
     LeaseLost,
+    /// The owner's side of the cluster has (true) or has lost (false) a
+    /// majority of the nodes it knew. Ignored without a lease (I6).
+    Quorum(bool),
     /// Time passed; due retries fire.
     Tick,
 }
@@ -59,6 +69,10 @@ pub struct LeaseGate {
     has_lease: bool,
     retry_interval: Duration,
     leader: bool,
+    /// How long a leader without a majority leaves the lease to others.
+    minority_delay: Duration,
+    /// Since when the owner's side has been a minority, if it is.
+    minority_since: Option<Instant>,
 }
 
 impl LeaseGate {
@@ -69,6 +83,34 @@ impl LeaseGate {
             has_lease,
             retry_interval,
             leader: false,
+            minority_delay: Duration::ZERO,
+            minority_since: None,
+        }
+    }
+
+    /// Sets how long a leader on the minority side leaves the lease to the
+    /// majority before it asks for it again (default zero: it never steps
+    /// aside).
+    pub fn with_minority_delay(mut self, delay: Duration) -> Self {
+        self.minority_delay = delay;
+        self
+    }
+
+    /// Whether an acquire may start now: with a majority, or once the
+    /// minority delay has passed.
+    fn may_acquire(&self, now: Instant) -> bool {
+        self.minority_since
+            .is_none_or(|since| now >= since + self.minority_delay)
+    }
+
+    /// Not acquiring before `now`'s earliest allowed attempt.
+    fn wait_until(&self, at: Instant) -> GateState {
+        let allowed = self
+            .minority_since
+            .map_or(at, |since| at.max(since + self.minority_delay));
+        GateState::Acquiring {
+            in_flight: false,
+            retry_at: Some(allowed),
         }
     }
 
@@ -96,12 +138,22 @@ impl LeaseGate {
     /// Feeds one event; every transition of the gate is here.
     pub fn handle(&mut self, event: GateEvent, now: Instant) -> Option<GateCommand> {
         use GateState::{Acquiring, Held, Standby};
-        if let GateEvent::Leader(leader) = event {
-            self.leader = leader;
+        match event {
+            GateEvent::Leader(leader) => self.leader = leader,
+            GateEvent::Quorum(_) if !self.has_lease => return None,
+            GateEvent::Quorum(true) => self.minority_since = None,
+            GateEvent::Quorum(false) => {
+                self.minority_since.get_or_insert(now);
+            }
+            _ => {}
         }
+        let may_acquire = self.may_acquire(now);
         let (next, command) = match (self.state, event) {
             (Standby, GateEvent::Leader(true)) if !self.has_lease => (Held, None),
-            (Standby, GateEvent::Leader(true)) => (Self::acquiring(), Some(GateCommand::Acquire)),
+            (Standby, GateEvent::Leader(true)) if may_acquire => {
+                (Self::acquiring(), Some(GateCommand::Acquire))
+            }
+            (Standby, GateEvent::Leader(true)) => (self.wait_until(now), None),
             // An acquire that finishes after leadership was lost is given back.
             (Standby, GateEvent::Acquired(true)) => (Standby, Some(GateCommand::Release)),
             (Standby, _) => (Standby, None),
@@ -111,21 +163,34 @@ impl LeaseGate {
                 let _ = in_flight;
                 (Standby, None)
             }
-            (Acquiring { .. }, GateEvent::Acquired(true)) => (Held, None),
-            (Acquiring { .. }, GateEvent::Acquired(false) | GateEvent::AcquireFailed) => (
-                Acquiring {
-                    in_flight: false,
-                    retry_at: Some(now + self.retry_interval),
-                },
-                None,
-            ),
+            (Acquiring { .. }, GateEvent::Acquired(true)) if may_acquire => (Held, None),
+            // Won while leaving it to the majority: give it back.
+            (Acquiring { .. }, GateEvent::Acquired(true)) => {
+                (self.wait_until(now), Some(GateCommand::Release))
+            }
+            (Acquiring { .. }, GateEvent::Acquired(false) | GateEvent::AcquireFailed) => {
+                (self.wait_until(now + self.retry_interval), None)
+            }
             (
                 Acquiring {
                     in_flight: false,
                     retry_at: Some(at),
                 },
                 GateEvent::Tick,
-            ) if now >= at => (Self::acquiring(), Some(GateCommand::Acquire)),
+            ) if now >= at => {
+                if may_acquire {
+                    (Self::acquiring(), Some(GateCommand::Acquire))
+                } else {
+                    (self.wait_until(now), None)
+                }
+            }
+            // The majority is back: no reason to wait any longer.
+            (
+                Acquiring {
+                    in_flight: false, ..
+                },
+                GateEvent::Quorum(true),
+            ) => (Self::acquiring(), Some(GateCommand::Acquire)),
             (state @ Acquiring { .. }, _) => (state, None),
 
             (Held, GateEvent::Leader(false)) if self.has_lease => {
@@ -133,8 +198,14 @@ impl LeaseGate {
             }
             (Held, GateEvent::Leader(false)) => (Standby, None),
             // Lost: closed at once; try again right away, then on the interval.
-            (Held, GateEvent::LeaseLost) if self.has_lease => {
+            (Held, GateEvent::LeaseLost) if self.has_lease && may_acquire => {
                 (Self::acquiring(), Some(GateCommand::Acquire))
+            }
+            (Held, GateEvent::LeaseLost) if self.has_lease => (self.wait_until(now), None),
+            // A minority leader steps aside for the majority (has_lease:
+            // Quorum never gets here without one).
+            (Held, GateEvent::Quorum(false)) if !may_acquire => {
+                (self.wait_until(now), Some(GateCommand::Release))
             }
             (Held, _) => (Held, None),
         };
@@ -236,6 +307,80 @@ mod tests {
             Some(GateCommand::Release)
         );
         assert_eq!(gate.state(), GateState::Standby);
+    }
+
+    const DELAY: Duration = Duration::from_secs(30);
+
+    fn held_with_minority_delay(now: Instant) -> LeaseGate {
+        let mut gate = LeaseGate::new(true, RETRY).with_minority_delay(DELAY);
+        gate.handle(GateEvent::Leader(true), now);
+        gate.handle(GateEvent::Acquired(true), now);
+        assert!(gate.is_open(true));
+        gate
+    }
+
+    #[test]
+    fn a_minority_leader_releases_and_asks_again_only_after_the_delay() {
+        let now = Instant::now();
+        let mut gate = held_with_minority_delay(now);
+        assert_eq!(
+            gate.handle(GateEvent::Quorum(false), now),
+            Some(GateCommand::Release)
+        );
+        assert!(!gate.is_open(true));
+        assert_eq!(gate.next_retry(), Some(now + DELAY));
+        assert_eq!(gate.handle(GateEvent::Tick, now + DELAY / 2), None);
+        assert_eq!(
+            gate.handle(GateEvent::Tick, now + DELAY),
+            Some(GateCommand::Acquire)
+        );
+        // Nobody took it: the minority keeps it, and a repeated minority
+        // report does not make it give the lease up again.
+        assert_eq!(gate.handle(GateEvent::Acquired(true), now + DELAY), None);
+        assert!(gate.is_open(true));
+        assert_eq!(gate.handle(GateEvent::Quorum(false), now + DELAY), None);
+        assert!(gate.is_open(true));
+    }
+
+    #[test]
+    fn a_majority_again_asks_at_once() {
+        let now = Instant::now();
+        let mut gate = held_with_minority_delay(now);
+        gate.handle(GateEvent::Quorum(false), now);
+        assert_eq!(
+            gate.handle(GateEvent::Quorum(true), now + RETRY),
+            Some(GateCommand::Acquire)
+        );
+        gate.handle(GateEvent::Acquired(true), now + RETRY);
+        assert!(gate.is_open(true));
+    }
+
+    #[test]
+    fn a_new_leader_in_a_minority_waits_and_gives_back_an_early_win() {
+        let now = Instant::now();
+        let mut gate = LeaseGate::new(true, RETRY).with_minority_delay(DELAY);
+        gate.handle(GateEvent::Quorum(false), now);
+        assert_eq!(gate.handle(GateEvent::Leader(true), now), None);
+        assert_eq!(gate.next_retry(), Some(now + DELAY));
+        // A refused attempt never retries before the delay ends.
+        let mut gate = LeaseGate::new(true, RETRY).with_minority_delay(DELAY);
+        gate.handle(GateEvent::Leader(true), now);
+        gate.handle(GateEvent::Quorum(false), now);
+        assert_eq!(
+            gate.handle(GateEvent::Acquired(true), now),
+            Some(GateCommand::Release),
+            "an acquire started with a majority lands in a minority"
+        );
+        assert_eq!(gate.next_retry(), Some(now + DELAY));
+    }
+
+    #[test]
+    fn without_a_lease_quorum_changes_nothing() {
+        let now = Instant::now();
+        let mut gate = LeaseGate::new(false, RETRY).with_minority_delay(DELAY);
+        gate.handle(GateEvent::Leader(true), now);
+        assert_eq!(gate.handle(GateEvent::Quorum(false), now), None);
+        assert!(gate.is_open(false));
     }
 
     #[test]
