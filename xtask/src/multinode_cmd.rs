@@ -31,6 +31,10 @@ pub struct Args {
     /// Run exactly this seed (reproduces a failure).
     #[arg(long)]
     seed: Option<u64>,
+    /// Also ask every shard once a second through a healthy majority and
+    /// report the measured unavailability (`unavail s`, `worst s`).
+    #[arg(long)]
+    availability: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -84,6 +88,7 @@ pub fn run(args: Args) -> ExitCode {
             seed,
             nodes: args.nodes,
             lease,
+            availability: args.availability,
         }));
     }
     let started = std::time::Instant::now();

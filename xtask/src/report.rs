@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use multinode::availability::Availability;
 use multinode::scenario::{LeaseMode, RunReport, Scenario};
 use serde::Serialize;
 
@@ -18,6 +19,11 @@ pub struct Row {
     unhosted_shard_seconds: f64,
     /// The worst single shard outage over the runs, in seconds.
     worst_outage_secs: f64,
+    /// Mean per run, measured with `--availability`: shard-seconds
+    /// unanswered while a healthy majority existed.
+    unavailable_shard_seconds: Option<f64>,
+    /// The longest such run of one shard over the runs, in seconds.
+    worst_unavailable_secs: Option<f64>,
     failover_p50_ttls: Option<f64>,
     failover_p99_ttls: Option<f64>,
     asks_ok: u64,
@@ -68,6 +74,10 @@ pub fn rows(scenarios: &[Scenario], reports: &[RunReport], lease: LeaseMode) -> 
                 unhosted_shard_seconds: runs.iter().map(|r| r.unhosted_shard_seconds).sum::<f64>()
                     / runs.len().max(1) as f64,
                 worst_outage_secs: runs.iter().map(|r| r.worst_outage_secs).fold(0.0, f64::max),
+                unavailable_shard_seconds: measured(&runs, |a| a.unavailable_shard_secs)
+                    .map(|v| v.iter().sum::<f64>() / v.len() as f64),
+                worst_unavailable_secs: measured(&runs, |a| a.worst_secs)
+                    .map(|v| v.into_iter().fold(0.0, f64::max)),
                 failover_p50_ttls: pct(0.5),
                 failover_p99_ttls: pct(0.99),
                 asks_ok: runs.iter().map(|r| r.asks_ok).sum(),
@@ -78,11 +88,20 @@ pub fn rows(scenarios: &[Scenario], reports: &[RunReport], lease: LeaseMode) -> 
         .collect()
 }
 
+/// One availability figure of every run, if they were all measured.
+fn measured(runs: &[&RunReport], f: impl Fn(&Availability) -> f64) -> Option<Vec<f64>> {
+    let values: Option<Vec<f64>> = runs
+        .iter()
+        .map(|r| r.availability.as_ref().map(&f))
+        .collect();
+    values.filter(|v| !v.is_empty())
+}
+
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<26} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>12} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "{:<34} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "scenario",
         "runs",
         "active",
@@ -94,16 +113,19 @@ pub fn table(rows: &[Row]) -> String {
         "dbl-host s",
         "unhosted s",
         "worst s",
+        "unavail s",
+        "worst un",
         "fo p50",
         "fo p99",
         "asks ok",
         "failed"
     );
     let ttl = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}ttl"));
+    let secs = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.1}"));
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<26} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>12.1} {:>11.1} {:>9.1} {:>9} {:>9} {:>8} {:>8}",
+            "{:<34} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>10.1} {:>10.1} {:>8.1} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
             r.scenario,
             r.runs,
             r.max_active,
@@ -115,6 +137,8 @@ pub fn table(rows: &[Row]) -> String {
             r.double_hosted_shard_seconds,
             r.unhosted_shard_seconds,
             r.worst_outage_secs,
+            secs(r.unavailable_shard_seconds),
+            secs(r.worst_unavailable_secs),
             ttl(r.failover_p50_ttls),
             ttl(r.failover_p99_ttls),
             r.asks_ok,
@@ -221,6 +245,8 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
         "double-hosted shard-s",
         "unhosted shard-s (stop to next start)",
         "worst shard outage s",
+        "unavailable shard-s (healthy majority, measured)",
+        "worst unavailable s",
         "failover p50 (ttl)",
         "failover p99 (ttl)",
         "asks ok",
@@ -238,7 +264,7 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
         let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}"));
         let _ = write!(
             out,
-            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.scenario,
             r.runs,
             r.max_active,
@@ -250,6 +276,8 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
             r.double_hosted_shard_seconds,
             r.unhosted_shard_seconds,
             r.worst_outage_secs,
+            f(r.unavailable_shard_seconds),
+            f(r.worst_unavailable_secs),
             f(r.failover_p50_ttls),
             f(r.failover_p99_ttls),
             r.asks_ok,

@@ -2,6 +2,7 @@
 //! network, with faults (partition, heal, isolate, kill, restart) and probes
 //! (leaders, active coordinators, shard hosts). Runs under paused tokio time.
 
+pub mod availability;
 pub mod checker;
 mod counter;
 mod history;

@@ -1,7 +1,7 @@
 //! Named fault scenarios and the seeded nemesis, each run in paused time and
 //! judged by the checker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cluster::{LinkFaults, NodeId};
@@ -14,6 +14,7 @@ use sharding_core::protocol::TypeChannels;
 use sharding_core::{EntityId, ShardId, shard_of};
 use tokio::time::{Instant, sleep, timeout};
 
+use crate::availability::{Availability, AvailabilityProbe};
 use crate::checker::{self, Check, CheckInput, FinalProbe, Verdict};
 use crate::{COUNTER_TYPE, CounterMsg, EventKind, HarnessEvent, HarnessSettings, MultiNode};
 
@@ -51,6 +52,24 @@ pub enum Scenario {
     /// A third of the sharding protocol's messages are lost while a node's
     /// shards move away and back (registration, homes, handoffs).
     HandoffMessageLoss,
+    /// Majority and minority with the active coordinator on the minority
+    /// side: {active, one more} | {the rest}.
+    MinorityCoordinatorSplit,
+    /// A region cannot send to the active coordinator (its renewals are
+    /// lost) but still hears it.
+    RegionCannotReachCoordinator,
+    /// A region that is not the coordinator freezes past its shard tenure.
+    RegionPaused,
+    /// A region is cut off; while it is, the active coordinator crashes.
+    FailoverWhileRegionUnreachable,
+    /// The active coordinator alone loses the lease store while its
+    /// regions hold tenures it granted.
+    CoordinatorCutFromStore,
+    /// A new node joins the majority side during a partition.
+    JoinDuringPartition,
+    /// A member that is not the leader leaves gracefully and comes back
+    /// 20 s later (handoff and rebalance, no fault).
+    MemberLeavesAndReturns,
     /// A seeded random schedule of all of the above.
     Nemesis,
 }
@@ -71,6 +90,13 @@ impl Scenario {
         Scenario::LeaderLeavesAndReturns,
         Scenario::KillDuringRecovery,
         Scenario::HandoffMessageLoss,
+        Scenario::MinorityCoordinatorSplit,
+        Scenario::RegionCannotReachCoordinator,
+        Scenario::RegionPaused,
+        Scenario::FailoverWhileRegionUnreachable,
+        Scenario::CoordinatorCutFromStore,
+        Scenario::JoinDuringPartition,
+        Scenario::MemberLeavesAndReturns,
         Scenario::Nemesis,
     ];
 
@@ -90,6 +116,13 @@ impl Scenario {
             Scenario::LeaderLeavesAndReturns => "leader-leaves-and-returns",
             Scenario::KillDuringRecovery => "kill-during-recovery",
             Scenario::HandoffMessageLoss => "handoff-message-loss",
+            Scenario::MinorityCoordinatorSplit => "minority-coordinator-split",
+            Scenario::RegionCannotReachCoordinator => "region-cannot-reach-coordinator",
+            Scenario::RegionPaused => "region-paused",
+            Scenario::FailoverWhileRegionUnreachable => "failover-while-region-unreachable",
+            Scenario::CoordinatorCutFromStore => "coordinator-cut-from-store",
+            Scenario::JoinDuringPartition => "join-during-partition",
+            Scenario::MemberLeavesAndReturns => "member-leaves-and-returns",
             Scenario::Nemesis => "nemesis",
         }
     }
@@ -123,6 +156,9 @@ pub struct RunConfig {
     pub nodes: u64,
     /// The lease.
     pub lease: LeaseMode,
+    /// Also ask every shard once a second through a healthy majority and
+    /// report the measured unavailability (slower; see [`crate::availability`]).
+    pub availability: bool,
 }
 
 /// One sample of the cluster, for timelines.
@@ -163,6 +199,9 @@ pub struct RunReport {
     pub unhosted_shard_seconds: f64,
     /// The longest gap of one shard, in seconds.
     pub worst_outage_secs: f64,
+    /// Measured unavailability while a healthy majority existed, when
+    /// [`RunConfig::availability`] was set.
+    pub availability: Option<Availability>,
     /// Time to one stable active coordinator after the faults, in ttls.
     pub failover_ttls: Option<f64>,
     /// Asks answered during the run.
@@ -212,6 +251,10 @@ struct Run {
     next_sample: Instant,
     probes: Vec<String>,
     down: Vec<NodeId>,
+    /// Nodes cut off from the lease store by the schedule.
+    store_cut: BTreeSet<NodeId>,
+    /// The availability probe, if on; armed when the faults begin.
+    availability: Option<AvailabilityProbe>,
 }
 
 impl Run {
@@ -258,6 +301,9 @@ impl Run {
             next_sample: Instant::now(),
             probes: probe_entities(PROBE_SHARDS),
             down: Vec::new(),
+            store_cut: BTreeSet::new(),
+            // Armed when the faults begin: the warm-up is not measured.
+            availability: config.availability.then(AvailabilityProbe::default),
         }
     }
 
@@ -284,28 +330,72 @@ impl Run {
         );
     }
 
-    /// Lets `duration` pass with light traffic and sampling.
+    /// Lets `duration` pass with light traffic and sampling (and the
+    /// availability probe's asks, if on).
     async fn wait(&mut self, duration: Duration) {
         let end = Instant::now() + duration;
         while Instant::now() < end {
             self.sample();
             let running = self.harness.node_ids();
-            if !running.is_empty() {
+            let light = (!running.is_empty()).then(|| {
                 let via = running[self.rng.random_range(0..running.len())];
                 let entity = self.probes[self.rng.random_range(0..self.probes.len())].clone();
-                match self
-                    .harness
-                    .region(via)
-                    .ask(CounterMsg::add(entity, 1))
-                    .await
-                {
-                    Ok(_) => self.asks_ok += 1,
-                    Err(_) => self.asks_failed += 1,
+                self.harness.region(via).ask(CounterMsg::add(entity, 1))
+            });
+            let light = async move {
+                match light {
+                    Some(ask) => Some(ask.await.is_ok()),
+                    None => None,
                 }
+            };
+            let (light, probed) = futures::join!(light, self.ask_every_shard());
+            match light {
+                Some(true) => self.asks_ok += 1,
+                Some(false) => self.asks_failed += 1,
+                None => {}
+            }
+            if let (Some(probe), Some((at, answers))) = (&mut self.availability, probed) {
+                probe.record(at, answers);
             }
             let left = end.saturating_duration_since(Instant::now());
             sleep(left.min(self.s(0.5))).await;
         }
+    }
+
+    /// The availability probe's tick, if it is armed and due (`None`
+    /// otherwise): every shard asked at once through a node of a healthy
+    /// majority, each ask bounded by the tick. Returns when it asked and the
+    /// answers, `None` answers without a healthy majority.
+    async fn ask_every_shard(&self) -> Option<(Instant, Option<Vec<(ShardId, bool)>>)> {
+        let tick = self.s(1.0);
+        let at = Instant::now();
+        self.availability.as_ref().filter(|p| p.is_due(at, tick))?;
+        let Some(via) = self.healthy_majority_node() else {
+            return Some((at, None));
+        };
+        let region = self.harness.region(via);
+        let asks = self.probes.iter().map(|entity| {
+            let shard = shard_of(&EntityId(entity.clone()), PROBE_SHARDS);
+            let ask = region.ask(CounterMsg::get(entity.clone()));
+            async move { (shard, matches!(timeout(tick, ask).await, Ok(Ok(_)))) }
+        });
+        Some((at, Some(futures::future::join_all(asks).await)))
+    }
+
+    /// A running node that reaches a majority of the nodes both ways (and
+    /// the lease store, with a lease): the lowest id, if any.
+    fn healthy_majority_node(&self) -> Option<NodeId> {
+        let running = self.harness.node_ids();
+        let total = running.len().max(self.config.nodes as usize);
+        let network = self.harness.network();
+        running.iter().copied().find(|&v| {
+            let store_ok = self.config.lease == LeaseMode::None || !self.store_cut.contains(&v);
+            let peers = running
+                .iter()
+                .filter(|&&u| u == v || (network.can_reach(v, u) && network.can_reach(u, v)))
+                .count();
+            store_ok && peers * 2 > total
+        })
     }
 
     fn sample(&mut self) {
@@ -330,7 +420,7 @@ impl Run {
     fn heal_all(&mut self) {
         self.harness.heal();
         self.harness.network().clear_link_faults();
-        for n in self.nodes() {
+        for n in std::mem::take(&mut self.store_cut) {
             self.harness.reconnect_to_lease_store(n);
         }
     }
@@ -342,6 +432,23 @@ impl Run {
             .first()
             .copied()
             .unwrap_or(otherwise)
+    }
+
+    /// The highest node id that is not `node`.
+    fn other_than(&self, node: NodeId, nodes: &[NodeId]) -> NodeId {
+        nodes
+            .iter()
+            .rev()
+            .copied()
+            .find(|n| *n != node)
+            .unwrap_or(node)
+    }
+
+    /// Cuts `node` off from the lease store (remembered for the
+    /// availability probe's idea of a healthy majority).
+    fn cut_from_store(&mut self, node: NodeId) {
+        self.harness.isolate_from_lease_store(node);
+        self.store_cut.insert(node);
     }
 
     /// Pauses `node` for `duration` while sampling and asking as usual (asks
@@ -419,6 +526,9 @@ impl Run {
         // Shards spread over every node before the faults: past the first
         // coordinator's tenure wait, then 15 s of traffic.
         self.wait(self.s(15.0) + self.tenure_bound).await;
+        if let Some(probe) = &mut self.availability {
+            probe.arm(Instant::now());
+        }
         let nodes = self.nodes();
         let n = nodes.len();
         let half = n / 2 + 1;
@@ -447,7 +557,7 @@ impl Run {
                 ));
                 self.harness.partition(&[majority, minority]);
                 for &m in majority {
-                    self.harness.isolate_from_lease_store(m);
+                    self.cut_from_store(m);
                 }
                 self.wait(self.s(90.0)).await;
             }
@@ -519,6 +629,77 @@ impl Run {
                 self.restart_down().await;
                 self.wait(self.s(60.0)).await;
             }
+            Scenario::MinorityCoordinatorSplit => {
+                let active = self.active_or(NodeId(1));
+                let other = *nodes
+                    .iter()
+                    .rev()
+                    .find(|n| **n != active)
+                    .unwrap_or(&active);
+                let small = [active, other];
+                let large: Vec<NodeId> = nodes
+                    .iter()
+                    .copied()
+                    .filter(|n| !small.contains(n))
+                    .collect();
+                self.fault(format!(
+                    "partition {small:?} | {large:?} (coordinator {active})"
+                ));
+                self.harness.partition(&[&small, &large]);
+                self.wait(self.s(60.0)).await;
+            }
+            Scenario::RegionCannotReachCoordinator => {
+                let active = self.active_or(NodeId(1));
+                let region = self.other_than(active, &nodes);
+                self.fault(format!("{region} cannot send to {active}"));
+                self.harness.network().cut_one_way(region, active);
+                self.wait(self.s(60.0)).await;
+            }
+            Scenario::RegionPaused => {
+                let active = self.active_or(NodeId(1));
+                let region = self.other_than(active, &nodes);
+                self.fault(format!("pause {region} for 60 s"));
+                self.pause(region, self.s(60.0)).await;
+            }
+            Scenario::FailoverWhileRegionUnreachable => {
+                let active = self.active_or(NodeId(1));
+                let region = self.other_than(active, &nodes);
+                self.fault(format!("isolate {region}"));
+                self.harness.isolate(region);
+                self.wait(self.s(5.0)).await;
+                self.fault(format!("isolate {region}, crash {active}"));
+                self.harness.kill(active);
+                self.down.push(active);
+                self.wait(self.s(60.0)).await;
+            }
+            Scenario::CoordinatorCutFromStore => {
+                let active = self.active_or(NodeId(1));
+                self.fault(format!("{active} cut from the store"));
+                self.cut_from_store(active);
+                self.wait(self.s(60.0)).await;
+            }
+            Scenario::JoinDuringPartition => {
+                let newcomer = NodeId(n as u64 + 1);
+                let mut large = majority.to_vec();
+                large.push(newcomer);
+                self.fault(format!("partition {large:?} | {minority:?}"));
+                self.harness.partition(&[&large, minority]);
+                self.wait(self.s(15.0)).await;
+                self.fault(format!(
+                    "partition {large:?} | {minority:?}, {newcomer} joins"
+                ));
+                self.harness.start_node(newcomer);
+                self.wait(self.s(45.0)).await;
+            }
+            Scenario::MemberLeavesAndReturns => {
+                let active = self.active_or(NodeId(1));
+                let member = self.other_than(active, &nodes);
+                self.fault(format!("{member} leaves"));
+                self.harness.stop_gracefully(member, self.s(10.0)).await;
+                self.wait(self.s(20.0)).await;
+                self.harness.start_node(member);
+                self.wait(self.s(40.0)).await;
+            }
             Scenario::Nemesis => self.nemesis(&nodes).await,
         }
         self.heal_all();
@@ -564,7 +745,7 @@ impl Run {
                 3 => {
                     let node = nodes[self.rng.random_range(0..n)];
                     self.fault(format!("{node} cut from the store"));
-                    self.harness.isolate_from_lease_store(node);
+                    self.cut_from_store(node);
                     self.wait(hold).await;
                 }
                 4 => {
@@ -745,6 +926,7 @@ impl Run {
                 .collect(),
             unhosted_shard_seconds: verdict.unhosted_shard_seconds,
             worst_outage_secs: verdict.worst_outage.as_secs_f64(),
+            availability: self.availability.as_ref().map(AvailabilityProbe::result),
             failover_ttls: verdict
                 .failover
                 .map(|d| d.as_secs_f64() / self.ttl.as_secs_f64()),

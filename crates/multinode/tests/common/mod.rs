@@ -9,5 +9,6 @@ pub fn config(scenario: Scenario, seed: u64, lease: LeaseMode) -> RunConfig {
         seed,
         nodes: 5,
         lease,
+        availability: false,
     }
 }
