@@ -323,6 +323,7 @@ impl MultiNode {
     pub async fn stop_gracefully(&mut self, node: NodeId, timeout: Duration) {
         if let Some(n) = self.nodes.remove(&node) {
             n.region.shutdown(timeout).await;
+            n.sharding.shutdown(timeout).await;
             n.membership.leave().await;
             self.network.kill(node);
             self.history

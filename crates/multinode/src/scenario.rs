@@ -526,6 +526,16 @@ impl Run {
         // Shards spread over every node before the faults: past the first
         // coordinator's tenure wait, then 15 s of traffic.
         self.wait(self.s(15.0) + self.tenure_bound).await;
+        if self.availability.is_some() {
+            // Every shard hosted before the faults, as under real traffic: a
+            // shard nobody ever asked for is not an outage.
+            let region = self.harness.region(NodeId(1));
+            let asks = self
+                .probes
+                .iter()
+                .map(|e| region.ask(CounterMsg::get(e.clone())));
+            futures::future::join_all(asks).await;
+        }
         if let Some(probe) = &mut self.availability {
             probe.arm(Instant::now());
         }

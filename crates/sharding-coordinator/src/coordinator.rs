@@ -15,7 +15,7 @@ use lease_api::{Lease, LeaseStatus};
 use sharding_core::coordinator::{CoordinatorEvent, CoordinatorState};
 use sharding_core::protocol::{CoordinatorMsg, Directive, RegionMsg, TypeChannels, decode, encode};
 use sharding_core::{Epoch, ShardId, TenureSettings, TypeName};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
 use crate::gate::{GateCommand, GateEvent, GateState, LeaseGate};
@@ -87,6 +87,11 @@ pub(crate) struct Coordinator {
     /// Since this tenure began, shards nobody claimed may still be tenured
     /// under a predecessor's grants: none is allocated before this.
     allocation_fence: Option<Instant>,
+    /// Shards whose host under any earlier grant we know: claimed by a
+    /// registered region (so, I5 holding before us, nobody else hosts them)
+    /// or placed by us. They may move before `allocation_fence`: a
+    /// rebalance or a handoff right after a failover costs no tenure wait.
+    accounted: BTreeSet<ShardId>,
     state: CoordinatorState,
     /// The epoch of the current tenure; directives carry it.
     epoch: Epoch,
@@ -98,6 +103,14 @@ pub(crate) struct Coordinator {
     /// Requests received while acquiring or recovering, served once active.
     buffered: VecDeque<(NodeId, CoordinatorMsg)>,
     shutting_down: BTreeSet<NodeId>,
+}
+
+/// A running coordinator task and its controls.
+pub(crate) struct Spawned {
+    pub(crate) status: watch::Receiver<CoordinatorStatus>,
+    /// Asks it to stop; it answers on the sender it is given.
+    pub(crate) stop: mpsc::Sender<oneshot::Sender<()>>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
 pub(crate) struct Parts {
@@ -127,12 +140,7 @@ async fn lease_lost(status: &mut Option<watch::Receiver<LeaseStatus>>) -> Option
 }
 
 impl Coordinator {
-    pub(crate) fn spawn(
-        parts: Parts,
-    ) -> (
-        watch::Receiver<CoordinatorStatus>,
-        tokio::task::JoinHandle<()>,
-    ) {
+    pub(crate) fn spawn(parts: Parts) -> Spawned {
         let channels = TypeChannels::of(&parts.type_name);
         let inbox = parts.transport.subscribe(channels.coordinator);
         let (status, status_rx) = watch::channel(CoordinatorStatus {
@@ -140,6 +148,7 @@ impl Coordinator {
             epoch: None,
         });
         let (gate_events, gate_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = mpsc::channel(1);
         // A minority leader leaves the lease to the majority for one ttl:
         // long enough for the other side to notice and acquire it.
         let minority_delay = parts
@@ -173,6 +182,7 @@ impl Coordinator {
             last_grant: BTreeMap::new(),
             fenced: BTreeMap::new(),
             allocation_fence: None,
+            accounted: BTreeSet::new(),
             state: CoordinatorState::default(),
             epoch: Epoch::default(),
             highest_epoch: Epoch::default(),
@@ -181,13 +191,19 @@ impl Coordinator {
             buffered: VecDeque::new(),
             shutting_down: BTreeSet::new(),
         };
-        (status_rx, tokio::spawn(coordinator.run(inbox, gate_rx)))
+        let task = tokio::spawn(coordinator.run(inbox, gate_rx, stop_rx));
+        Spawned {
+            status: status_rx,
+            stop,
+            task,
+        }
     }
 
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<Envelope>,
         mut gate_rx: mpsc::UnboundedReceiver<GateEvent>,
+        mut stop_rx: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
         let mut view = self.view.watch();
         let mut rebalance = tokio::time::interval(self.settings.rebalance_interval);
@@ -203,6 +219,11 @@ impl Coordinator {
             // Biased, in a fixed order, so a seeded simulation replays exactly.
             tokio::select! {
                 biased;
+                Some(done) = stop_rx.recv() => {
+                    self.stop().await;
+                    let _ = done.send(());
+                    return;
+                }
                 Ok(()) = view.changed() => self.on_view_change(),
                 Some(event) = gate_rx.recv() => self.feed_gate(event),
                 Some(()) = lease_lost(&mut lease_status) => {}
@@ -216,6 +237,30 @@ impl Coordinator {
                 else => break,
             }
             self.step();
+        }
+    }
+
+    /// A graceful stop: passive at once, then the lease goes back to the
+    /// store (bounded by its operation timeout), so the next leader acquires
+    /// it as soon as it leads instead of waiting for it to expire.
+    async fn stop(&mut self) {
+        if self.phase != Phase::Standby {
+            self.set_phase(Phase::Standby);
+        }
+        let Some(lease) = self.lease.clone() else {
+            return;
+        };
+        let limit = lease.settings().operation_timeout();
+        match tokio::time::timeout(limit, lease.release()).await {
+            Ok(Ok(released)) => {
+                tracing::info!(node = %self.node, released, "coordinator stopped; lease released")
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(node = %self.node, %error, "coordinator stopped; lease release failed, it will expire")
+            }
+            Err(_) => {
+                tracing::warn!(node = %self.node, "coordinator stopped; lease release timed out, it will expire")
+            }
         }
     }
 
@@ -339,6 +384,7 @@ impl Coordinator {
         self.last_grant.clear();
         self.fenced.clear();
         self.allocation_fence = None;
+        self.accounted.clear();
         self.handoffs.clear();
         self.deferred.clear();
         self.shutting_down.clear();
@@ -620,6 +666,7 @@ impl Coordinator {
     /// Registers a region and the shards it hosts; a shard already homed
     /// elsewhere is handed off from the newcomer (one home per shard).
     fn register(&mut self, region: NodeId, incarnation: u64, shards: &[ShardId]) {
+        self.accounted.extend(shards.iter().copied());
         if !self.state.is_registered(region) {
             self.apply(CoordinatorEvent::RegionRegistered { region });
         }
@@ -754,6 +801,7 @@ impl Coordinator {
             .settings
             .strategy
             .allocate(requester, shard, &self.candidates())?;
+        self.accounted.insert(shard);
         self.apply(CoordinatorEvent::ShardHomeAllocated {
             shard,
             region: home,
@@ -787,7 +835,9 @@ impl Coordinator {
     /// predecessor can still let another region host it (I5).
     fn may_allocate(&mut self, shard: ShardId) -> bool {
         let now = Instant::now();
-        if self.allocation_fence.is_some_and(|until| now < until) {
+        if !self.accounted.contains(&shard)
+            && self.allocation_fence.is_some_and(|until| now < until)
+        {
             return false;
         }
         match self.fenced.get(&shard) {
@@ -974,6 +1024,12 @@ impl Coordinator {
     /// Forgets a region that left the view; its shards will be re-allocated.
     fn terminate_region(&mut self, region: NodeId) {
         tracing::info!(node = %self.node, %region, "region terminated; its shards will be re-allocated");
+        if let Some(hosted) = self.state.regions().get(&region) {
+            // It may still host them under a predecessor's grant too.
+            for shard in hosted {
+                self.accounted.remove(shard);
+            }
+        }
         if let Some(tenure) = self.tenure {
             // It may still host them, until its tenure surely ends (I5).
             let last = self.last_grant.remove(&region);

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use cluster::{ClusterView, Transport};
 use sharding_core::protocol::TypeChannels;
 use sharding_core::{Entity, RegionConfig, ShardRegion, TypeName};
-use tokio::sync::watch;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::coordinator::{Coordinator, Parts};
@@ -56,6 +58,7 @@ impl CoordinatorHandle {
 struct Started {
     channels: TypeChannels,
     coordinator: CoordinatorHandle,
+    stop: mpsc::Sender<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
@@ -126,7 +129,7 @@ impl ClusterSharding {
         if let Some((other, _)) = types.iter().find(|(_, s)| s.channels == channels) {
             return Err(StartError::ChannelClash(other.clone(), type_name));
         }
-        let (status, task) = Coordinator::spawn(Parts {
+        let spawned = Coordinator::spawn(Parts {
             type_name: type_name.clone(),
             transport: Arc::clone(&self.transport),
             view: self.view.clone(),
@@ -151,8 +154,11 @@ impl ClusterSharding {
             type_name,
             Started {
                 channels,
-                coordinator: CoordinatorHandle { status },
-                task,
+                coordinator: CoordinatorHandle {
+                    status: spawned.status,
+                },
+                stop: spawned.stop,
+                task: spawned.task,
             },
         );
         Ok(region)
@@ -167,6 +173,30 @@ impl ClusterSharding {
     /// This node's view of the cluster.
     pub fn view(&self) -> &ClusterView {
         &self.view
+    }
+
+    /// Stops every coordinator on this node for a graceful leave: each goes
+    /// passive and gives its lease back, so the next leader acquires it at
+    /// once instead of waiting a ttl for it to expire. Call it after the
+    /// regions' [`ShardRegion::shutdown`] (their handoffs need the active
+    /// coordinator) and before leaving the membership. Returns when every
+    /// coordinator has stopped or `timeout` passed.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let stops: Vec<_> = {
+            let types = self.types.lock().unwrap_or_else(|e| e.into_inner());
+            types.values().map(|s| s.stop.clone()).collect()
+        };
+        let all = async {
+            for stop in stops {
+                let (done, wait) = oneshot::channel();
+                if stop.send(done).await.is_ok() {
+                    let _ = wait.await;
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!(?timeout, "coordinators did not all stop in time");
+        }
     }
 }
 

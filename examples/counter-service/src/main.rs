@@ -173,11 +173,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     shutdown_signal().await;
     tracing::info!("shutting down: handing shards off");
     node.region.shutdown(Duration::from_secs(60)).await;
-    if let Some(lease) = &node.lease {
-        if let Err(e) = lease.release().await {
-            tracing::warn!(error = %e, "lease release failed; it will expire");
-        }
-    }
+    // The coordinator goes passive and gives its lease back, so the next
+    // leader takes over at once.
+    node.sharding.shutdown(Duration::from_secs(10)).await;
     server.abort();
     // Tell the cluster at once, rather than letting it time us out.
     membership.leave().await;
