@@ -10,6 +10,9 @@
 //! - [`ManagedLease`]: the heartbeat and local-validity logic, written once over a
 //!   small [`LeaseBackend`] that only does store I/O;
 //! - [`FencingToken`]: strictly increases with every new tenure;
+//! - [`gate::LeaseGate`]: when a leader may act, as a sans-I/O state machine
+//!   shared by every lease-guarded role (the shard coordinator, the cluster
+//!   singleton);
 //! - `testkit` (feature): the conformance suite every backend must pass.
 //!
 //! ```
@@ -28,6 +31,7 @@
 //! ```
 
 mod error;
+pub mod gate;
 mod lease;
 mod managed;
 mod settings;

@@ -18,10 +18,10 @@ use sharding_core::{Epoch, ShardId, TenureSettings, TypeName};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
-use crate::gate::{GateCommand, GateEvent, GateState, LeaseGate};
 use crate::{
     CoordinatorObserver, CoordinatorRecord, CoordinatorSettings, CoordinatorStatus, Phase,
 };
+use lease_api::gate::{GateCommand, GateEvent, GateState, LeaseGate};
 
 /// A directive sent again on every retry tick until its answer arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

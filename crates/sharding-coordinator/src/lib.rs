@@ -12,11 +12,12 @@
 //! The epoch is then the lease's fencing token.
 
 mod coordinator;
-pub mod gate;
 mod settings;
 mod sharding;
 mod status;
 
+/// The lease gate, shared with the cluster singleton (it lives in `lease-api`).
+pub use lease_api::gate;
 pub use settings::{CoordinatorSettings, ShardingSettings};
 pub use sharding::{ClusterSharding, CoordinatorHandle, StartError};
 pub use status::{CoordinatorObserver, CoordinatorRecord, CoordinatorStatus, Phase};

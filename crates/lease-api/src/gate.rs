@@ -4,8 +4,8 @@
 //! a leader first acquires the lease, retries on an interval while it cannot,
 //! drops back the instant the lease is lost, and releases it when it stops
 //! being leader. It performs no I/O: it answers each event with at most one
-//! [`GateCommand`] for its owner to carry out, so the coordinator embeds it
-//! today and a lease-guarded cluster singleton can embed it later.
+//! [`GateCommand`] for its owner to carry out, so both lease-guarded roles
+//! embed the same machine: the shard coordinator and the cluster singleton.
 //!
 //! A leader that finds itself on the minority side of its cluster gives the
 //! lease up and waits `minority_delay` before it asks for it again, so that
