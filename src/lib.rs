@@ -2,9 +2,11 @@
 //!
 //! This facade re-exports the workspace crates; depend on it, or on the
 //! individual crates. Lease backends come in by feature: `lease-memory`
-//! (default) and `lease-k8s`.
+//! (default) and `lease-k8s`; the cluster singleton by `singleton` (default).
 
 pub use cluster;
+#[cfg(feature = "singleton")]
+pub use cluster_singleton;
 pub use lease_api;
 #[cfg(feature = "lease-k8s")]
 pub use lease_k8s;

@@ -172,6 +172,16 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
             target: "<= 1.65",
         });
     }
+    let (handover, ttl) = singleton_handover();
+    rows.push(Row {
+        figure: "cluster singleton graceful handover (old stopped -> new started)".into(),
+        value: handover,
+        unit: "s",
+        baseline: format!("lease ttl {ttl:.0} s"),
+        baseline_value: ttl,
+        ratio: handover / ttl,
+        target: "-",
+    });
     let (renewals, renew_interval) = idle_renewals();
     rows.push(Row {
         figure: "idle tenure renewals per region (5 nodes, 64 shards)".into(),
@@ -361,6 +371,58 @@ fn failover() -> (f64, f64) {
         })
     };
     (run(false), run(true))
+}
+
+/// The harness's tally singleton with the memory lease (paused time): its
+/// node leaves gracefully; seconds from the old instance's stop to the new
+/// one's start, and the lease ttl.
+fn singleton_handover() -> (f64, f64) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(_) => return (f64::NAN, f64::NAN),
+    };
+    rt.block_on(async {
+        let settings = HarnessSettings::with_memory_lease(1);
+        let ttl = settings
+            .lease
+            .as_ref()
+            .map_or(f64::NAN, |l| l.ttl().as_secs_f64());
+        let mut h = MultiNode::start(5, settings);
+        h.converge(Duration::from_secs(30)).await;
+        for _ in 0..300 {
+            if h.singleton_running() == vec![NodeId(1)] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        h.stop_gracefully(NodeId(1), Duration::from_secs(10)).await;
+        for _ in 0..600 {
+            if !h.singleton_running().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let events = h.history().events();
+        let singleton = |node: u64, want: multinode::SingletonEvent| {
+            events.iter().rev().find_map(|e| {
+                (e.node == NodeId(node) && e.kind == multinode::EventKind::Singleton(want))
+                    .then_some(e.at)
+            })
+        };
+        match (
+            singleton(1, multinode::SingletonEvent::Stopped),
+            singleton(2, multinode::SingletonEvent::Started),
+        ) {
+            (Some(stopped), Some(started)) if started >= stopped => {
+                ((started - stopped).as_secs_f64(), ttl)
+            }
+            _ => (f64::NAN, ttl),
+        }
+    })
 }
 
 /// Tenure grants per region per minute in an idle 5-node cluster with the

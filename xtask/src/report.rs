@@ -13,7 +13,9 @@ pub struct Row {
     scenario: &'static str,
     runs: usize,
     max_active: usize,
-    invariants: [String; 5],
+    invariants: [String; 6],
+    /// The most singleton instances at one instant, over the runs.
+    max_singletons: usize,
     double_hosted_shard_seconds: f64,
     /// Mean per run: shard-seconds with no host (stop to next start).
     unhosted_shard_seconds: f64,
@@ -45,9 +47,10 @@ pub fn rows(scenarios: &[Scenario], reports: &[RunReport], lease: LeaseMode) -> 
                 match (broken, na) {
                     (0, true) => "n/a".to_owned(),
                     (0, false) => "ok".to_owned(),
-                    // Without a lease, two coordinators (I1) and shards on
-                    // both sides (I5) in a partition are the demonstration.
-                    (n, _) if (i == 0 || i == 4) && lease == LeaseMode::None => {
+                    // Without a lease, two coordinators (I1), shards on both
+                    // sides (I5) and two singletons (I7) in a partition are
+                    // the demonstration.
+                    (n, _) if (i == 0 || i == 4 || i == 5) && lease == LeaseMode::None => {
                         format!("broken {n}/{} (expected)", runs.len())
                     }
                     (n, _) => format!("FAIL {n}/{}", runs.len()),
@@ -65,6 +68,7 @@ pub fn rows(scenarios: &[Scenario], reports: &[RunReport], lease: LeaseMode) -> 
                 scenario: s.name(),
                 runs: runs.len(),
                 max_active: runs.iter().map(|r| r.max_active).max().unwrap_or(0),
+                max_singletons: runs.iter().map(|r| r.max_singletons).max().unwrap_or(0),
                 invariants,
                 double_hosted_shard_seconds: runs
                     .iter()
@@ -101,7 +105,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "{:<34} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:<9} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "scenario",
         "runs",
         "active",
@@ -110,6 +114,7 @@ pub fn table(rows: &[Row]) -> String {
         "I3",
         "I4",
         "I5",
+        "I7",
         "dbl-host s",
         "unhosted s",
         "worst s",
@@ -125,7 +130,7 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<34} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:>10.1} {:>10.1} {:>8.1} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "{:<34} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:<9} {:>10.1} {:>10.1} {:>8.1} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
             r.scenario,
             r.runs,
             r.max_active,
@@ -134,6 +139,7 @@ pub fn table(rows: &[Row]) -> String {
             r.invariants[2],
             r.invariants[3],
             r.invariants[4],
+            r.invariants[5],
             r.double_hosted_shard_seconds,
             r.unhosted_shard_seconds,
             r.worst_outage_secs,
@@ -164,7 +170,7 @@ struct RunSummary<'a> {
     seed: u64,
     passed: bool,
     max_active: usize,
-    invariants: &'a [String; 5],
+    invariants: &'a [String; 6],
     failover_ttls: Option<f64>,
     double_hosted_shard_seconds: f64,
     history_digest: u64,
@@ -242,6 +248,7 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
         "I3",
         "I4",
         "I5",
+        "I7 (max singletons)",
         "double-hosted shard-s",
         "unhosted shard-s (stop to next start)",
         "worst shard outage s",
@@ -264,7 +271,7 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
         let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}"));
         let _ = write!(
             out,
-            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.scenario,
             r.runs,
             r.max_active,
@@ -273,6 +280,8 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
             escape(&r.invariants[2]),
             escape(&r.invariants[3]),
             escape(&r.invariants[4]),
+            escape(&r.invariants[5]),
+            r.max_singletons,
             r.double_hosted_shard_seconds,
             r.unhosted_shard_seconds,
             r.worst_outage_secs,

@@ -63,7 +63,14 @@ impl<S: Singleton> ClusterSingleton<S> {
         let (running_tx, running) = watch::channel(false);
         let (shutdown, shutdown_rx) = mpsc::channel(1);
         let (gate_events, gate_rx) = mpsc::unbounded_channel();
-        let gate = LeaseGate::new(settings.lease.is_some(), settings.lease_retry_interval);
+        // A leader on the minority side leaves the lease to the majority for
+        // one ttl (as the shard coordinator does).
+        let minority_delay = settings
+            .lease
+            .as_ref()
+            .map_or(Duration::ZERO, |l| l.settings().ttl());
+        let gate = LeaseGate::new(settings.lease.is_some(), settings.lease_retry_interval)
+            .with_minority_delay(minority_delay);
         let inbox = transport.subscribe(channels.manager);
         let manager = Manager::<S> {
             node: transport.local_node(),
@@ -72,6 +79,9 @@ impl<S: Singleton> ClusterSingleton<S> {
             channels,
             gate,
             gate_leader: false,
+            gate_quorum: true,
+            last_members: BTreeSet::new(),
+            departed: BTreeSet::new(),
             gate_events,
             release_pending: false,
             instance: None,
@@ -146,6 +156,13 @@ struct Manager<S: Singleton> {
     settings: SingletonSettings<S>,
     gate: LeaseGate,
     gate_leader: bool,
+    /// The quorum last fed to the gate.
+    gate_quorum: bool,
+    /// The members of the view at the last step.
+    last_members: BTreeSet<NodeId>,
+    /// Nodes that left the view and have not come back: when they are as
+    /// many as the members, this side is a minority.
+    departed: BTreeSet<NodeId>,
     gate_events: mpsc::UnboundedSender<GateEvent>,
     /// The gate asked for a release; done once the instance has stopped.
     release_pending: bool,
@@ -247,6 +264,16 @@ impl<S: Singleton> Manager<S> {
         // Members that left (crashed, downed) have nothing to confirm; with
         // a lease, the gate waits for their lease to end anyway.
         self.awaiting_handover.retain(|m| state.contains(*m));
+        let members: BTreeSet<NodeId> = state.members.keys().copied().collect();
+        self.departed
+            .extend(self.last_members.difference(&members).copied());
+        self.departed.retain(|n| !members.contains(n));
+        self.last_members = members;
+        let quorum = state.members.len() > self.departed.len();
+        if quorum != self.gate_quorum {
+            self.gate_quorum = quorum;
+            self.feed_gate(GateEvent::Quorum(quorum));
+        }
         if self.handed_over_to.is_some_and(|p| !state.contains(p)) {
             self.handed_over_to = None;
         }

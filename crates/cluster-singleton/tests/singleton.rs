@@ -99,7 +99,9 @@ impl Cluster {
         settings.proxy.buffer_size = 50;
         let log = Arc::clone(&self.log);
         let observer: SingletonObserver = Arc::new(move |_, node, event| {
-            log.lock().expect("log").push((Instant::now(), node, *event));
+            log.lock()
+                .expect("log")
+                .push((Instant::now(), node, *event));
         });
         settings.observer = Some(observer);
         let singleton = ClusterSingleton::start(transport, membership.view(), settings)
@@ -335,6 +337,24 @@ async fn split_brain_gives_one_instance_with_a_lease_and_two_without() {
         )
         .await;
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_isolated_leader_leaves_the_lease_to_the_majority() {
+    let c = Cluster::start(5, true);
+    eventually(Duration::from_secs(30), "running on 1", || {
+        c.running() == vec![NodeId(1)]
+    })
+    .await;
+    // Node 1 still reaches the lease store: without stepping aside it would
+    // keep the lease, and the singleton, away from the four others.
+    c.network.isolate(NodeId(1));
+    eventually(Duration::from_secs(60), "running on the majority", || {
+        c.running() == vec![NodeId(2)]
+    })
+    .await;
+    assert_eq!(c.proxy(4).ask(3).await, Ok(3));
+    assert_eq!(c.max_overlap(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -83,6 +83,15 @@ impl LeaseSettings {
         Ok(next)
     }
 
+    /// The same timing for another lease, e.g. a singleton's next to the
+    /// coordinator's.
+    pub fn with_name(&self, lease_name: impl Into<String>) -> Result<Self, SettingsError> {
+        let mut next = self.clone();
+        next.lease_name = lease_name.into();
+        next.validate()?;
+        Ok(next)
+    }
+
     fn validate(&self) -> Result<(), SettingsError> {
         check_name("lease_name", &self.lease_name)?;
         check_name("owner_name", &self.owner_name)?;

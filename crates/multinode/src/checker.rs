@@ -12,6 +12,8 @@ use sharding_coordinator::{CoordinatorRecord, Phase};
 use sharding_core::{Epoch, RegionEvent, ShardId};
 use tokio::time::Instant;
 
+use cluster_singleton::SingletonEvent;
+
 use crate::{Event, EventKind, HarnessEvent, owner_of};
 
 /// The outcome of one invariant.
@@ -101,6 +103,12 @@ pub struct Verdict {
     pub worst_outage: Duration,
     /// From the end of the faults to one stable active coordinator.
     pub failover: Option<Duration>,
+    /// At most one cluster singleton instance running at any instant (with
+    /// a lease; without one it is reported, and expected to break in a
+    /// partition).
+    pub i7: Check,
+    /// The most singleton instances running at one instant.
+    pub max_singletons: usize,
 }
 
 impl Verdict {
@@ -111,6 +119,7 @@ impl Verdict {
             || self.i3.is_violated()
             || self.i4.is_violated()
             || self.i5.is_violated()
+            || self.i7.is_violated()
     }
 }
 
@@ -138,12 +147,15 @@ pub fn check(input: &CheckInput<'_>) -> Verdict {
             ))
         }
     };
+    let (max_singletons, i7) = check_i7(input.events, input.start);
     Verdict {
         i1,
         i2,
         i3,
         i4,
         i5,
+        i7,
+        max_singletons,
         max_active,
         double_hosted_shard_seconds,
         double_hostings,
@@ -151,6 +163,35 @@ pub fn check(input: &CheckInput<'_>) -> Verdict {
         worst_outage,
         failover,
     }
+}
+
+/// I7: replays singleton starts and stops (a node that stops or restarts
+/// ends its instance) and reports the most instances at once, and the first
+/// instant two ran.
+fn check_i7(events: &[Event], start: Instant) -> (usize, Check) {
+    let mut running: BTreeSet<NodeId> = BTreeSet::new();
+    let mut max = 0;
+    let mut first = Check::Ok;
+    for e in events {
+        match &e.kind {
+            EventKind::Singleton(SingletonEvent::Started) => {
+                running.insert(e.node);
+            }
+            EventKind::Singleton(SingletonEvent::Stopped)
+            | EventKind::Harness(HarnessEvent::NodeStopped | HarnessEvent::NodeStarted) => {
+                running.remove(&e.node);
+            }
+            _ => continue,
+        }
+        max = max.max(running.len());
+        if running.len() > 1 && first == Check::Ok {
+            first = Check::Violated(format!(
+                "singleton instances on {running:?} at {:.1}s",
+                e.at.duration_since(start).as_secs_f64()
+            ));
+        }
+    }
+    (max, first)
 }
 
 /// Per shard, the gaps between losing its last host and being started again.
@@ -476,6 +517,44 @@ mod tests {
             healed_at: Some(at(t0, 50)),
             recovery_bound: Duration::from_secs(38),
             probe: FinalProbe::default(),
+        }
+    }
+
+    fn singleton(t: Instant, node: u64, e: SingletonEvent) -> Event {
+        Event {
+            at: t,
+            node: NodeId(node),
+            kind: EventKind::Singleton(e),
+        }
+    }
+
+    #[test]
+    fn i7_flags_two_singleton_instances_at_once_and_not_a_handover() {
+        let t0 = Instant::now();
+        let handover = [
+            singleton(at(t0, 1), 1, SingletonEvent::Started),
+            singleton(at(t0, 10), 1, SingletonEvent::Stopped),
+            singleton(at(t0, 10), 2, SingletonEvent::Started),
+            // A crash ends the instance without a Stopped event.
+            Event {
+                at: at(t0, 20),
+                node: NodeId(2),
+                kind: EventKind::Harness(HarnessEvent::NodeStopped),
+            },
+            singleton(at(t0, 30), 3, SingletonEvent::Started),
+        ];
+        let v = check(&input(t0, &handover, None));
+        assert_eq!((v.max_singletons, v.i7), (1, Check::Ok));
+        let overlap = [
+            singleton(at(t0, 1), 1, SingletonEvent::Started),
+            singleton(at(t0, 12), 4, SingletonEvent::Started),
+            singleton(at(t0, 15), 1, SingletonEvent::Stopped),
+        ];
+        let v = check(&input(t0, &overlap, None));
+        assert_eq!(v.max_singletons, 2);
+        match v.i7 {
+            Check::Violated(why) => assert!(why.contains("12.0s"), "{why}"),
+            other => panic!("I7 not flagged: {other:?}"),
         }
     }
 

@@ -61,3 +61,20 @@ impl Entity for Counter {
         self.value
     }
 }
+
+/// The cluster singleton every harness node runs next to the counters: a
+/// tally of what it is told (in memory; a new instance starts at 0).
+#[derive(Debug, Default)]
+pub struct Tally {
+    total: i64,
+}
+
+impl cluster_singleton::Singleton for Tally {
+    type Message = i64;
+    type Reply = i64;
+
+    async fn handle(&mut self, n: i64) -> i64 {
+        self.total += n;
+        self.total
+    }
+}

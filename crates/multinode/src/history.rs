@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use cluster::NodeId;
+use cluster_singleton::{SingletonEvent, SingletonObserver};
 use sharding_coordinator::{CoordinatorObserver, CoordinatorRecord};
 use sharding_core::{RegionEvent, RegionObserver};
 use tokio::time::Instant;
@@ -25,6 +26,8 @@ pub enum EventKind {
     Coordinator(CoordinatorRecord),
     /// From a region.
     Region(RegionEvent),
+    /// From the node's cluster singleton manager.
+    Singleton(SingletonEvent),
     /// From the harness: node lifecycle and faults.
     Harness(HarnessEvent),
 }
@@ -74,6 +77,13 @@ impl History {
         let history = self.clone();
         Arc::new(move |_, node, record: &CoordinatorRecord| {
             history.push(node, EventKind::Coordinator(record.clone()));
+        })
+    }
+
+    pub(crate) fn singleton_observer(&self) -> SingletonObserver {
+        let history = self.clone();
+        Arc::new(move |_, node, event: &SingletonEvent| {
+            history.push(node, EventKind::Singleton(*event));
         })
     }
 

@@ -16,6 +16,7 @@ use cluster::{
     InProcessNetwork, InProcessTransport, Membership, MembershipSettings, NodeAddr, NodeId,
     Transport,
 };
+use cluster_singleton::{ClusterSingleton, SingletonSettings};
 use lease_api::{Lease, LeaseSettings};
 use lease_k8s::KubernetesLease;
 use lease_k8s::emulator::ApiServer;
@@ -25,11 +26,15 @@ use sharding_coordinator::{ClusterSharding, CoordinatorSettings, ShardingSetting
 use sharding_core::protocol::{RegionMsg, TypeChannels, encode};
 use sharding_core::{RegionSettings, ShardId, ShardRegion, TenureSettings, TypeName};
 
-pub use counter::{Counter, CounterMsg, CounterOp};
+pub use cluster_singleton::SingletonEvent;
+pub use counter::{Counter, CounterMsg, CounterOp, Tally};
 pub use history::{Event, EventKind, HarnessEvent, History};
 
 /// The entity type name every harness node runs.
 pub const COUNTER_TYPE: &str = "counter";
+
+/// The cluster singleton every harness node runs next to the counters.
+pub const SINGLETON: &str = "tally";
 
 /// How harness nodes are configured.
 #[derive(Clone)]
@@ -191,6 +196,7 @@ pub struct Node {
     membership: Membership,
     sharding: ClusterSharding,
     region: ShardRegion<Counter>,
+    singleton: ClusterSingleton<Tally>,
 }
 
 /// A node's lease handle, by backend.
@@ -272,18 +278,7 @@ impl MultiNode {
         settings.region = self.settings.region.clone();
         settings.coordinator = self.settings.coordinator.clone();
         settings.tenure = self.settings.tenure;
-        let lease = self.settings.lease.as_ref().map(|template| {
-            let owned = match template.with_owner(owner_of(node)) {
-                Ok(s) => s,
-                Err(e) => panic!("harness lease settings are invalid: {e}"),
-            };
-            match self.settings.backend {
-                LeaseBackendKind::Memory => NodeLease::Memory(Arc::new(self.store.lease(owned))),
-                LeaseBackendKind::Kubernetes => {
-                    NodeLease::Kubernetes(Arc::new(self.kubernetes_lease(node, owned)))
-                }
-            }
-        });
+        let lease = self.node_lease(node, None);
         settings.lease = lease.as_ref().map(NodeLease::as_dyn);
         if self.settings.record {
             settings.coordinator_observer = Some(self.history.coordinator_observer());
@@ -293,6 +288,7 @@ impl MultiNode {
             Ok(r) => r,
             Err(e) => panic!("harness could not start the counter type: {e}"),
         };
+        let singleton = self.start_singleton(node, Arc::clone(&transport), &membership);
         tracing::info!(%node, "harness node started");
         self.history
             .push(node, EventKind::Harness(HarnessEvent::NodeStarted));
@@ -304,8 +300,58 @@ impl MultiNode {
                 membership,
                 sharding,
                 region,
+                singleton,
             },
         );
+    }
+
+    /// `node`'s lease handle: the coordinator's (`name` None) or another
+    /// lease of the same timing under `name`; `None` without a lease.
+    fn node_lease(&self, node: NodeId, name: Option<&str>) -> Option<NodeLease> {
+        let template = self.settings.lease.as_ref()?;
+        let mut owned = match template.with_owner(owner_of(node)) {
+            Ok(s) => s,
+            Err(e) => panic!("harness lease settings are invalid: {e}"),
+        };
+        if let Some(name) = name {
+            owned = match owned.with_name(name) {
+                Ok(s) => s,
+                Err(e) => panic!("harness lease name {name} is invalid: {e}"),
+            };
+        }
+        Some(match self.settings.backend {
+            LeaseBackendKind::Memory => NodeLease::Memory(Arc::new(self.store.lease(owned))),
+            LeaseBackendKind::Kubernetes => {
+                NodeLease::Kubernetes(Arc::new(self.kubernetes_lease(node, owned)))
+            }
+        })
+    }
+
+    /// The tally singleton on `node`, with its own lease when the harness
+    /// has one (I7).
+    fn start_singleton(
+        &self,
+        node: NodeId,
+        transport: Arc<InProcessTransport>,
+        membership: &Membership,
+    ) -> ClusterSingleton<Tally> {
+        let mut settings = SingletonSettings::new(SINGLETON, Tally::default);
+        settings.lease = self
+            .node_lease(node, Some(&format!("{SINGLETON}-singleton")))
+            .map(|l| l.as_dyn());
+        if let Some(lease) = &self.settings.lease {
+            // Stopped well inside the lease's safety margin.
+            settings.stop_timeout = settings.stop_timeout.min(lease.safety_margin() / 2);
+            settings.lease_retry_interval = self.settings.coordinator.lease_retry_interval;
+        }
+        settings.proxy.ask_timeout = self.settings.region.ask_timeout;
+        if self.settings.record {
+            settings.observer = Some(self.history.singleton_observer());
+        }
+        match ClusterSingleton::start(transport, membership.view(), settings) {
+            Ok(s) => s,
+            Err(e) => panic!("harness could not start the singleton: {e}"),
+        }
     }
 
     /// Crashes `node`: no goodbye, its messages are lost.
@@ -324,6 +370,7 @@ impl MultiNode {
         if let Some(n) = self.nodes.remove(&node) {
             n.region.shutdown(timeout).await;
             n.sharding.shutdown(timeout).await;
+            n.singleton.shutdown(timeout).await;
             n.membership.leave().await;
             self.network.kill(node);
             self.history
@@ -381,13 +428,39 @@ impl MultiNode {
         }
     }
 
-    /// Who held the lease when, according to the store: the in-memory
-    /// store's history, or what the emulated API server was written.
+    /// Who held the coordinator's lease when, according to the store: the
+    /// in-memory store's history, or what the emulated API server was written.
     pub fn grants(&self) -> Vec<Grant> {
-        match self.settings.backend {
+        let all = match self.settings.backend {
             LeaseBackendKind::Memory => self.store.history(),
             LeaseBackendKind::Kubernetes => grants_from_writes(&self.api.writes()),
+        };
+        let Some(name) = self
+            .settings
+            .lease
+            .as_ref()
+            .map(|l| l.lease_name().to_owned())
+        else {
+            return all;
+        };
+        all.into_iter().filter(|g| g.lease == name).collect()
+    }
+
+    /// This node's proxy to the tally singleton.
+    pub fn singleton(&self, node: NodeId) -> cluster_singleton::SingletonProxy<Tally> {
+        match self.nodes.get(&node) {
+            Some(n) => n.singleton.proxy(),
+            None => panic!("{node} is not running"),
         }
+    }
+
+    /// Nodes on which the tally singleton runs now.
+    pub fn singleton_running(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.singleton.is_running_here())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// The current lease holder as the store sees it (for timelines).

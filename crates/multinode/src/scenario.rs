@@ -187,8 +187,10 @@ pub struct RunReport {
     pub lease: LeaseMode,
     /// The most coordinators active at one instant.
     pub max_active: usize,
-    /// I1-I5 as `ok`, `n/a` or `FAIL: why`.
-    pub invariants: [String; 5],
+    /// I1-I5 and I7 as `ok`, `n/a` or `FAIL: why`.
+    pub invariants: [String; 6],
+    /// The most cluster singleton instances running at one instant (I7).
+    pub max_singletons: usize,
     /// Shard-seconds spent hosted on two nodes (I5).
     pub double_hosted_shard_seconds: f64,
     /// Double-hosting intervals (I5), for the timeline: seconds since the
@@ -348,11 +350,26 @@ impl Run {
                     None => None,
                 }
             };
-            let (light, probed) = futures::join!(light, self.ask_every_shard());
-            match light {
-                Some(true) => self.asks_ok += 1,
-                Some(false) => self.asks_failed += 1,
-                None => {}
+            // The singleton runs next to the counters and is asked through
+            // the same node.
+            let tally = (!running.is_empty()).then(|| {
+                let via = running[self.rng.random_range(0..running.len())];
+                let proxy = self.harness.singleton(via);
+                async move { proxy.ask(1).await.is_ok() }
+            });
+            let tally = async move {
+                match tally {
+                    Some(ask) => Some(ask.await),
+                    None => None,
+                }
+            };
+            let (light, tally, probed) = futures::join!(light, tally, self.ask_every_shard());
+            for outcome in [light, tally] {
+                match outcome {
+                    Some(true) => self.asks_ok += 1,
+                    Some(false) => self.asks_failed += 1,
+                    None => {}
+                }
             }
             if let (Some(probe), Some((at, answers))) = (&mut self.availability, probed) {
                 probe.record(at, answers);
@@ -887,7 +904,8 @@ impl Run {
             || verdict.i2.is_violated()
             || verdict.i3.is_violated()
             || verdict.i4.is_violated()
-            || (verdict.i5.is_violated() && i1_counts);
+            || (verdict.i5.is_violated() && i1_counts)
+            || (verdict.i7.is_violated() && i1_counts);
         let passed = !broken;
         let secs = |t: Instant| t.duration_since(self.start).as_secs_f64();
         let mut faults = Vec::new();
@@ -920,7 +938,9 @@ impl Run {
                 cell(&verdict.i3),
                 cell(&verdict.i4),
                 cell(&verdict.i5),
+                cell(&verdict.i7),
             ],
+            max_singletons: verdict.max_singletons,
             double_hosted_shard_seconds: verdict.double_hosted_shard_seconds,
             double_hosting: verdict
                 .double_hostings

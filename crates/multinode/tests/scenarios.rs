@@ -47,8 +47,14 @@ fn without_a_lease_the_suite_sees_the_split_brain() {
         report.invariants
     );
     assert!(
+        report.invariants[5].starts_with("FAIL"),
+        "two singleton instances (I7): {:?}",
+        report.invariants
+    );
+    assert_eq!(report.max_singletons, 2);
+    assert!(
         report.passed,
-        "breaking I1 is the expected demonstration without a lease: {:?}",
+        "breaking I1 and I7 is the expected demonstration without a lease: {:?}",
         report.invariants
     );
 }

@@ -11,13 +11,14 @@ use cluster::Transport;
 use serde_json::json;
 use sharding_core::{ShardingError, TypeName};
 
-use crate::{CounterMsg, Node};
+use crate::{CounterMsg, Node, TopMsg};
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/counters/{id}", get(read))
         .route("/counters/{id}/add/{amount}", post(add))
         .route("/counters/{id}/tell/{amount}", post(tell))
+        .route("/top", get(top))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(node)
@@ -40,9 +41,35 @@ async fn read(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response
 }
 
 async fn add(State(node): State<Arc<Node>>, Path((id, amount)): Path<(String, i64)>) -> Response {
-    match node.region.ask(CounterMsg::Add { id, amount }).await {
-        Ok(value) => Json(json!({ "value": value })).into_response(),
+    match node
+        .region
+        .ask(CounterMsg::Add {
+            id: id.clone(),
+            amount,
+        })
+        .await
+    {
+        Ok(value) => {
+            // The singleton learns it too; losing this is harmless (the
+            // next add reports the counter again), so it is only logged.
+            if let Err(e) = node.top.proxy().tell(TopMsg::Record { id, value }) {
+                tracing::warn!(error = %e, "top-counters singleton not told");
+            }
+            Json(json!({ "value": value })).into_response()
+        }
         Err(e) => error(&e),
+    }
+}
+
+/// The ten largest counters, from the cluster singleton wherever it runs.
+async fn top(State(node): State<Arc<Node>>) -> Response {
+    match node.top.proxy().ask(TopMsg::Top { n: 10 }).await {
+        Ok(top) => Json(json!({ "top": top })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
     }
 }
 
@@ -65,6 +92,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
         "node": node.config.node_id,
         "members": view.members().iter().map(|m| m.0).collect::<Vec<_>>(),
         "leader": view.leader().map(|l| l.0),
+        "singleton_running": node.top.is_running_here(),
         "coordinator": {
             "phase": coordinator.map(|c| format!("{:?}", c.phase)),
             "active": coordinator.is_some_and(|c| c.phase == sharding_coordinator::Phase::Active),

@@ -2,7 +2,8 @@
 //!
 //! Nodes talk TCP; the coordinator can be guarded by a Kubernetes Lease; an
 //! HTTP API tells and asks counters and reports `/status` and `/metrics`.
-//! SIGTERM hands this node's shards off before exiting.
+//! A cluster singleton keeps the top counters (`/top`), fed by every node.
+//! SIGTERM hands this node's shards and singleton off before exiting.
 
 mod config;
 mod http;
@@ -63,10 +64,56 @@ impl Entity for Counter {
     }
 }
 
+/// A message to the top-counters singleton.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum TopMsg {
+    /// Counter `id` now has `value`.
+    Record {
+        /// The counter.
+        id: String,
+        /// Its value after the last add.
+        value: i64,
+    },
+    /// Reply with the `n` largest counters.
+    Top {
+        /// How many.
+        n: usize,
+    },
+}
+
+/// One instance in the whole cluster: the latest value of every counter
+/// added to through any node (in memory; a new instance starts empty).
+#[derive(Default)]
+pub struct TopCounters {
+    values: std::collections::BTreeMap<String, i64>,
+}
+
+impl cluster_singleton::Singleton for TopCounters {
+    type Message = TopMsg;
+    type Reply = Vec<(String, i64)>;
+
+    async fn handle(&mut self, msg: TopMsg) -> Vec<(String, i64)> {
+        match msg {
+            TopMsg::Record { id, value } => {
+                self.values.insert(id, value);
+                Vec::new()
+            }
+            TopMsg::Top { n } => {
+                let mut all: Vec<(String, i64)> =
+                    self.values.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                all.truncate(n);
+                all
+            }
+        }
+    }
+}
+
 /// Everything the HTTP handlers need.
 pub struct Node {
     config: Config,
     region: sharding_core::ShardRegion<Counter>,
+    top: cluster_singleton::ClusterSingleton<TopCounters>,
     sharding: ClusterSharding,
     view: cluster::ClusterView,
     lease: Option<Arc<dyn Lease>>,
@@ -109,28 +156,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     membership.announce_interval = Config::ms(config.membership_heartbeat_ms * 2);
     let membership = Membership::start(transport.clone(), advertise, membership)?;
 
-    let lease: Option<Arc<dyn Lease>> = match config.lease {
-        LeaseKind::None => None,
-        LeaseKind::Kubernetes => {
-            let owner = match &config.lease_owner {
-                Some(o) => o.clone(),
-                None => KubernetesLease::owner_from_hostname()?,
-            };
-            let ttl = Config::ms(config.lease_ttl_ms);
-            let settings = LeaseSettings::builder(config.lease_name.clone(), owner)
-                .ttl(ttl)
-                .heartbeat_interval(Config::ms(config.lease_heartbeat_ms))
-                .operation_timeout((ttl / 6).min(Duration::from_secs(5)))
-                .safety_margin(ttl / 10)
-                .build()?;
-            let client = kube::Client::try_default().await?;
-            Some(Arc::new(KubernetesLease::new(
-                client,
-                config.lease_namespace.clone(),
-                settings,
-            )?))
-        }
-    };
+    let lease = kubernetes_lease(&config, &config.lease_name).await?;
+    let top_lease = kubernetes_lease(&config, &format!("{}-top", config.lease_name)).await?;
 
     let sharding = ClusterSharding::new(transport.clone(), membership.view());
     let mut settings = ShardingSettings::new(
@@ -155,9 +182,17 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         };
     }
     let region = sharding.start(settings)?;
+    let mut top = cluster_singleton::SingletonSettings::new("top-counters", TopCounters::default);
+    top.lease = top_lease;
+    if let Some(l) = &top.lease {
+        top.stop_timeout = top.stop_timeout.min(l.settings().safety_margin() / 2);
+    }
+    let top =
+        cluster_singleton::ClusterSingleton::start(transport.clone(), membership.view(), top)?;
     let node = Arc::new(Node {
         config: config.clone(),
         region,
+        top,
         sharding,
         view: membership.view(),
         lease,
@@ -176,11 +211,41 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // The coordinator goes passive and gives its lease back, so the next
     // leader takes over at once.
     node.sharding.shutdown(Duration::from_secs(10)).await;
+    node.top.shutdown(Duration::from_secs(10)).await;
     server.abort();
     // Tell the cluster at once, rather than letting it time us out.
     membership.leave().await;
     tracing::info!("bye");
     Ok(())
+}
+
+/// The Kubernetes lease called `name`, if the service runs with one.
+async fn kubernetes_lease(
+    config: &Config,
+    name: &str,
+) -> Result<Option<Arc<dyn Lease>>, Box<dyn std::error::Error>> {
+    match config.lease {
+        LeaseKind::None => Ok(None),
+        LeaseKind::Kubernetes => {
+            let owner = match &config.lease_owner {
+                Some(o) => o.clone(),
+                None => KubernetesLease::owner_from_hostname()?,
+            };
+            let ttl = Config::ms(config.lease_ttl_ms);
+            let settings = LeaseSettings::builder(name, owner)
+                .ttl(ttl)
+                .heartbeat_interval(Config::ms(config.lease_heartbeat_ms))
+                .operation_timeout((ttl / 6).min(Duration::from_secs(5)))
+                .safety_margin(ttl / 10)
+                .build()?;
+            let client = kube::Client::try_default().await?;
+            Ok(Some(Arc::new(KubernetesLease::new(
+                client,
+                config.lease_namespace.clone(),
+                settings,
+            )?)))
+        }
+    }
 }
 
 async fn shutdown_signal() {

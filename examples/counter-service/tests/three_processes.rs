@@ -92,6 +92,21 @@ fn three_processes_survive_the_leader_dying_and_hand_off_on_sigterm() {
         );
     }
 
+    // The top-counters singleton runs on one node and heard from all three.
+    eventually(Duration::from_secs(10), "the singleton's top ten", || {
+        get_json(&agent, &format!("{}/top", nodes[2].http)).is_some_and(|(code, body)| {
+            code == 200
+                && body["top"].as_array().is_some_and(|top| {
+                    top.len() == 10 && top.iter().all(|e| e[1].as_i64() == Some(5))
+                })
+        })
+    });
+    let running = statuses(&nodes)
+        .iter()
+        .filter(|v| v["singleton_running"] == true)
+        .count();
+    assert_eq!(running, 1, "one singleton instance");
+
     // Kill the process whose coordinator is active.
     let s = statuses(&nodes);
     let leader = s
@@ -123,6 +138,17 @@ fn three_processes_survive_the_leader_dying_and_hand_off_on_sigterm() {
                     Some((200, _))
                 )
             })
+        },
+    );
+
+    // A new singleton instance answers through the survivors.
+    eventually(
+        Duration::from_secs(30),
+        "the singleton answers again",
+        || {
+            survivors
+                .iter()
+                .all(|n| matches!(get_json(&agent, &format!("{}/top", n.http)), Some((200, _))))
         },
     );
 
