@@ -64,11 +64,12 @@ impl<S: Singleton> ClusterSingleton<S> {
         let (shutdown, shutdown_rx) = mpsc::channel(1);
         let (gate_events, gate_rx) = mpsc::unbounded_channel();
         // A leader on the minority side leaves the lease to the majority for
-        // one ttl (as the shard coordinator does).
-        let minority_delay = settings
-            .lease
-            .as_ref()
-            .map_or(Duration::ZERO, |l| l.settings().ttl());
+        // a while (as the shard coordinator does).
+        let minority_delay = if settings.lease.is_some() {
+            settings.minority_lease_delay
+        } else {
+            Duration::ZERO
+        };
         let gate = LeaseGate::new(settings.lease.is_some(), settings.lease_retry_interval)
             .with_minority_delay(minority_delay);
         let inbox = transport.subscribe(channels.manager);

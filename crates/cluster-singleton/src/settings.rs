@@ -58,6 +58,9 @@ pub struct SingletonSettings<S: Singleton> {
     pub stop_timeout: Duration,
     /// How often a leader retries acquiring the lease.
     pub lease_retry_interval: Duration,
+    /// With a lease: how long a leader on the minority side of a partition
+    /// leaves the lease to the majority before asking for it again.
+    pub minority_lease_delay: Duration,
     /// How often a new leader asks the previous one to hand over.
     pub handover_retry_interval: Duration,
     /// The proxy's settings.
@@ -67,8 +70,8 @@ pub struct SingletonSettings<S: Singleton> {
 }
 
 impl<S: Singleton> SingletonSettings<S> {
-    /// Defaults: no lease, stop timeout 2 s, lease retry 5 s, handover retry
-    /// 1 s, the proxy's defaults.
+    /// Defaults: no lease, stop timeout 2 s, lease retry 5 s, minority lease
+    /// delay 10 s, handover retry 1 s, the proxy's defaults.
     pub fn new(name: impl Into<String>, factory: impl Fn() -> S + Send + Sync + 'static) -> Self {
         Self {
             name: name.into(),
@@ -76,6 +79,7 @@ impl<S: Singleton> SingletonSettings<S> {
             lease: None,
             stop_timeout: Duration::from_secs(2),
             lease_retry_interval: Duration::from_secs(5),
+            minority_lease_delay: Duration::from_secs(10),
             handover_retry_interval: Duration::from_secs(1),
             proxy: ProxySettings::default(),
             observer: None,

@@ -129,6 +129,7 @@ impl HarnessSettings {
         self.membership.down_after = Duration::from_secs(1);
         self.membership.announce_interval = Duration::from_millis(300);
         self.coordinator.lease_retry_interval = Duration::from_millis(500);
+        self.coordinator.minority_lease_delay = Duration::from_secs(1);
         self.coordinator.retry_interval = Duration::from_millis(200);
         self.membership.join_timeout = Duration::from_millis(500);
         self.coordinator.recovery_timeout = Duration::from_millis(500);
@@ -343,6 +344,7 @@ impl MultiNode {
             // Stopped well inside the lease's safety margin.
             settings.stop_timeout = settings.stop_timeout.min(lease.safety_margin() / 2);
             settings.lease_retry_interval = self.settings.coordinator.lease_retry_interval;
+            settings.minority_lease_delay = self.settings.coordinator.minority_lease_delay;
         }
         settings.proxy.ask_timeout = self.settings.region.ask_timeout;
         if self.settings.record {

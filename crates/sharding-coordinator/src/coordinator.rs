@@ -149,12 +149,12 @@ impl Coordinator {
         });
         let (gate_events, gate_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = mpsc::channel(1);
-        // A minority leader leaves the lease to the majority for one ttl:
-        // long enough for the other side to notice and acquire it.
-        let minority_delay = parts
-            .lease
-            .as_ref()
-            .map_or(Duration::ZERO, |l| l.settings().ttl());
+        // A minority leader leaves the lease to the majority for a while.
+        let minority_delay = if parts.lease.is_some() {
+            parts.settings.minority_lease_delay
+        } else {
+            Duration::ZERO
+        };
         let gate = LeaseGate::new(parts.lease.is_some(), parts.settings.lease_retry_interval)
             .with_minority_delay(minority_delay);
         let coordinator = Coordinator {
