@@ -59,7 +59,9 @@ pub struct SingletonSettings<S: Singleton> {
     /// How often a leader retries acquiring the lease.
     pub lease_retry_interval: Duration,
     /// With a lease: how long a leader on the minority side of a partition
-    /// leaves the lease to the majority before asking for it again.
+    /// leaves the lease to the majority before asking for it again; keep it
+    /// at least the lease's ttl (see the coordinator's setting of the same
+    /// name).
     pub minority_lease_delay: Duration,
     /// How often a new leader asks the previous one to hand over.
     pub handover_retry_interval: Duration,
@@ -71,7 +73,8 @@ pub struct SingletonSettings<S: Singleton> {
 
 impl<S: Singleton> SingletonSettings<S> {
     /// Defaults: no lease, stop timeout 2 s, lease retry 5 s, minority lease
-    /// delay 10 s, handover retry 1 s, the proxy's defaults.
+    /// delay 30 s (the default lease ttl), handover retry 1 s, the proxy's
+    /// defaults.
     pub fn new(name: impl Into<String>, factory: impl Fn() -> S + Send + Sync + 'static) -> Self {
         Self {
             name: name.into(),
@@ -79,7 +82,7 @@ impl<S: Singleton> SingletonSettings<S> {
             lease: None,
             stop_timeout: Duration::from_secs(2),
             lease_retry_interval: Duration::from_secs(5),
-            minority_lease_delay: Duration::from_secs(10),
+            minority_lease_delay: Duration::from_secs(30),
             handover_retry_interval: Duration::from_secs(1),
             proxy: ProxySettings::default(),
             observer: None,

@@ -17,6 +17,26 @@ use tokio::time::{Instant, sleep};
 
 const LEASE: &str = "tally-singleton";
 
+/// Remembers the last number it was told; counts those that arrived below
+/// an earlier one (per-sender order broken).
+#[derive(Default)]
+struct Sequence {
+    last: u64,
+    out_of_order: u64,
+}
+
+impl Singleton for Sequence {
+    type Message = u64;
+    type Reply = (u64, u64);
+    async fn handle(&mut self, n: u64) -> (u64, u64) {
+        if n < self.last {
+            self.out_of_order += 1;
+        }
+        self.last = self.last.max(n);
+        (self.last, self.out_of_order)
+    }
+}
+
 /// Adds what it is told; counts every message any instance handled.
 struct Tally {
     total: u64,
@@ -252,6 +272,14 @@ async fn graceful_leave_hands_over_with_no_overlap_and_nothing_lost() {
             told += 1;
         }
         c.leave_gracefully(NodeId(1)).await;
+        if with_lease {
+            // Given back on leaving, not left to expire.
+            assert_ne!(
+                c.store.holder(LEASE).map(|(h, _)| h),
+                Some("node-1".to_string()),
+                "node 1 still holds the lease after leaving"
+            );
+        }
         // Told while no instance runs: buffered, then delivered.
         for _ in 0..20 {
             proxy.tell(1).unwrap();
@@ -370,6 +398,39 @@ async fn a_full_proxy_buffer_is_a_typed_error_and_counted() {
     }
     assert_eq!(proxy.tell(1), Err(ProxyError::BufferFull { capacity: 50 }));
     assert_eq!(proxy.dropped(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_proxy_s_messages_arrive_in_order_including_those_buffered() {
+    let network = InProcessNetwork::new(3);
+    let mut singletons = Vec::new();
+    let mut memberships = Vec::new();
+    for i in 1..=3u64 {
+        let transport = Arc::new(network.join(NodeId(i)));
+        let mut ms = MembershipSettings::new(vec![(NodeId(1), addr(1)), (NodeId(2), addr(2))]);
+        ms.rng_seed = i;
+        let membership = Membership::start(transport.clone(), addr(i), ms).expect("starts");
+        let s = ClusterSingleton::start(
+            transport,
+            membership.view(),
+            SingletonSettings::new("sequence", Sequence::default),
+        )
+        .expect("valid settings");
+        singletons.push(s);
+        memberships.push(membership);
+    }
+    // Told from node 3 at once, before any instance runs (buffered), then
+    // while it runs.
+    let proxy = singletons[2].proxy();
+    for n in 1..=500u64 {
+        proxy.tell(n).expect("buffered");
+        if n % 50 == 0 {
+            sleep(Duration::from_millis(700)).await;
+        }
+    }
+    let (last, out_of_order) = proxy.ask(501).await.expect("answered");
+    assert_eq!((last, out_of_order), (501, 0));
+    assert_eq!(proxy.dropped(), 0);
 }
 
 #[test]

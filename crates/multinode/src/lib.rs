@@ -129,7 +129,7 @@ impl HarnessSettings {
         self.membership.down_after = Duration::from_secs(1);
         self.membership.announce_interval = Duration::from_millis(300);
         self.coordinator.lease_retry_interval = Duration::from_millis(500);
-        self.coordinator.minority_lease_delay = Duration::from_secs(1);
+        self.coordinator.minority_lease_delay = Duration::from_secs(2);
         self.coordinator.retry_interval = Duration::from_millis(200);
         self.membership.join_timeout = Duration::from_millis(500);
         self.coordinator.recovery_timeout = Duration::from_millis(500);

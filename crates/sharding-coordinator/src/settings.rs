@@ -26,11 +26,12 @@ pub struct CoordinatorSettings {
     /// While leader without the lease, how often to try acquiring it (default 5 s).
     pub lease_retry_interval: Duration,
     /// With a lease: how long a leader whose side of a partition is a
-    /// minority leaves the lease to the majority before asking for it
-    /// (default 10 s, two lease retry intervals: the majority's leader,
-    /// detecting the split at about the same time, acquires it first). If
+    /// minority leaves the lease to the majority before asking for it. If
     /// nobody took it, the minority takes it then, so a cluster that lost
-    /// most of its nodes keeps serving.
+    /// most of its nodes keeps serving. Keep it at least the lease's ttl
+    /// (default 30 s, the default ttl): a lease held by a crashed node
+    /// frees up within a ttl of the split, and the majority must get it
+    /// first, or the minority keeps it until the partition heals.
     pub minority_lease_delay: Duration,
     /// How often unanswered directives (`HostShard`, `BeginHandOff`,
     /// `HandOff`) are sent again, and members with no registration are asked
@@ -48,7 +49,7 @@ impl Default for CoordinatorSettings {
             recovery_timeout: Duration::from_secs(5),
             buffer_size: 100_000,
             lease_retry_interval: Duration::from_secs(5),
-            minority_lease_delay: Duration::from_secs(10),
+            minority_lease_delay: Duration::from_secs(30),
             retry_interval: Duration::from_secs(2),
             strategy: Arc::new(LeastShardAllocationStrategy::default()),
         }

@@ -173,7 +173,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         settings.region.ask_timeout = Duration::from_secs(2);
         settings.coordinator.recovery_timeout = Duration::from_millis(500);
         settings.coordinator.lease_retry_interval = Duration::from_millis(500);
-        settings.coordinator.minority_lease_delay = Duration::from_secs(1);
+        settings.coordinator.minority_lease_delay = Config::ms(config.lease_ttl_ms);
         settings.coordinator.retry_interval = Duration::from_millis(200);
         settings.tenure = sharding_core::TenureSettings {
             tenure: Duration::from_millis(1000),
@@ -187,7 +187,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     top.lease = top_lease;
     if config.membership_down_after_ms < 10_000 {
         top.lease_retry_interval = Duration::from_millis(500);
-        top.minority_lease_delay = Duration::from_secs(1);
+        top.minority_lease_delay = Config::ms(config.lease_ttl_ms);
     }
     if let Some(l) = &top.lease {
         top.stop_timeout = top.stop_timeout.min(l.settings().safety_margin() / 2);
