@@ -203,9 +203,11 @@ async fn acquire_failure_retries() {
     let before = harness.store().calls(&owner_of(id(1))).acquire;
     sleep(Duration::from_secs(60)).await;
     let attempts = harness.store().calls(&owner_of(id(1))).acquire - before;
-    // One attempt per timeout (5 s) + retry interval (5 s).
+    // One attempt per timeout (5 s) + retry interval (5 s), for each of
+    // node 1's two leases under the same owner: the coordinator's and the
+    // harness singleton's.
     assert!(
-        (5..=7).contains(&attempts),
+        (10..=14).contains(&attempts),
         "{attempts} attempts in {:?}",
         start.elapsed()
     );

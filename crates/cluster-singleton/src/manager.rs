@@ -87,6 +87,7 @@ impl<S: Singleton> ClusterSingleton<S> {
             release_pending: false,
             instance: None,
             awaiting_handover: BTreeSet::new(),
+            next_handover_ask: Instant::now(),
             handed_over_to: None,
             running: running_tx,
             settings,
@@ -171,6 +172,9 @@ struct Manager<S: Singleton> {
     /// We lead; these members have not confirmed that no instance of
     /// theirs runs (any of them may have led before us, in its own view).
     awaiting_handover: BTreeSet<NodeId>,
+    /// When to ask them again (an absolute time: every loop turn would
+    /// otherwise push a relative deadline back, and a busy manager never ask).
+    next_handover_ask: Instant,
     /// We stopped our instance for this node's handover request: we do not
     /// run it again while it is a member.
     handed_over_to: Option<NodeId>,
@@ -206,8 +210,8 @@ impl<S: Singleton> Manager<S> {
         self.step().await;
         loop {
             let gate_retry = self.gate.next_retry();
-            let handover_retry = (!self.awaiting_handover.is_empty())
-                .then(|| Instant::now() + self.settings.handover_retry_interval);
+            let handover_retry =
+                (!self.awaiting_handover.is_empty()).then_some(self.next_handover_ask);
             let lease_check = self.lease_check_at();
             tokio::select! {
                 biased;
@@ -338,7 +342,8 @@ impl<S: Singleton> Manager<S> {
         });
     }
 
-    fn ask_for_handover(&self) {
+    fn ask_for_handover(&mut self) {
+        self.next_handover_ask = Instant::now() + self.settings.handover_retry_interval;
         for member in &self.awaiting_handover {
             tracing::debug!(node = %self.node, %member, "asking to hand the singleton over");
             self.send(*member, self.channels.manager, &ToManager::HandOverToMe);

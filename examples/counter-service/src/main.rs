@@ -95,7 +95,11 @@ impl cluster_singleton::Singleton for TopCounters {
     async fn handle(&mut self, msg: TopMsg) -> Vec<(String, i64)> {
         match msg {
             TopMsg::Record { id, value } => {
-                self.values.insert(id, value);
+                // Reports from different nodes may arrive out of order; a
+                // counter only grows (adds are positive here), so keep the
+                // largest value seen.
+                let v = self.values.entry(id).or_insert(value);
+                *v = (*v).max(value);
                 Vec::new()
             }
             TopMsg::Top { n } => {
