@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cluster::{ClusterView, Envelope, NodeId, Transport};
-use lease_api::LeaseStatus;
 use lease_api::gate::{GateCommand, GateEvent, GateState, LeaseGate};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -182,22 +181,6 @@ struct Manager<S: Singleton> {
     _singleton: PhantomData<fn() -> S>,
 }
 
-/// Resolves when the lease status turns `Lost`; never without a lease.
-async fn lease_lost(status: &mut Option<watch::Receiver<LeaseStatus>>) -> Option<()> {
-    let Some(rx) = status else {
-        return std::future::pending().await;
-    };
-    loop {
-        if rx.changed().await.is_err() {
-            *status = None;
-            return None;
-        }
-        if matches!(*rx.borrow_and_update(), LeaseStatus::Lost(_)) {
-            return Some(());
-        }
-    }
-}
-
 impl<S: Singleton> Manager<S> {
     async fn run(
         mut self,
@@ -222,7 +205,7 @@ impl<S: Singleton> Manager<S> {
                 }
                 Ok(()) = view.changed() => {}
                 Some(event) = gate_rx.recv() => self.feed_gate(event),
-                Some(()) = lease_lost(&mut lease_status) => {}
+                Some(()) = lease_api::gate::lease_lost(&mut lease_status) => {}
                 () = sleep_until(gate_retry.unwrap_or_else(Instant::now)), if gate_retry.is_some() => self.feed_gate(GateEvent::Tick),
                 () = sleep_until(lease_check.unwrap_or_else(Instant::now)), if lease_check.is_some() => {}
                 () = sleep_until(handover_retry.unwrap_or_else(Instant::now)), if handover_retry.is_some() => self.ask_for_handover(),

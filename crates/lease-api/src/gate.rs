@@ -16,7 +16,26 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
+
+use crate::LeaseStatus;
+
+/// For the gate's owner's event loop: resolves when the lease status turns `Lost`; never without a lease.
+pub async fn lease_lost(status: &mut Option<watch::Receiver<LeaseStatus>>) -> Option<()> {
+    let Some(rx) = status else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.changed().await.is_err() {
+            *status = None;
+            return None;
+        }
+        if matches!(*rx.borrow_and_update(), LeaseStatus::Lost(_)) {
+            return Some(());
+        }
+    }
+}
 
 /// Where the gate is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster::{ClusterView, Envelope, NodeId, Transport};
-use lease_api::{Lease, LeaseStatus};
+use lease_api::Lease;
 use sharding_core::coordinator::{CoordinatorEvent, CoordinatorState};
 use sharding_core::protocol::{CoordinatorMsg, Directive, RegionMsg, TypeChannels, decode, encode};
 use sharding_core::{Epoch, ShardId, TenureSettings, TypeName};
@@ -123,22 +123,6 @@ pub(crate) struct Parts {
     pub(crate) tenure: Option<TenureSettings>,
 }
 
-/// Resolves when the lease status turns `Lost`; never without a lease.
-async fn lease_lost(status: &mut Option<watch::Receiver<LeaseStatus>>) -> Option<()> {
-    let Some(rx) = status else {
-        return std::future::pending().await;
-    };
-    loop {
-        if rx.changed().await.is_err() {
-            *status = None;
-            return None;
-        }
-        if matches!(*rx.borrow_and_update(), LeaseStatus::Lost(_)) {
-            return Some(());
-        }
-    }
-}
-
 impl Coordinator {
     pub(crate) fn spawn(parts: Parts) -> Spawned {
         let channels = TypeChannels::of(&parts.type_name);
@@ -226,7 +210,7 @@ impl Coordinator {
                 }
                 Ok(()) = view.changed() => self.on_view_change(),
                 Some(event) = gate_rx.recv() => self.feed_gate(event),
-                Some(()) = lease_lost(&mut lease_status) => {}
+                Some(()) = lease_api::gate::lease_lost(&mut lease_status) => {}
                 _ = rebalance.tick() => self.on_rebalance_tick(),
                 _ = retry.tick() => self.on_retry_tick(),
                 () = sleep_until(recovery.unwrap_or_else(Instant::now)), if recovery.is_some() => {}
