@@ -6,6 +6,15 @@
 //! - A renew is one PUT with the cached resourceVersion; no GET before it.
 //! - Taking over or releasing is a PUT with the observed resourceVersion; a
 //!   409 means someone else moved first.
+//! - The fencing token is the resourceVersion of the write that began the
+//!   tenure (the create, or the takeover PUT), not `leaseTransitions`. The
+//!   API server stamps every write of a resource with a resourceVersion
+//!   above every earlier one (etcd's revision, one counter for the whole
+//!   store; comparable by contract since Kubernetes 1.35, KEP-5504), and a
+//!   deletion does not reset it. So a Lease deleted and re-created (an admin,
+//!   a namespace clean-up, a GitOps prune) gives its next holder a token
+//!   above every token any earlier holder had, even when that holder never
+//!   saw the old object. `leaseTransitions` still counts holders for humans.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,6 +39,18 @@ pub struct KubernetesBackend {
     namespace: String,
     wall_clock: WallClock,
     observed: Mutex<Option<Observed>>,
+    /// The tenure we hold, by token: what the record must still show for
+    /// it to be ours (a renew carries only the token).
+    held: Mutex<Option<Tenure>>,
+}
+
+/// What identifies our tenure in the record: its object (uid) and its
+/// holder count. The token alone cannot: every renew moves the resourceVersion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tenure {
+    token: FencingToken,
+    uid: Option<String>,
+    transitions: u64,
 }
 
 /// The record as last seen, and when it last changed on our clock.
@@ -58,6 +79,30 @@ fn transitions(lease: &LeaseObject) -> u64 {
 
 fn resource_version(lease: &LeaseObject) -> Option<&str> {
     lease.metadata.resource_version.as_deref()
+}
+
+/// The token of a tenure begun by the write that returned `lease`.
+fn token_of(settings: &LeaseSettings, lease: &LeaseObject) -> Result<FencingToken, LeaseError> {
+    let rv = resource_version(lease).unwrap_or("");
+    // A positive decimal without leading zeros, as KEP-5504 specifies.
+    let parsed = rv
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0 && !rv.starts_with('0') && !rv.starts_with('+'));
+    match parsed {
+        Some(n) => Ok(FencingToken::new(n)),
+        None => Err(LeaseError::Backend {
+            lease: settings.lease_name().to_owned(),
+            source: format!(
+                "resourceVersion {rv:?} of the written Lease is not a positive integer; the fencing token needs comparable resource versions"
+            )
+            .into(),
+        }),
+    }
+}
+
+fn uid(lease: &LeaseObject) -> Option<String> {
+    lease.metadata.uid.clone()
 }
 
 fn duration_secs(settings: &LeaseSettings) -> i32 {
@@ -91,7 +136,43 @@ impl KubernetesBackend {
             namespace,
             wall_clock,
             observed: Mutex::new(None),
+            held: Mutex::new(None),
         }
+    }
+
+    fn held(&self) -> MutexGuard<'_, Option<Tenure>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the tenure begun by the write that returned `lease`.
+    fn begin_tenure(
+        &self,
+        settings: &LeaseSettings,
+        lease: &LeaseObject,
+    ) -> Result<AcquireOutcome, LeaseError> {
+        let token = token_of(settings, lease)?;
+        *self.held() = Some(Tenure {
+            token,
+            uid: uid(lease),
+            transitions: transitions(lease),
+        });
+        Ok(AcquireOutcome::Acquired(token))
+    }
+
+    /// Whether `lease` still shows the tenure `token`.
+    fn shows_tenure(
+        &self,
+        settings: &LeaseSettings,
+        lease: &LeaseObject,
+        token: FencingToken,
+    ) -> bool {
+        let held = self.held();
+        let Some(tenure) = held.as_ref().filter(|t| t.token == token) else {
+            return false;
+        };
+        holder(lease) == Some(settings.owner_name())
+            && uid(lease) == tenure.uid
+            && transitions(lease) == tenure.transitions
     }
 
     /// The namespace of the lease.
@@ -145,9 +226,7 @@ impl KubernetesBackend {
         match self.api.create(&PostParams::default(), &lease).await {
             Ok(created) => {
                 self.observe(&created);
-                Ok(AcquireOutcome::Acquired(FencingToken::new(transitions(
-                    &created,
-                ))))
+                self.begin_tenure(settings, &created)
             }
             // Another owner created it first: not an error, just not ours.
             Err(e) if is_status(&e, kube::core::Status::is_already_exists) => {
@@ -231,11 +310,11 @@ impl KubernetesBackend {
             })
             .await
             .map_err(|e| lease_error(settings, e))?;
-        Ok(match written {
-            Some(lease) => AcquireOutcome::Acquired(FencingToken::new(transitions(&lease))),
+        match written {
+            Some(lease) => self.begin_tenure(settings, &lease),
             // 409: another contender won the race.
-            None => AcquireOutcome::HeldByOther(None),
-        })
+            None => Ok(AcquireOutcome::HeldByOther(None)),
+        }
     }
 
     /// Reads the record after a 409 and says whether it is still ours.
@@ -248,10 +327,10 @@ impl KubernetesBackend {
             Ok(None) => Ok(Err(LostReason::Revoked)),
             Ok(Some(lease)) => {
                 self.observe(&lease);
+                if self.shows_tenure(settings, &lease, token) {
+                    return Ok(Ok(lease));
+                }
                 match holder(&lease) {
-                    Some(h) if h == settings.owner_name() && transitions(&lease) == token.get() => {
-                        Ok(Ok(lease))
-                    }
                     Some(h) => Ok(Err(LostReason::TakenOver {
                         by: Some(h.to_owned()),
                     })),
@@ -269,7 +348,7 @@ impl KubernetesBackend {
     ) -> Result<RenewOutcome, LeaseError> {
         let cached = self.observed().as_ref().map(|o| o.lease.clone());
         let mut lease = match cached {
-            Some(lease) if holder(&lease) == Some(settings.owner_name()) => lease,
+            Some(lease) if self.shows_tenure(settings, &lease, token) => lease,
             _ => match self.still_ours(settings, token).await? {
                 Ok(lease) => lease,
                 Err(reason) => return Ok(RenewOutcome::Lost(reason)),
@@ -306,7 +385,7 @@ impl KubernetesBackend {
     ) -> Result<bool, LeaseError> {
         let cached = self.observed().as_ref().map(|o| o.lease.clone());
         let mut lease = match cached {
-            Some(lease) if holder(&lease) == Some(settings.owner_name()) => lease,
+            Some(lease) if self.shows_tenure(settings, &lease, token) => lease,
             _ => match self.still_ours(settings, token).await? {
                 Ok(lease) => lease,
                 Err(_) => return Ok(false),

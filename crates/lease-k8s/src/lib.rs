@@ -29,6 +29,8 @@
 mod backend;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+#[cfg(feature = "envtest")]
+pub mod envtest;
 mod names;
 
 use std::sync::Arc;

@@ -1,19 +1,19 @@
-//! The lease-api conformance suite against `KubernetesLease`, talking HTTP to
-//! the emulated API server, in real time with a 2 s ttl.
+//! The lease-api conformance suite against `KubernetesLease`, in real time
+//! with a 2 s ttl: on the emulated API server, and on a real kube-apiserver
+//! (cut-off and slowness through a TCP proxy per owner) when
+//! `KUBEBUILDER_ASSETS` is set.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{NS, client_for};
+use common::Store;
 use lease_api::testkit::{self, ConformanceBackend};
 use lease_api::{Lease, LeaseError, LeaseSettings};
-use lease_k8s::KubernetesLease;
-use lease_k8s::emulator::ApiServer;
 
 struct K8s {
-    server: ApiServer,
+    store: Store,
 }
 
 impl ConformanceBackend for K8s {
@@ -22,20 +22,24 @@ impl ConformanceBackend for K8s {
     }
 
     fn create(&self, settings: LeaseSettings) -> Result<Arc<dyn Lease>, LeaseError> {
-        let client = client_for(&self.server, settings.owner_name());
-        Ok(Arc::new(KubernetesLease::new(client, NS, settings)?))
+        let client = self.store.client_for(settings.owner_name());
+        Ok(Arc::new(lease_k8s::KubernetesLease::new(
+            client,
+            common::NS,
+            settings,
+        )?))
     }
 
     fn cut_off(&self, owner: &str) {
-        self.server.cut(owner, true);
+        self.store.cut(owner);
     }
 
     fn reconnect(&self, owner: &str) {
-        self.server.heal(owner);
+        self.store.heal(owner);
     }
 
     fn set_latency(&self, owner: &str, latency: Duration) {
-        self.server.set_latency(owner, latency);
+        self.store.set_latency(owner, latency);
     }
 
     fn invalid_lease_name(&self) -> Option<String> {
@@ -44,9 +48,19 @@ impl ConformanceBackend for K8s {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubernetes_lease_passes_the_suite() {
+async fn kubernetes_lease_passes_the_suite_on_the_emulator() {
+    let _serial = common::serial().await;
     let backend = K8s {
-        server: ApiServer::new(),
+        store: Store::emulator(),
     };
     testkit::run(&backend).await.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_lease_passes_the_suite_on_a_real_api_server() {
+    let _serial = common::serial().await;
+    let Some(store) = Store::real().await else {
+        return;
+    };
+    testkit::run(&K8s { store }).await.assert_passed();
 }

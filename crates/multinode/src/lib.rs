@@ -169,7 +169,8 @@ fn grants_from_writes(writes: &[lease_k8s::emulator::LeaseWrite]) -> Vec<Grant> 
             grants.push(done);
         }
         if let Some(holder) = &w.holder {
-            let token = u64::try_from(w.transitions.unwrap_or(0)).unwrap_or(0);
+            // The backend's token: the resourceVersion of the write that began the tenure.
+            let token = w.resource_version.unwrap_or(0);
             let grant = Grant {
                 lease: w.name.clone(),
                 owner: holder.clone(),

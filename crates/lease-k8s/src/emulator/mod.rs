@@ -45,12 +45,14 @@ pub struct RequestCounts {
     pub update: u64,
     /// DELETE.
     pub delete: u64,
+    /// GET with `watch=true` (each watch request, not each event).
+    pub watch: u64,
 }
 
 impl RequestCounts {
     /// All requests.
     pub fn total(&self) -> u64 {
-        self.get + self.list + self.create + self.update + self.delete
+        self.get + self.list + self.create + self.update + self.delete + self.watch
     }
 }
 
@@ -76,6 +78,9 @@ pub struct LeaseWrite {
     pub duration_secs: Option<i64>,
     /// `spec.leaseTransitions` after the write.
     pub transitions: Option<i64>,
+    /// `metadata.resourceVersion` the write was given (the fencing token of
+    /// a tenure the write began).
+    pub resource_version: Option<u64>,
 }
 
 #[derive(Default)]
@@ -368,6 +373,11 @@ async fn serve(
                 .map(str::to_owned),
             duration_secs: spec["leaseDurationSeconds"].as_i64(),
             transitions: spec["leaseTransitions"].as_i64(),
+            resource_version: reply
+                .body
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|rv| rv.parse().ok()),
         };
         lock(&inner.writes).push(write);
     }
