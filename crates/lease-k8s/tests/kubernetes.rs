@@ -1,4 +1,6 @@
-//! Kubernetes-specific behaviour against the emulated API server, real time.
+//! Kubernetes-specific behaviour in real time: every scenario that needs no
+//! emulator back door runs on the emulated API server and, when
+//! `KUBEBUILDER_ASSETS` is set, on a real kube-apiserver.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
@@ -7,12 +9,45 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{NS, client_for, lease, settings};
+use common::{NS, Store, client_for, lease, settings};
 use lease_api::{Lease, LeaseStatus, LostReason};
 use lease_k8s::KubernetesLease;
-use lease_k8s::emulator::{ApiServer, Verb};
+use lease_k8s::emulator::ApiServer;
 use serde_json::json;
 use tokio::time::{Instant, sleep};
+
+/// Runs `$scenario(&Store)` as two tests: on the emulator and on the real
+/// API server (which skips, saying so, without `KUBEBUILDER_ASSETS`).
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_the_emulator() {
+                let _serial = super::common::serial().await;
+                super::$scenario(&super::Store::emulator()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_a_real_api_server() {
+                let _serial = super::common::serial().await;
+                if let Some(store) = super::Store::real().await {
+                    super::$scenario(&store).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_both!(
+    api_server_down_briefly_keeps_the_lease,
+    api_server_down_longer_loses_before_anyone_takes_over,
+    two_contenders_for_an_expired_lease_one_wins,
+    a_contender_with_a_clock_an_hour_ahead_never_takes_over_early,
+    one_api_call_per_renew_in_steady_state,
+    a_takeover_seen_on_renew_is_a_loss,
+    release_clears_the_holder_and_the_next_owner_gets_a_higher_token,
+    a_deleted_lease_never_gives_a_lower_token,
+);
 
 async fn wait_for_lost(l: &KubernetesLease, limit: Duration) -> Option<LeaseStatus> {
     let mut status = l.status();
@@ -24,11 +59,8 @@ async fn wait_for_lost(l: &KubernetesLease, limit: Duration) -> Option<LeaseStat
     found.ok().and_then(|r| r.ok().map(|s| s.clone()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_server_down_briefly_keeps_the_lease() {
-    let _serial = common::serial().await;
-    let server = ApiServer::new();
-    let a = lease(&server, "brief", "a");
+async fn api_server_down_briefly_keeps_the_lease(server: &Store) {
+    let a = server.lease("brief", "a");
     assert!(a.acquire().await.unwrap());
     sleep(Duration::from_millis(400)).await;
     // Down for less than ttl - margin - heartbeat: renewals resume in time.
@@ -44,12 +76,9 @@ async fn api_server_down_briefly_keeps_the_lease() {
     assert!(matches!(*a.status().borrow(), LeaseStatus::Held(_)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_server_down_longer_loses_before_anyone_takes_over() {
-    let _serial = common::serial().await;
-    let server = ApiServer::new();
-    let a = lease(&server, "long", "a");
-    let b = lease(&server, "long", "b");
+async fn api_server_down_longer_loses_before_anyone_takes_over(server: &Store) {
+    let a = server.lease("long", "a");
+    let b = server.lease("long", "b");
     assert!(a.acquire().await.unwrap());
     assert!(!b.acquire().await.unwrap());
     server.set_down(true);
@@ -75,16 +104,13 @@ async fn api_server_down_longer_loses_before_anyone_takes_over() {
     assert!(!a.check_alive());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_contenders_for_an_expired_lease_one_wins() {
-    let _serial = common::serial().await;
-    let server = ApiServer::new();
+async fn two_contenders_for_an_expired_lease_one_wins(server: &Store) {
     for round in 0..3 {
         let name = format!("race-{round}");
-        let holder = lease(&server, &name, "holder");
+        let holder = server.lease(&name, "holder");
         assert!(holder.acquire().await.unwrap());
-        let b = lease(&server, &name, "b");
-        let c = lease(&server, &name, "c");
+        let b = server.lease(&name, "b");
+        let c = server.lease(&name, "c");
         // Both see the record now; it stops changing when the holder goes.
         assert!(!b.acquire().await.unwrap());
         assert!(!c.acquire().await.unwrap());
@@ -96,21 +122,14 @@ async fn two_contenders_for_an_expired_lease_one_wins() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_contender_with_a_clock_an_hour_ahead_never_takes_over_early() {
-    let _serial = common::serial().await;
-    let server = ApiServer::new();
-    let a = lease(&server, "skew", "a");
+async fn a_contender_with_a_clock_an_hour_ahead_never_takes_over_early(server: &Store) {
+    let a = server.lease("skew", "a");
     let ahead: lease_k8s::WallClock = Arc::new(|| {
         k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(1)
     });
-    let b = KubernetesLease::with_wall_clock(
-        client_for(&server, "b"),
-        NS,
-        settings("skew", "b"),
-        ahead,
-    )
-    .unwrap();
+    let b =
+        KubernetesLease::with_wall_clock(server.client_for("b"), NS, settings("skew", "b"), ahead)
+            .unwrap();
     assert!(a.acquire().await.unwrap());
     let end = Instant::now() + Duration::from_secs(6);
     while Instant::now() < end {
@@ -120,16 +139,20 @@ async fn a_contender_with_a_clock_an_hour_ahead_never_takes_over_early() {
     assert!(a.check_alive());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_api_call_per_renew_in_steady_state() {
-    let _serial = common::serial().await;
-    let server = ApiServer::new();
-    let a = lease(&server, "calls", "a");
+async fn one_api_call_per_renew_in_steady_state(server: &Store) {
+    let before = server.lease_requests("a").await;
+    let a = server.lease("calls", "a");
     assert!(a.acquire().await.unwrap());
-    let acquire_calls = server.counts("a");
-    assert_eq!((acquire_calls.get, acquire_calls.create), (1, 1));
+    let acquire_calls = server.lease_requests("a").await;
+    assert_eq!(
+        (
+            acquire_calls.get - before.get,
+            acquire_calls.create - before.create
+        ),
+        (1, 1)
+    );
     sleep(Duration::from_millis(3150)).await;
-    let after = server.counts("a");
+    let after = server.lease_requests("a").await;
     let renews = after.update - acquire_calls.update;
     assert!(
         (9..=11).contains(&renews),
@@ -143,21 +166,13 @@ async fn one_api_call_per_renew_in_steady_state() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_takeover_seen_on_renew_is_a_loss() {
-    let _serial = common::serial().await;
-    let server = ApiServer::new();
-    let a = lease(&server, "stolen", "a");
+async fn a_takeover_seen_on_renew_is_a_loss(server: &Store) {
+    let a = server.lease("stolen", "a");
     assert!(a.acquire().await.unwrap());
     // Someone rewrites the record behind our back.
-    let mut object = server.lease(NS, "stolen").unwrap();
+    let mut object = server.get("stolen").await.unwrap();
     object["spec"]["holderIdentity"] = json!("intruder");
-    assert_eq!(
-        server
-            .apply(Verb::Update, NS, Some("stolen"), Some(object))
-            .status,
-        200
-    );
+    assert_eq!(server.update(object).await, 200);
     let lost = wait_for_lost(&a, Duration::from_secs(2)).await;
     assert_eq!(
         lost,
@@ -166,6 +181,39 @@ async fn a_takeover_seen_on_renew_is_a_loss() {
         }))
     );
     assert!(!a.check_alive());
+}
+
+/// A Lease deleted under its holder (an admin, a namespace clean-up, a
+/// GitOps prune): the holder loses it, and whoever takes it next, having
+/// never seen the old object, gets a token above every earlier one.
+async fn a_deleted_lease_never_gives_a_lower_token(server: &Store) {
+    let a = server.lease("deleted", "a");
+    let b = server.lease("deleted", "b");
+    let c = server.lease("deleted", "c");
+    assert!(a.acquire().await.unwrap());
+    let first = a.fencing_token().unwrap();
+    // A handover, so the old object's holder count is above zero.
+    assert!(a.release().await.unwrap());
+    assert!(b.acquire().await.unwrap());
+    let second = b.fencing_token().unwrap();
+    assert!(second > first);
+    sleep(Duration::from_millis(700)).await; // a few renewals
+    assert_eq!(server.delete("deleted").await, 200);
+    let lost = wait_for_lost(&b, Duration::from_secs(2)).await;
+    assert_eq!(lost, Some(LeaseStatus::Lost(LostReason::Revoked)));
+    assert!(!b.check_alive());
+    // c never saw the old object: it creates a fresh one.
+    assert!(c.acquire().await.unwrap());
+    let third = c.fencing_token().unwrap();
+    assert!(
+        third > second && third > first,
+        "token went back: {first} then {second}, after the deletion {third}"
+    );
+    let stored = server.get("deleted").await.unwrap();
+    assert_eq!(stored["spec"]["holderIdentity"], "c");
+    // b, still renewing nothing, does not come back.
+    sleep(Duration::from_millis(700)).await;
+    assert!(!b.check_alive() && c.check_alive());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,16 +229,13 @@ async fn server_errors_are_retried_until_the_deadline() {
     assert!(wait_for_lost(&a, Duration::from_secs(3)).await.is_some());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_clears_the_holder_and_the_next_owner_gets_a_higher_token() {
-    let _serial = common::serial().await;
-    let server = ApiServer::new();
-    let a = lease(&server, "handover", "a");
-    let b = lease(&server, "handover", "b");
+async fn release_clears_the_holder_and_the_next_owner_gets_a_higher_token(server: &Store) {
+    let a = server.lease("handover", "a");
+    let b = server.lease("handover", "b");
     assert!(a.acquire().await.unwrap());
     let first = a.fencing_token().unwrap();
     assert!(a.release().await.unwrap());
-    let stored = server.lease(NS, "handover").unwrap();
+    let stored = server.get("handover").await.unwrap();
     assert!(
         stored["spec"]
             .get("holderIdentity")
@@ -202,7 +247,7 @@ async fn release_clears_the_holder_and_the_next_owner_gets_a_higher_token() {
         "a released lease is free at once"
     );
     assert!(b.fencing_token().unwrap() > first);
-    let renew_time = server.lease(NS, "handover").unwrap()["spec"]["renewTime"]
+    let renew_time = server.get("handover").await.unwrap()["spec"]["renewTime"]
         .as_str()
         .unwrap()
         .to_owned();

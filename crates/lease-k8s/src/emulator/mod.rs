@@ -220,6 +220,13 @@ impl ApiServer {
         lock(&self.inner.store).handle(verb, namespace, name, body, &now())
     }
 
+    /// Makes `namespace` exist: like the real server, the emulator refuses
+    /// writes into a namespace it does not have (it starts with `default`,
+    /// `kube-system`, `kube-public` and `kube-node-lease`).
+    pub fn create_namespace(&self, namespace: &str) {
+        lock(&self.inner.store).create_namespace(namespace);
+    }
+
     /// Every successful create or update so far, in order.
     pub fn writes(&self) -> Vec<LeaseWrite> {
         lock(&self.inner.writes).clone()

@@ -1,8 +1,11 @@
 //! The API server's rules for `coordination.k8s.io/v1` Leases, on JSON.
 //!
-//! Kept apart from HTTP so the rules are tested directly against what the
-//! Kubernetes API documents: resourceVersion preconditions, Status bodies with
-//! their `reason`, 404/409/422, and create-on-update.
+//! Kept apart from HTTP so the rules are tested directly. Every rule here
+//! was checked against a real kube-apiserver (v1.28.7 on etcd 3.4; the
+//! `fidelity` test compares the two whenever `KUBEBUILDER_ASSETS` is set):
+//! resourceVersion and UID preconditions, create-on-update, namespaces that
+//! must exist, validation (422 with `causes`), MicroTime's exactly six
+//! fractional digits (400), and the Status bodies with their `reason`.
 
 use std::collections::BTreeMap;
 
@@ -23,11 +26,27 @@ pub struct Reply {
 }
 
 /// Every Lease the emulated API server stores.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LeaseStore {
     objects: BTreeMap<(String, String), Value>,
+    namespaces: std::collections::BTreeSet<String>,
     resource_version: u64,
     uids: u64,
+}
+
+impl Default for LeaseStore {
+    fn default() -> Self {
+        Self {
+            objects: BTreeMap::new(),
+            // The namespaces a fresh cluster has.
+            namespaces: ["default", "kube-system", "kube-public", "kube-node-lease"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            resource_version: 0,
+            uids: 0,
+        }
+    }
 }
 
 /// The verbs the emulator serves.
@@ -70,13 +89,77 @@ fn not_found(name: &str) -> Reply {
     )
 }
 
-fn invalid(name: &str, why: &str) -> Reply {
+/// 422 names the kind (not the resource) and lists the invalid fields.
+fn invalid(name: &str, field: &str, why: &str) -> Reply {
+    Reply {
+        status: 422,
+        body: json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("Lease.{GROUP} \"{name}\" is invalid: {field}: {why}"),
+            "reason": "Invalid",
+            "details": {
+                "name": name,
+                "group": GROUP,
+                "kind": "Lease",
+                "causes": [{ "reason": "FieldValueInvalid", "message": why, "field": field }],
+            },
+            "code": 422,
+        }),
+    }
+}
+
+/// A Status without details (how the server answers requests it cannot decode).
+fn bare_status(code: u16, reason: Option<&str>, message: String) -> Reply {
+    let mut body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "code": code,
+    });
+    if let Some(reason) = reason {
+        body["reason"] = json!(reason);
+    }
+    Reply { status: code, body }
+}
+
+fn conflict(name: &str, why: &str) -> Reply {
     status(
-        422,
-        "Invalid",
-        format!("Lease.{GROUP} \"{name}\" is invalid: {why}"),
+        409,
+        "Conflict",
+        format!("Operation cannot be fulfilled on leases.{GROUP} \"{name}\": {why}"),
         name,
     )
+}
+
+/// MicroTime on the wire: RFC 3339 with exactly six fractional digits.
+fn is_micro_time(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let zone = &text.get(26..).unwrap_or("");
+    b.len() >= 27
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19] == b'.'
+        && digits(20..26)
+        && (*zone == "Z"
+            || (zone.len() == 6
+                && (zone.starts_with('+') || zone.starts_with('-'))
+                && zone.as_bytes()[3] == b':'))
 }
 
 /// What a write may change: everything but server-managed metadata.
@@ -111,21 +194,69 @@ impl LeaseStore {
         self.objects.get(&(namespace.to_owned(), name.to_owned()))
     }
 
+    /// Decoding errors (400) come before validation errors (422), as on the server.
     fn validate(name: &str, object: &Value) -> Option<Reply> {
+        for field in ["acquireTime", "renewTime"] {
+            if let Some(Value::String(t)) = object.pointer(&format!("/spec/{field}")) {
+                if !is_micro_time(t) {
+                    return Some(bare_status(
+                        400,
+                        Some("BadRequest"),
+                        format!(
+                            "Lease in version \"v1\" cannot be handled as a Lease: parsing time {t:?}: want RFC 3339 with six fractional digits"
+                        ),
+                    ));
+                }
+            }
+        }
         if !is_dns1123_subdomain(name) {
             return Some(invalid(
                 name,
-                "metadata.name: Invalid value: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
+                "metadata.name",
+                "Invalid value: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
             ));
         }
         match object.pointer("/spec/leaseDurationSeconds") {
+            None | Some(Value::Null) => {}
+            Some(v) if v.as_i64().is_some_and(|n| n > 0) => {}
+            Some(_) => {
+                return Some(invalid(
+                    name,
+                    "spec.leaseDurationSeconds",
+                    "Invalid value: must be greater than 0",
+                ));
+            }
+        }
+        match object.pointer("/spec/leaseTransitions") {
             None | Some(Value::Null) => None,
-            Some(v) if v.as_i64().is_some_and(|n| n > 0) => None,
-            Some(_) => Some(invalid(
+            Some(v) if v.as_i64().is_some_and(|n| n >= 0) => None,
+            Some(v) => Some(invalid(
                 name,
-                "spec.leaseDurationSeconds: Invalid value: must be greater than 0",
+                "spec.leaseTransitions",
+                &format!("Invalid value: {v}: must be greater than or equal to 0"),
             )),
         }
+    }
+
+    /// Makes `namespace` exist (the server refuses writes into a missing one).
+    pub fn create_namespace(&mut self, namespace: &str) {
+        self.namespaces.insert(namespace.to_owned());
+    }
+
+    fn missing_namespace(&self, namespace: &str) -> Option<Reply> {
+        (!self.namespaces.contains(namespace)).then(|| Reply {
+            status: 404,
+            body: json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": format!("namespaces \"{namespace}\" not found"),
+                "reason": "NotFound",
+                "details": { "name": namespace, "kind": "namespaces" },
+                "code": 404,
+            }),
+        })
     }
 
     fn stamp(
@@ -211,7 +342,20 @@ impl LeaseStore {
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned();
+                if body
+                    .pointer("/metadata/resourceVersion")
+                    .is_some_and(|v| !v.is_null())
+                {
+                    return bare_status(
+                        500,
+                        None,
+                        "resourceVersion should not be set on objects to be created".into(),
+                    );
+                }
                 if let Some(reply) = Self::validate(&name, &body) {
+                    return reply;
+                }
+                if let Some(reply) = self.missing_namespace(namespace) {
                     return reply;
                 }
                 if self.get(namespace, &name).is_some() {
@@ -249,18 +393,32 @@ impl LeaseStore {
                 if let Some(reply) = Self::validate(name, &body) {
                     return reply;
                 }
-                let Some(precondition) = body
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                else {
-                    return invalid(
-                        name,
-                        "metadata.resourceVersion: Invalid value: 0: must be specified for an update",
-                    );
-                };
+                if let Some(reply) = self.missing_namespace(namespace) {
+                    return reply;
+                }
                 let key = (namespace.to_owned(), name.to_owned());
-                let Some(existing) = self.objects.get(&key).cloned() else {
-                    // Create-on-update: a PUT to a missing name creates it.
+                let uid = body.pointer("/metadata/uid").and_then(Value::as_str);
+                let existing = self.objects.get(&key).cloned();
+                let existing_uid = existing
+                    .as_ref()
+                    .and_then(|e| e.pointer("/metadata/uid"))
+                    .and_then(Value::as_str);
+                // A UID in the body is a precondition: an object deleted (and
+                // perhaps re-created) since it was read is not this one.
+                if let Some(uid) = uid {
+                    if Some(uid) != existing_uid {
+                        return conflict(
+                            name,
+                            &format!(
+                                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                                existing_uid.unwrap_or("")
+                            ),
+                        );
+                    }
+                }
+                let Some(existing) = existing else {
+                    // Create-on-update: a PUT to a missing name creates it,
+                    // whatever resourceVersion it carries.
                     let object = self.stamp(namespace, name, body, now, None);
                     self.objects.insert(key, object.clone());
                     return Reply {
@@ -268,18 +426,24 @@ impl LeaseStore {
                         body: object,
                     };
                 };
+                let Some(precondition) = body
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                else {
+                    return invalid(
+                        name,
+                        "metadata.resourceVersion",
+                        "Invalid value: 0x0: must be specified for an update",
+                    );
+                };
                 let current = existing
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 if precondition != current {
-                    return status(
-                        409,
-                        "Conflict",
-                        format!(
-                            "Operation cannot be fulfilled on leases.{GROUP} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
-                        ),
+                    return conflict(
                         name,
+                        "the object has been modified; please apply your changes to the latest version and try again",
                     );
                 }
                 if user_part(&body) == user_part(&existing) {
@@ -336,11 +500,11 @@ mod tests {
     #[test]
     fn create_then_conflicting_create() {
         let mut s = LeaseStore::new();
-        let r = s.handle(Verb::Create, "ns", None, Some(lease("a", "x")), NOW);
+        let r = s.handle(Verb::Create, "default", None, Some(lease("a", "x")), NOW);
         assert_eq!(r.status, 201);
         assert_eq!(r.body["kind"], "Lease");
         assert_eq!(rv(&r.body), "1");
-        let again = s.handle(Verb::Create, "ns", None, Some(lease("a", "y")), NOW);
+        let again = s.handle(Verb::Create, "default", None, Some(lease("a", "y")), NOW);
         assert_eq!(again.status, 409);
         assert_eq!(again.body["reason"], "AlreadyExists");
         assert_eq!(again.body["kind"], "Status");
@@ -350,7 +514,7 @@ mod tests {
     #[test]
     fn get_missing_is_404_not_found() {
         let mut s = LeaseStore::new();
-        let r = s.handle(Verb::Get, "ns", Some("nope"), None, NOW);
+        let r = s.handle(Verb::Get, "default", Some("nope"), None, NOW);
         assert_eq!(
             (r.status, r.body["reason"].as_str()),
             (404, Some("NotFound"))
@@ -362,28 +526,37 @@ mod tests {
     fn update_needs_the_current_resource_version() {
         let mut s = LeaseStore::new();
         let created = s
-            .handle(Verb::Create, "ns", None, Some(lease("a", "x")), NOW)
+            .handle(Verb::Create, "default", None, Some(lease("a", "x")), NOW)
             .body;
         let mut stale = created.clone();
         stale["spec"]["holderIdentity"] = json!("y");
-        let ok = s.handle(Verb::Update, "ns", Some("a"), Some(stale.clone()), NOW);
+        let ok = s.handle(Verb::Update, "default", Some("a"), Some(stale.clone()), NOW);
         assert_eq!(ok.status, 200);
         assert_eq!(rv(&ok.body), "2");
         // The same precondition again is stale now.
         stale["spec"]["holderIdentity"] = json!("z");
-        let conflict = s.handle(Verb::Update, "ns", Some("a"), Some(stale), NOW);
+        let conflict = s.handle(Verb::Update, "default", Some("a"), Some(stale), NOW);
         assert_eq!(conflict.status, 409);
         assert_eq!(conflict.body["reason"], "Conflict");
-        assert_eq!(s.get("ns", "a").unwrap()["spec"]["holderIdentity"], "y");
+        assert_eq!(
+            s.get("default", "a").unwrap()["spec"]["holderIdentity"],
+            "y"
+        );
     }
 
     #[test]
     fn an_identical_write_keeps_the_resource_version() {
         let mut s = LeaseStore::new();
         let created = s
-            .handle(Verb::Create, "ns", None, Some(lease("a", "x")), NOW)
+            .handle(Verb::Create, "default", None, Some(lease("a", "x")), NOW)
             .body;
-        let same = s.handle(Verb::Update, "ns", Some("a"), Some(created.clone()), NOW);
+        let same = s.handle(
+            Verb::Update,
+            "default",
+            Some("a"),
+            Some(created.clone()),
+            NOW,
+        );
         assert_eq!(same.status, 200);
         assert_eq!(rv(&same.body), rv(&created));
     }
@@ -391,8 +564,14 @@ mod tests {
     #[test]
     fn update_without_resource_version_is_422() {
         let mut s = LeaseStore::new();
-        s.handle(Verb::Create, "ns", None, Some(lease("a", "x")), NOW);
-        let r = s.handle(Verb::Update, "ns", Some("a"), Some(lease("a", "y")), NOW);
+        s.handle(Verb::Create, "default", None, Some(lease("a", "x")), NOW);
+        let r = s.handle(
+            Verb::Update,
+            "default",
+            Some("a"),
+            Some(lease("a", "y")),
+            NOW,
+        );
         assert_eq!(
             (r.status, r.body["reason"].as_str()),
             (422, Some("Invalid"))
@@ -403,13 +582,14 @@ mod tests {
     fn invalid_names_and_durations_are_422() {
         let mut s = LeaseStore::new();
         for bad in ["Upper", "-lead", "trail-", "under_score", ""] {
-            let r = s.handle(Verb::Create, "ns", None, Some(lease(bad, "x")), NOW);
+            let r = s.handle(Verb::Create, "default", None, Some(lease(bad, "x")), NOW);
             assert_eq!(r.status, 422, "{bad:?}");
         }
         let mut zero = lease("a", "x");
         zero["spec"]["leaseDurationSeconds"] = json!(0);
         assert_eq!(
-            s.handle(Verb::Create, "ns", None, Some(zero), NOW).status,
+            s.handle(Verb::Create, "default", None, Some(zero), NOW)
+                .status,
             422
         );
     }
@@ -418,18 +598,58 @@ mod tests {
     fn put_to_a_missing_name_creates_it() {
         let mut s = LeaseStore::new();
         let mut body = lease("new", "x");
-        body["metadata"]["resourceVersion"] = json!("0");
-        let r = s.handle(Verb::Update, "ns", Some("new"), Some(body), NOW);
+        assert_eq!(
+            s.handle(
+                Verb::Update,
+                "default",
+                Some("new"),
+                Some(body.clone()),
+                NOW
+            )
+            .status,
+            201
+        );
+        body["metadata"]["name"] = json!("new-rv");
+        body["metadata"]["resourceVersion"] = json!("7");
+        let r = s.handle(Verb::Update, "default", Some("new-rv"), Some(body), NOW);
         assert_eq!(r.status, 201);
-        assert!(s.get("ns", "new").is_some());
+        assert!(s.get("default", "new-rv").is_some());
+    }
+
+    #[test]
+    fn put_of_a_deleted_object_is_a_uid_conflict() {
+        let mut s = LeaseStore::new();
+        let created = s
+            .handle(Verb::Create, "default", None, Some(lease("a", "x")), NOW)
+            .body;
+        assert_eq!(
+            s.handle(Verb::Delete, "default", Some("a"), None, NOW)
+                .status,
+            200
+        );
+        let r = s.handle(Verb::Update, "default", Some("a"), Some(created), NOW);
+        assert_eq!(
+            (r.status, r.body["reason"].as_str()),
+            (409, Some("Conflict"))
+        );
+        assert!(
+            s.get("default", "a").is_none(),
+            "no create-on-update with a UID"
+        );
     }
 
     #[test]
     fn list_is_per_namespace() {
         let mut s = LeaseStore::new();
-        s.handle(Verb::Create, "a", None, Some(lease("x", "1")), NOW);
-        s.handle(Verb::Create, "b", None, Some(lease("y", "1")), NOW);
-        let r = s.handle(Verb::List, "a", None, None, NOW);
+        s.handle(Verb::Create, "default", None, Some(lease("x", "1")), NOW);
+        s.handle(
+            Verb::Create,
+            "kube-system",
+            None,
+            Some(lease("y", "1")),
+            NOW,
+        );
+        let r = s.handle(Verb::List, "default", None, None, NOW);
         assert_eq!(r.body["kind"], "LeaseList");
         assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
     }
