@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::LeaseStatus;
+use crate::{LeaseStatus, Observation};
 
 /// For the gate's owner's event loop: resolves when the lease status turns `Lost`; never without a lease.
 pub async fn lease_lost(status: &mut Option<watch::Receiver<LeaseStatus>>) -> Option<()> {
@@ -32,6 +32,23 @@ pub async fn lease_lost(status: &mut Option<watch::Receiver<LeaseStatus>>) -> Op
             return None;
         }
         if matches!(*rx.borrow_and_update(), LeaseStatus::Lost(_)) {
+            return Some(());
+        }
+    }
+}
+
+/// For the gate's owner's event loop: resolves each time the watched record
+/// turns `Free` (released, deleted, or expired); never without a watch.
+pub async fn lease_freed(observed: &mut Option<watch::Receiver<Observation>>) -> Option<()> {
+    let Some(rx) = observed else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.changed().await.is_err() {
+            *observed = None;
+            return None;
+        }
+        if matches!(*rx.borrow_and_update(), Observation::Free) {
             return Some(());
         }
     }
@@ -65,6 +82,9 @@ pub enum GateEvent {
     AcquireFailed,
     /// The lease was lost (status `Lost`, or `check_alive` turned false).
     LeaseLost,
+    /// The watch shows the lease free: a waiting leader tries at once
+    /// rather than at its next retry.
+    LeaseFreed,
     /// The owner's side of the cluster has (true) or has lost (false) a
     /// majority of the nodes it knew. Ignored without a lease (I6).
     Quorum(bool),
@@ -92,6 +112,9 @@ pub struct LeaseGate {
     minority_delay: Duration,
     /// Since when the owner's side has been a minority, if it is.
     minority_since: Option<Instant>,
+    /// Seeds the retry jitter; `attempts` walks its sequence.
+    jitter_seed: u64,
+    attempts: u64,
 }
 
 impl LeaseGate {
@@ -104,7 +127,22 @@ impl LeaseGate {
             leader: false,
             minority_delay: Duration::ZERO,
             minority_since: None,
+            jitter_seed: 0,
+            attempts: 0,
         }
+    }
+
+    /// Seeds the jitter of acquire retries (each waits 1 to 1.5 retry
+    /// intervals), so leaders of different nodes do not retry in step;
+    /// give each owner its own seed, e.g. from its name.
+    pub fn with_jitter_seed(mut self, owner: &str) -> Self {
+        self.jitter_seed = crate::jitter::seed_from(owner);
+        self
+    }
+
+    fn jittered_retry(&mut self, now: Instant) -> Instant {
+        self.attempts += 1;
+        now + crate::jitter::stretch(self.retry_interval, 0.5, self.jitter_seed, self.attempts)
     }
 
     /// Sets how long a leader on the minority side leaves the lease to the
@@ -188,7 +226,8 @@ impl LeaseGate {
                 (self.wait_until(now), Some(GateCommand::Release))
             }
             (Acquiring { .. }, GateEvent::Acquired(false) | GateEvent::AcquireFailed) => {
-                (self.wait_until(now + self.retry_interval), None)
+                let at = self.jittered_retry(now);
+                (self.wait_until(at), None)
             }
             (
                 Acquiring {
@@ -203,13 +242,20 @@ impl LeaseGate {
                     (self.wait_until(now), None)
                 }
             }
-            // The majority is back: no reason to wait any longer.
+            // The majority is back, or the watch shows the lease free: no
+            // reason to wait any longer.
             (
                 Acquiring {
                     in_flight: false, ..
                 },
                 GateEvent::Quorum(true),
             ) => (Self::acquiring(), Some(GateCommand::Acquire)),
+            (
+                Acquiring {
+                    in_flight: false, ..
+                },
+                GateEvent::LeaseFreed,
+            ) if may_acquire => (Self::acquiring(), Some(GateCommand::Acquire)),
             (state @ Acquiring { .. }, _) => (state, None),
 
             (Held, GateEvent::Leader(false)) if self.has_lease => {
@@ -280,24 +326,58 @@ mod tests {
     }
 
     #[test]
-    fn refused_or_failed_acquire_retries_on_the_interval() {
+    fn refused_or_failed_acquire_retries_after_a_jittered_interval() {
         let now = Instant::now();
-        let mut gate = LeaseGate::new(true, RETRY);
+        let mut gate = LeaseGate::new(true, RETRY).with_jitter_seed("node-1");
         gate.handle(GateEvent::Leader(true), now);
         assert_eq!(gate.handle(GateEvent::Acquired(false), now), None);
-        assert_eq!(gate.next_retry(), Some(now + RETRY));
+        let first = gate.next_retry().unwrap();
+        assert!(
+            first >= now + RETRY && first < now + RETRY * 3 / 2,
+            "{:?}",
+            first - now
+        );
         assert_eq!(
             gate.handle(GateEvent::Tick, now + RETRY / 2),
             None,
             "not due yet"
         );
         assert_eq!(
-            gate.handle(GateEvent::Tick, now + RETRY),
+            gate.handle(GateEvent::Tick, first),
             Some(GateCommand::Acquire)
         );
         assert_eq!(gate.next_retry(), None, "in flight");
-        assert_eq!(gate.handle(GateEvent::AcquireFailed, now + RETRY), None);
-        assert_eq!(gate.next_retry(), Some(now + RETRY * 2));
+        assert_eq!(gate.handle(GateEvent::AcquireFailed, first), None);
+        let second = gate.next_retry().unwrap();
+        assert!(second >= first + RETRY && second < first + RETRY * 3 / 2);
+        // Another owner retries on another schedule.
+        let mut other = LeaseGate::new(true, RETRY).with_jitter_seed("node-2");
+        other.handle(GateEvent::Leader(true), now);
+        other.handle(GateEvent::Acquired(false), now);
+        assert_ne!(other.next_retry(), Some(first));
+    }
+
+    #[test]
+    fn a_freed_lease_is_tried_at_once() {
+        let now = Instant::now();
+        let mut gate = LeaseGate::new(true, RETRY);
+        gate.handle(GateEvent::Leader(true), now);
+        gate.handle(GateEvent::Acquired(false), now);
+        assert_eq!(
+            gate.handle(GateEvent::LeaseFreed, now + RETRY / 10),
+            Some(GateCommand::Acquire)
+        );
+        assert_eq!(gate.handle(GateEvent::LeaseFreed, now), None, "in flight");
+        gate.handle(GateEvent::Acquired(true), now);
+        assert_eq!(gate.handle(GateEvent::LeaseFreed, now), None, "held");
+        // Not leader: a free lease is none of our business.
+        let mut standby = LeaseGate::new(true, RETRY);
+        assert_eq!(standby.handle(GateEvent::LeaseFreed, now), None);
+        // On the minority side the delay still holds.
+        let mut minority = LeaseGate::new(true, RETRY).with_minority_delay(RETRY * 4);
+        minority.handle(GateEvent::Leader(true), now);
+        minority.handle(GateEvent::Quorum(false), now);
+        assert_eq!(minority.handle(GateEvent::LeaseFreed, now + RETRY), None);
     }
 
     #[test]

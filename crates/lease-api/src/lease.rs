@@ -2,7 +2,7 @@
 
 use tokio::sync::watch;
 
-use crate::{BoxFuture, FencingToken, LeaseError, LeaseSettings, LeaseStatus};
+use crate::{BoxFuture, FencingToken, LeaseError, LeaseSettings, LeaseStatus, Observation};
 
 /// One owner's handle on a lease in an external store.
 ///
@@ -18,7 +18,13 @@ use crate::{BoxFuture, FencingToken, LeaseError, LeaseSettings, LeaseStatus};
 /// - [`release`](Self::release) of a lease we do not hold is `Ok(false)`.
 /// - [`fencing_token`](Self::fencing_token) strictly increases with every new
 ///   tenure: every change of holder, and every acquire by a handle that did
-///   not hold the lease (a restarted process under the same owner name).
+///   not hold the lease (a restarted process under the same owner name),
+///   even when the store forgot the lease in between (a deleted record).
+/// - Where the backend can watch, a handle that [`observe`](Self::observe)s
+///   publishes what the record shows in [`observed`](Self::observed) (a
+///   release as `Free` at once, a silent holder as `Free` once its ttl has
+///   passed since the last renew seen), and a holder publishes `Lost` as
+///   soon as the watch shows a revocation or another holder.
 pub trait Lease: Send + Sync + 'static {
     /// The settings this handle was built with.
     fn settings(&self) -> &LeaseSettings;
@@ -44,5 +50,14 @@ pub trait Lease: Send + Sync + 'static {
     /// by it (a coordinator grants no shard tenure that outlives it).
     fn valid_until(&self) -> Option<tokio::time::Instant> {
         None
+    }
+
+    /// Starts watching the store's record, also while not holding the lease
+    /// (a warm standby). Idempotent; a no-op where the backend cannot watch.
+    fn observe(&self) {}
+
+    /// What the watch last showed; stays `Unknown` without [`observe`](Self::observe).
+    fn observed(&self) -> watch::Receiver<Observation> {
+        watch::channel(Observation::Unknown).1
     }
 }

@@ -32,8 +32,10 @@
 
 mod error;
 pub mod gate;
+mod jitter;
 mod lease;
 mod managed;
+mod observation;
 mod settings;
 mod status;
 mod token;
@@ -44,9 +46,13 @@ pub mod testkit;
 pub use error::{LeaseError, SettingsError};
 pub use lease::Lease;
 pub use managed::{AcquireOutcome, LeaseBackend, ManagedLease, RenewOutcome};
+pub use observation::{Observation, StoreEvent};
 pub use settings::{LeaseSettings, LeaseSettingsBuilder};
 pub use status::{LeaseStatus, LostReason};
 pub use token::FencingToken;
 
 /// A boxed, sendable future, the return type of the object-safe [`Lease`] methods.
 pub type BoxFuture<'a, T> = futures::future::BoxFuture<'a, T>;
+
+/// A boxed, sendable stream, the type of a backend's watch.
+pub type BoxStream<'a, T> = futures::stream::BoxStream<'a, T>;

@@ -13,7 +13,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use crate::{BoxFuture, FencingToken, Lease, LeaseError, LeaseSettings, LeaseStatus, LostReason};
+use futures::StreamExt;
+
+use crate::{
+    BoxFuture, BoxStream, FencingToken, Lease, LeaseError, LeaseSettings, LeaseStatus, LostReason,
+    Observation, StoreEvent,
+};
 
 /// What the store said to an acquire attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +62,16 @@ pub trait LeaseBackend: Send + Sync + 'static {
         settings: &'a LeaseSettings,
         token: FencingToken,
     ) -> BoxFuture<'a, Result<bool, LeaseError>>;
+
+    /// A watch of the record: its current state first, then every change,
+    /// until the connection ends (the caller reconnects with backoff).
+    /// `None` where the store cannot be watched.
+    fn watch<'a>(
+        &'a self,
+        _settings: &'a LeaseSettings,
+    ) -> Option<BoxStream<'a, Result<StoreEvent, LeaseError>>> {
+        None
+    }
 }
 
 /// A [`Lease`] built from a [`LeaseBackend`]: acquire, heartbeat, local
@@ -80,6 +95,9 @@ struct Shared<B> {
     deadline_nanos: AtomicU64,
     tenure: Mutex<Tenure>,
     status: watch::Sender<LeaseStatus>,
+    observation: watch::Sender<Observation>,
+    /// The watch task, once [`Lease::observe`] or an acquire started it.
+    watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -95,6 +113,7 @@ impl<B: LeaseBackend> ManagedLease<B> {
     /// Wraps `backend`; nothing is sent to the store until [`Lease::acquire`].
     pub fn new(backend: B, settings: LeaseSettings) -> Self {
         let (status, _) = watch::channel(LeaseStatus::NotHeld);
+        let (observation, _) = watch::channel(Observation::Unknown);
         Self {
             shared: Arc::new(Shared {
                 backend,
@@ -103,6 +122,8 @@ impl<B: LeaseBackend> ManagedLease<B> {
                 deadline_nanos: AtomicU64::new(0),
                 tenure: Mutex::new(Tenure::default()),
                 status,
+                observation,
+                watcher: Mutex::new(None),
             }),
             op_lock: tokio::sync::Mutex::new(()),
         }
@@ -118,7 +139,20 @@ impl<B: LeaseBackend> ManagedLease<B> {
         self.shared.deadline()
     }
 
+    fn observe_inner(&self) {
+        let mut watcher = self
+            .shared
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if watcher.as_ref().is_none_or(JoinHandle::is_finished) {
+            *watcher = Some(tokio::spawn(watch_store(Arc::clone(&self.shared))));
+        }
+    }
+
     async fn acquire_inner(&self) -> Result<bool, LeaseError> {
+        // A holder watches too: a revocation is then seen at once.
+        self.observe_inner();
         let _op = self.op_lock.lock().await;
         if self.check_alive() {
             return Ok(true);
@@ -260,6 +294,14 @@ impl<B: LeaseBackend> Lease for ManagedLease<B> {
     fn valid_until(&self) -> Option<Instant> {
         self.shared.deadline()
     }
+
+    fn observe(&self) {
+        self.observe_inner();
+    }
+
+    fn observed(&self) -> watch::Receiver<Observation> {
+        self.shared.observation.subscribe()
+    }
 }
 
 impl<B: LeaseBackend> Drop for ManagedLease<B> {
@@ -267,6 +309,97 @@ impl<B: LeaseBackend> Drop for ManagedLease<B> {
         if let Some(task) = self.shared.lock_tenure().heartbeat.take() {
             task.abort();
         }
+        let watcher = self
+            .shared
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = watcher {
+            task.abort();
+        }
+    }
+}
+
+impl<B> Shared<B> {
+    /// One state of the record from the watch: publish it, and end our
+    /// tenure at once if the record no longer shows it.
+    fn on_store_event(&self, event: &StoreEvent) {
+        let tenure = self.lock_tenure();
+        let generation = tenure.generation;
+        // An event older than our tenure says nothing about it.
+        let ended = tenure
+            .token
+            .filter(|token| event.revision >= token.get() && event.tenure != Some(*token));
+        drop(tenure);
+        if let Some(token) = ended {
+            let reason = match &event.holder {
+                Some(holder) => LostReason::TakenOver {
+                    by: Some(holder.clone()),
+                },
+                None => LostReason::Revoked,
+            };
+            let settings = &self.settings;
+            tracing::warn!(lease = settings.lease_name(), owner = settings.owner_name(), %token, %reason, "lease lost (seen by the watch)");
+            self.lose(generation, reason);
+        }
+        self.observation.send_replace(match &event.holder {
+            Some(holder) => Observation::Held {
+                holder: holder.clone(),
+            },
+            None => Observation::Free,
+        });
+    }
+}
+
+/// Keeps a watch on the record for the life of the handle, reconnecting
+/// with jittered exponential backoff. A record that stops being renewed is
+/// published `Free` once its ttl has passed on our clock.
+async fn watch_store<B: LeaseBackend>(shared: Arc<Shared<B>>) {
+    let settings = &shared.settings;
+    let seed = crate::jitter::seed_from(settings.owner_name());
+    let first_backoff =
+        (settings.heartbeat_interval() / 4).max(std::time::Duration::from_millis(10));
+    let max_backoff = settings.ttl() / 2;
+    let mut backoff = first_backoff;
+    let mut attempt = 0u64;
+    loop {
+        let Some(mut events) = shared.backend.watch(settings) else {
+            return; // this store cannot be watched: acquire and renew still work
+        };
+        let mut expires_at: Option<Instant> = None;
+        let mut connected = false;
+        let opened = Instant::now();
+        loop {
+            let next = tokio::select! {
+                item = events.next() => item,
+                () = sleep_until(expires_at.unwrap_or(opened)), if expires_at.is_some() => {
+                    expires_at = None;
+                    shared.observation.send_replace(Observation::Free);
+                    continue;
+                }
+                () = sleep_until(opened + settings.operation_timeout()), if !connected => {
+                    Some(Err(timeout_error(settings, "watch")))
+                }
+            };
+            match next {
+                Some(Ok(event)) => {
+                    connected = true;
+                    backoff = first_backoff;
+                    expires_at = event.expires_at.filter(|_| event.holder.is_some());
+                    shared.on_store_event(&event);
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(lease = settings.lease_name(), owner = settings.owner_name(), %error, "lease watch failed; reconnecting");
+                    break;
+                }
+                None => break,
+            }
+        }
+        drop(events);
+        attempt += 1;
+        sleep(crate::jitter::stretch(backoff, 0.5, seed, attempt)).await;
+        backoff = (backoff * 2).min(max_backoff);
     }
 }
 

@@ -141,4 +141,12 @@ impl Lease for KubernetesLease {
     fn valid_until(&self) -> Option<tokio::time::Instant> {
         self.inner.valid_until()
     }
+
+    fn observe(&self) {
+        Lease::observe(&self.inner);
+    }
+
+    fn observed(&self) -> watch::Receiver<lease_api::Observation> {
+        self.inner.observed()
+    }
 }

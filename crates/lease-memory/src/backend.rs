@@ -3,7 +3,8 @@
 use std::future::Future;
 
 use lease_api::{
-    AcquireOutcome, BoxFuture, FencingToken, LeaseBackend, LeaseError, LeaseSettings, RenewOutcome,
+    AcquireOutcome, BoxFuture, BoxStream, FencingToken, LeaseBackend, LeaseError, LeaseSettings,
+    RenewOutcome, StoreEvent,
 };
 
 use crate::InMemoryLeaseStore;
@@ -89,6 +90,51 @@ impl LeaseBackend for MemoryBackend {
             self.store
                 .release(settings.lease_name(), settings.owner_name(), token)
         }))
+    }
+
+    /// Every change of the record, pushed by the store; an owner cut off
+    /// from the store (or black-holed) gets an error instead and reconnects.
+    fn watch<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+    ) -> Option<BoxStream<'a, Result<StoreEvent, LeaseError>>> {
+        self.store
+            .count_call(settings.owner_name(), |c| c.watch += 1);
+        let rx = self.store.subscribe(settings.lease_name());
+        let events = futures::stream::unfold((rx, true), move |(mut rx, first)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let view = rx.borrow_and_update().clone();
+            let owner = settings.owner_name();
+            let faults = self.store.faults(owner);
+            if !faults.latency.is_zero() {
+                tokio::time::sleep(faults.latency).await;
+            }
+            if faults.reach != Reach::Connected {
+                let error = LeaseError::Unavailable {
+                    lease: settings.lease_name().to_owned(),
+                    reason: format!("owner `{owner}` is cut off from the store"),
+                };
+                return Some((Err(error), (rx, false)));
+            }
+            let event = match view {
+                Some(view) => StoreEvent {
+                    tenure: view.holder.as_ref().map(|_| FencingToken::new(view.token)),
+                    holder: view.holder,
+                    revision: view.token,
+                    expires_at: Some(view.expires_at),
+                },
+                None => StoreEvent {
+                    holder: None,
+                    tenure: None,
+                    revision: 0,
+                    expires_at: None,
+                },
+            };
+            Some((Ok(event), (rx, false)))
+        });
+        Some(Box::pin(events))
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use lease_api::{AcquireOutcome, FencingToken, LeaseSettings, LostReason, RenewOutcome};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::{InMemoryLease, MemoryBackend};
@@ -38,6 +39,31 @@ struct StoreState {
     faults: HashMap<String, Faults>,
     history: Vec<Grant>,
     calls: HashMap<String, CallCounts>,
+    /// Every change of a record is pushed here, for watching handles.
+    views: HashMap<String, watch::Sender<Option<RecordView>>>,
+}
+
+/// A record as watchers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecordView {
+    pub(crate) holder: Option<String>,
+    pub(crate) token: u64,
+    pub(crate) expires_at: Instant,
+}
+
+impl StoreState {
+    /// Pushes the current state of `lease` to its watchers.
+    fn publish(&mut self, lease: &str) {
+        let view = self.records.get(lease).map(|r| RecordView {
+            holder: r.holder.clone(),
+            token: r.token,
+            expires_at: r.expires_at,
+        });
+        self.views
+            .entry(lease.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+            .send_replace(view);
+    }
 }
 
 /// How many store calls one owner made (whether or not they got through).
@@ -49,6 +75,8 @@ pub struct CallCounts {
     pub renew: u64,
     /// Release attempts.
     pub release: u64,
+    /// Watches opened (each, not each event).
+    pub watch: u64,
 }
 
 struct Record {
@@ -119,8 +147,9 @@ impl InMemoryLeaseStore {
         self.lock().faults.remove(owner);
     }
 
-    /// Ends the current tenure of `lease` now, whoever holds it; the holder
-    /// learns it on its next renew. Returns the owner that lost it.
+    /// Ends the current tenure of `lease` now, whoever holds it; a holder
+    /// that watches learns it at once, any other on its next renew. Returns
+    /// the owner that lost it.
     pub fn revoke(&self, lease: &str) -> Option<String> {
         let now = Instant::now();
         let mut state = self.lock();
@@ -130,8 +159,22 @@ impl InMemoryLeaseStore {
         let record = records.get_mut(lease)?;
         let holder = record.holder.take().filter(|_| record.expires_at > now)?;
         history[record.grant].until = now;
+        state.publish(lease);
         tracing::info!(lease, owner = %holder, "lease revoked in the store");
         Some(holder)
+    }
+
+    /// A watch of `lease`'s record (`None` while it has never been written).
+    pub(crate) fn subscribe(&self, lease: &str) -> watch::Receiver<Option<RecordView>> {
+        let mut state = self.lock();
+        if !state.views.contains_key(lease) {
+            state.publish(lease);
+        }
+        state
+            .views
+            .get(lease)
+            .map(watch::Sender::subscribe)
+            .unwrap_or_else(|| watch::channel(None).1)
     }
 
     /// The current holder of `lease` and its token, if its tenure has not expired.
@@ -213,7 +256,9 @@ impl InMemoryLeaseStore {
             from: now,
             until: record.expires_at,
         });
-        AcquireOutcome::Acquired(FencingToken::new(record.token))
+        let token = FencingToken::new(record.token);
+        state.publish(lease);
+        AcquireOutcome::Acquired(token)
     }
 
     pub(crate) fn renew(
@@ -246,6 +291,7 @@ impl InMemoryLeaseStore {
         }
         record.expires_at = now + ttl;
         history[record.grant].until = record.expires_at;
+        state.publish(lease);
         RenewOutcome::Renewed
     }
 
@@ -265,6 +311,7 @@ impl InMemoryLeaseStore {
             record.holder = None;
             record.expires_at = now;
             history[record.grant].until = now;
+            state.publish(lease);
         }
         ours
     }

@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lease_api::testkit::{self, Case, ConformanceBackend};
-use lease_api::{BoxFuture, FencingToken, Lease, LeaseError, LeaseSettings, LeaseStatus};
-use lease_memory::{InMemoryLease, InMemoryLeaseStore};
+use lease_api::{
+    AcquireOutcome, BoxFuture, FencingToken, Lease, LeaseBackend, LeaseError, LeaseSettings,
+    LeaseStatus, ManagedLease, RenewOutcome,
+};
+use lease_memory::{InMemoryLease, InMemoryLeaseStore, MemoryBackend};
 use tokio::sync::watch;
 
 /// Which way a cut-off owner's calls misbehave.
@@ -56,6 +59,78 @@ impl ConformanceBackend for Memory {
     fn set_latency(&self, owner: &str, latency: Duration) {
         self.store.set_latency(owner, latency);
     }
+
+    fn revoke<'a>(&'a self, lease: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move { self.store.revoke(lease).is_some() })
+    }
+}
+
+/// Broken on purpose: the same store, but no watch, so a holder hears of a
+/// revocation only at its next renew and a standby sees nothing.
+struct NoWatch(MemoryBackend);
+
+impl LeaseBackend for NoWatch {
+    fn try_acquire<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+    ) -> BoxFuture<'a, Result<AcquireOutcome, LeaseError>> {
+        self.0.try_acquire(settings)
+    }
+    fn renew<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+        token: FencingToken,
+    ) -> BoxFuture<'a, Result<RenewOutcome, LeaseError>> {
+        self.0.renew(settings, token)
+    }
+    fn release<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+        token: FencingToken,
+    ) -> BoxFuture<'a, Result<bool, LeaseError>> {
+        self.0.release(settings, token)
+    }
+}
+
+struct Polling(Memory);
+
+impl ConformanceBackend for Polling {
+    fn template(&self) -> LeaseSettings {
+        self.0.template()
+    }
+    fn create(&self, settings: LeaseSettings) -> Result<Arc<dyn Lease>, LeaseError> {
+        let backend = NoWatch(MemoryBackend::new(self.0.store.clone()));
+        Ok(Arc::new(ManagedLease::new(backend, settings)))
+    }
+    fn cut_off(&self, owner: &str) {
+        self.0.cut_off(owner);
+    }
+    fn reconnect(&self, owner: &str) {
+        self.0.reconnect(owner);
+    }
+    fn set_latency(&self, owner: &str, latency: Duration) {
+        self.0.set_latency(owner, latency);
+    }
+    fn revoke<'a>(&'a self, lease: &'a str) -> BoxFuture<'a, bool> {
+        self.0.revoke(lease)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn suite_rejects_a_lease_that_does_not_watch() {
+    let report = testkit::run(&Polling(Memory::new(CutMode::Refused))).await;
+    let failed = report.failed_cases();
+    for case in [
+        Case::RevocationSeenAtOnce,
+        Case::ObserverSeesRelease,
+        Case::ObserverSeesExpiry,
+    ] {
+        assert!(failed.contains(&case), "{case:?} passed:\n{report}");
+    }
+    assert!(
+        !failed.contains(&Case::CutOffLostBeforeTakeover),
+        "{report}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use super::ConformanceBackend;
-use crate::{Lease, LeaseError, LeaseSettings, LeaseStatus};
+use crate::{Lease, LeaseError, LeaseSettings, LeaseStatus, Observation};
 
 /// One conformance case; the letters follow the foundation issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +40,15 @@ pub enum Case {
     /// m. A new handle of the holder's owner (a restarted process) that
     /// acquires the live lease starts a new tenure with a greater token.
     RestartedOwnerNewToken,
+    /// n. A lease revoked (deleted) in the store is `Lost` at its holder
+    /// within half a heartbeat (through the watch, not at the next renew),
+    /// and the next owner's token is greater.
+    RevocationSeenAtOnce,
+    /// o. An observing standby sees a release as `Free` within half a heartbeat.
+    ObserverSeesRelease,
+    /// p. An observing standby sees a silent holder's lease `Free` one ttl
+    /// after its last renew (not before), and takes it at once.
+    ObserverSeesExpiry,
 }
 
 impl Case {
@@ -58,6 +67,9 @@ impl Case {
         Case::InvalidSettingsRejected,
         Case::ConcurrentAcquireOneWins,
         Case::RestartedOwnerNewToken,
+        Case::RevocationSeenAtOnce,
+        Case::ObserverSeesRelease,
+        Case::ObserverSeesExpiry,
     ];
 
     /// A stable snake_case name for reports.
@@ -76,6 +88,9 @@ impl Case {
             Case::InvalidSettingsRejected => "k_invalid_settings_rejected",
             Case::ConcurrentAcquireOneWins => "l_concurrent_acquire_one_wins",
             Case::RestartedOwnerNewToken => "m_restarted_owner_new_token",
+            Case::RevocationSeenAtOnce => "n_revocation_seen_at_once",
+            Case::ObserverSeesRelease => "o_observer_sees_release",
+            Case::ObserverSeesExpiry => "p_observer_sees_expiry",
         }
     }
 
@@ -95,6 +110,9 @@ impl Case {
             Case::InvalidSettingsRejected => invalid_settings_rejected(&mut fx),
             Case::ConcurrentAcquireOneWins => concurrent_acquire_one_wins(&mut fx).await,
             Case::RestartedOwnerNewToken => restarted_owner_new_token(&mut fx).await,
+            Case::RevocationSeenAtOnce => revocation_seen_at_once(&mut fx).await,
+            Case::ObserverSeesRelease => observer_sees_release(&mut fx).await,
+            Case::ObserverSeesExpiry => observer_sees_expiry(&mut fx).await,
         };
         fx.cleanup().await;
         outcome
@@ -547,5 +565,119 @@ async fn concurrent_acquire_one_wins(fx: &mut Fixture<'_>) -> Result<(), String>
     );
     let alive = leases.iter().filter(|l| l.check_alive()).count();
     ensure!(alive == 1, "{alive} owners alive after concurrent acquire");
+    Ok(())
+}
+
+/// Waits up to `limit` for `lease`'s observation to satisfy `check`.
+async fn observed_within(
+    lease: &Arc<dyn Lease>,
+    limit: Duration,
+    check: impl Fn(&Observation) -> bool,
+) -> Result<Instant, String> {
+    let mut rx = lease.observed();
+    let outcome = tokio::time::timeout(limit, rx.wait_for(|o| check(o)))
+        .await
+        .map(|r| r.is_ok());
+    match outcome {
+        Ok(true) => Ok(Instant::now()),
+        Ok(false) => Err("the observation channel closed".into()),
+        Err(_) => Err(format!(
+            "observation is still {:?} after {limit:?}",
+            *rx.borrow()
+        )),
+    }
+}
+
+async fn revocation_seen_at_once(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    let b = fx.lease(2)?;
+    ensure!(acquire(&a).await?, "acquire on a free lease returned false");
+    let first = a.fencing_token();
+    // Let the holder's watch connect; the revocation comes well before its
+    // next renew.
+    sleep(fx.step()).await;
+    let lease_name = fx.lease_name.clone();
+    if !fx.backend.revoke(&lease_name).await {
+        tracing::info!("backend cannot revoke; case n not applicable");
+        return Ok(());
+    }
+    let mut status = a.status();
+    let lost = tokio::time::timeout(
+        fx.heartbeat() / 2,
+        status.wait_for(|s| matches!(s, LeaseStatus::Lost(_))),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    ensure!(
+        lost,
+        "the holder still believes after half a heartbeat: status {:?}",
+        *status.borrow()
+    );
+    ensure!(
+        !a.check_alive(),
+        "check_alive after the revocation was seen"
+    );
+    ensure!(acquire(&b).await?, "the revoked lease is not free");
+    ensure!(
+        b.fencing_token() > first,
+        "token after revocation {:?} is not above {first:?}",
+        b.fencing_token()
+    );
+    Ok(())
+}
+
+async fn observer_sees_release(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    let b = fx.lease(2)?;
+    ensure!(acquire(&a).await?, "acquire on a free lease returned false");
+    b.observe();
+    let holder = a.settings().owner_name().to_owned();
+    observed_within(
+        &b,
+        fx.ttl(),
+        |o| matches!(o, Observation::Held { holder: h } if *h == holder),
+    )
+    .await?;
+    ensure!(!acquire(&b).await?, "acquired a held lease");
+    let released = Instant::now();
+    ensure!(
+        a.release()
+            .await
+            .map_err(|e| format!("release failed: {e}"))?,
+        "release returned false"
+    );
+    let free = observed_within(&b, fx.heartbeat() / 2, |o| *o == Observation::Free).await?;
+    tracing::debug!(after = ?free - released, "release observed");
+    ensure!(acquire(&b).await?, "a lease observed free was refused");
+    Ok(())
+}
+
+async fn observer_sees_expiry(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    let b = fx.lease(2)?;
+    ensure!(acquire(&a).await?, "acquire on a free lease returned false");
+    b.observe();
+    observed_within(&b, fx.ttl(), |o| matches!(o, Observation::Held { .. })).await?;
+    // Some renewals, then silence.
+    sleep(fx.heartbeat() * 2).await;
+    let silent_from = Instant::now();
+    fx.backend.cut_off(a.settings().owner_name());
+    let free = observed_within(&b, fx.ttl() * 2, |o| *o == Observation::Free).await?;
+    let after = free - silent_from;
+    // The last renew was at most a heartbeat before the silence began.
+    ensure!(
+        after + fx.heartbeat() + fx.step() >= fx.ttl(),
+        "observed free {after:?} after the holder fell silent: before its ttl"
+    );
+    ensure!(
+        after <= fx.ttl() + fx.heartbeat(),
+        "observed free only {after:?} after the holder fell silent (ttl {:?})",
+        fx.ttl()
+    );
+    ensure!(
+        !a.check_alive(),
+        "the silent holder still believes when the lease is observed free"
+    );
+    ensure!(acquire(&b).await?, "a lease observed expired was refused");
     Ok(())
 }

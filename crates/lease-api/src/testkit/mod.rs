@@ -18,7 +18,7 @@ mod report;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Lease, LeaseError, LeaseSettings};
+use crate::{BoxFuture, Lease, LeaseError, LeaseSettings};
 
 pub use cases::Case;
 pub use report::{CaseResult, ConformanceReport};
@@ -44,6 +44,13 @@ pub trait ConformanceBackend: Send + Sync {
     /// A lease name the backend cannot store, if it has such names.
     fn invalid_lease_name(&self) -> Option<String> {
         None
+    }
+
+    /// Ends `lease`'s current tenure in the store behind its holder's back
+    /// (a revocation, a deleted record); `false` where the store has no
+    /// such operation (case n then does not apply).
+    fn revoke<'a>(&'a self, _lease: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
     }
 }
 
