@@ -19,13 +19,14 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease as LeaseObject, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use lease_api::{
-    AcquireOutcome, BoxFuture, FencingToken, LeaseBackend, LeaseError, LeaseSettings, LostReason,
-    RenewOutcome,
+    AcquireOutcome, BoxFuture, BoxStream, FencingToken, LeaseBackend, LeaseError, LeaseSettings,
+    LostReason, RenewOutcome, StoreEvent,
 };
 use tokio::time::Instant;
 
@@ -100,6 +101,25 @@ fn token_of(settings: &LeaseSettings, lease: &LeaseObject) -> Result<FencingToke
         }),
     }
 }
+
+fn revision(lease: &LeaseObject) -> u64 {
+    resource_version(lease)
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
+}
+
+fn their_ttl(lease: &LeaseObject, settings: &LeaseSettings) -> Duration {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(settings.ttl(), Duration::from_secs)
+}
+
+/// How long a watch request stays open before the server ends it (the
+/// backend then resumes from the last resourceVersion it saw).
+const WATCH_TIMEOUT_SECS: u32 = 290;
 
 fn uid(lease: &LeaseObject) -> Option<String> {
     lease.metadata.uid.clone()
@@ -184,12 +204,16 @@ impl KubernetesBackend {
         self.observed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remembers what the server showed; the clock restarts only on a change.
+    /// Remembers what the server showed; the clock restarts only on a
+    /// change. An answer older than what we saw (a watch event overtaken by
+    /// a PUT's response) changes nothing.
     fn observe(&self, lease: &LeaseObject) -> Observed {
         let mut observed = self.observed();
-        let unchanged = observed
-            .as_ref()
-            .is_some_and(|o| resource_version(&o.lease) == resource_version(lease));
+        let unchanged = observed.as_ref().is_some_and(|o| {
+            resource_version(&o.lease) == resource_version(lease)
+                || (o.lease.metadata.uid == lease.metadata.uid
+                    && revision(&o.lease) > revision(lease))
+        });
         if !unchanged {
             *observed = Some(Observed {
                 lease: lease.clone(),
@@ -275,14 +299,8 @@ impl KubernetesBackend {
             // tenure we end with a new token rather than continue.
             Some(h) if h == owner => self.take_over(settings, current).await,
             Some(h) => {
-                let their_ttl = current
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.lease_duration_seconds)
-                    .and_then(|s| u64::try_from(s).ok())
-                    .map_or(settings.ttl(), Duration::from_secs);
                 // Our clock, since we saw the record change: never theirs.
-                if Instant::now() < observed.changed_at + their_ttl {
+                if Instant::now() < observed.changed_at + their_ttl(&current, settings) {
                     return Ok(AcquireOutcome::HeldByOther(Some(h.to_owned())));
                 }
                 self.take_over(settings, current).await
@@ -413,6 +431,131 @@ impl KubernetesBackend {
     }
 }
 
+impl KubernetesBackend {
+    /// What a watch reports for `lease` (`None`: absent or deleted at `rev`).
+    fn store_event(
+        &self,
+        settings: &LeaseSettings,
+        lease: Option<&LeaseObject>,
+        rev: u64,
+    ) -> StoreEvent {
+        let Some(lease) = lease else {
+            return StoreEvent {
+                holder: None,
+                tenure: None,
+                revision: rev,
+                expires_at: None,
+            };
+        };
+        let observed = self.observe(lease);
+        let held = self.held().as_ref().map(|t| t.token);
+        let tenure = held.filter(|token| self.shows_tenure(settings, lease, *token));
+        StoreEvent {
+            holder: holder(lease).map(str::to_owned),
+            tenure,
+            revision: revision(lease),
+            expires_at: Some(observed.changed_at + their_ttl(lease, settings)),
+        }
+    }
+
+    /// A list of the one Lease (its state, and a resourceVersion to watch
+    /// from), then a watch of it from there, reopened after each server
+    /// timeout from the last resourceVersion seen. An error ends the stream
+    /// (a 410 Gone included): the caller reconnects, which lists again.
+    fn watch_inner<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+    ) -> BoxStream<'a, Result<StoreEvent, LeaseError>> {
+        let fields = format!("metadata.name={}", settings.lease_name());
+        futures::stream::unfold(WatchState::Start, move |mut state| {
+            let fields = fields.clone();
+            async move {
+                loop {
+                    state = match state {
+                        WatchState::Done => return None,
+                        WatchState::Start => {
+                            let listed =
+                                self.api.list(&ListParams::default().fields(&fields)).await;
+                            let list = match listed {
+                                Ok(list) => list,
+                                Err(e) => {
+                                    return Some((Err(lease_error(settings, e)), WatchState::Done));
+                                }
+                            };
+                            let rv = list.metadata.resource_version.clone().unwrap_or_default();
+                            let event = self.store_event(
+                                settings,
+                                list.items.first(),
+                                rv.parse().unwrap_or(0),
+                            );
+                            return Some((Ok(event), WatchState::Reopen { rv }));
+                        }
+                        WatchState::Reopen { rv } => {
+                            let params = WatchParams::default()
+                                .fields(&fields)
+                                .timeout(WATCH_TIMEOUT_SECS);
+                            match self.api.watch(&params, &rv).await {
+                                Ok(events) => WatchState::Watching {
+                                    rv,
+                                    events: events.boxed(),
+                                },
+                                Err(e) => {
+                                    return Some((Err(lease_error(settings, e)), WatchState::Done));
+                                }
+                            }
+                        }
+                        WatchState::Watching { rv, mut events } => match events.next().await {
+                            // The server's timeout: resume where we were.
+                            None => WatchState::Reopen { rv },
+                            Some(Err(e)) => {
+                                return Some((Err(lease_error(settings, e)), WatchState::Done));
+                            }
+                            Some(Ok(WatchEvent::Added(lease) | WatchEvent::Modified(lease))) => {
+                                let rv = resource_version(&lease).unwrap_or(&rv).to_owned();
+                                let event = self.store_event(settings, Some(&lease), 0);
+                                return Some((Ok(event), WatchState::Watching { rv, events }));
+                            }
+                            Some(Ok(WatchEvent::Deleted(lease))) => {
+                                let rv = resource_version(&lease).unwrap_or(&rv).to_owned();
+                                let event = self.store_event(settings, None, revision(&lease));
+                                return Some((Ok(event), WatchState::Watching { rv, events }));
+                            }
+                            Some(Ok(WatchEvent::Bookmark(bookmark))) => WatchState::Watching {
+                                rv: bookmark.metadata.resource_version,
+                                events,
+                            },
+                            Some(Ok(WatchEvent::Error(status))) => {
+                                let error = LeaseError::Unavailable {
+                                    lease: settings.lease_name().to_owned(),
+                                    reason: format!(
+                                        "watch ended by the server: {} {}",
+                                        status.code, status.message
+                                    ),
+                                };
+                                return Some((Err(error), WatchState::Done));
+                            }
+                        },
+                    };
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+/// Where a watch of one Lease is.
+enum WatchState<'a> {
+    Start,
+    Reopen {
+        rv: String,
+    },
+    Watching {
+        rv: String,
+        events: BoxStream<'a, Result<WatchEvent<LeaseObject>, kube::Error>>,
+    },
+    Done,
+}
+
 impl LeaseBackend for KubernetesBackend {
     fn try_acquire<'a>(
         &'a self,
@@ -435,5 +578,12 @@ impl LeaseBackend for KubernetesBackend {
         token: FencingToken,
     ) -> BoxFuture<'a, Result<bool, LeaseError>> {
         Box::pin(self.release_inner(settings, token))
+    }
+
+    fn watch<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+    ) -> Option<BoxStream<'a, Result<StoreEvent, LeaseError>>> {
+        Some(self.watch_inner(settings))
     }
 }

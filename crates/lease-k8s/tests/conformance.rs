@@ -45,6 +45,11 @@ impl ConformanceBackend for K8s {
     fn invalid_lease_name(&self) -> Option<String> {
         Some("Not_A_DNS_Name".into())
     }
+
+    /// An admin deletes the Lease object.
+    fn revoke<'a>(&'a self, lease: &'a str) -> lease_api::BoxFuture<'a, bool> {
+        Box::pin(async move { self.store.delete(lease).await == 200 })
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

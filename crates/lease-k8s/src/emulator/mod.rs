@@ -21,7 +21,13 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use semantics::{LeaseStore, Reply, Verb};
+pub use semantics::{Change, LeaseStore, Reply, Verb};
+
+/// Every response body: a whole JSON document, or a watch's event stream.
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// How many changes a watch can resume from (older ones answer 410 Gone).
+const HISTORY: usize = 4096;
 
 /// Faults injected on one endpoint.
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,13 +89,49 @@ pub struct LeaseWrite {
     pub resource_version: Option<u64>,
 }
 
-#[derive(Default)]
 struct Inner {
     store: Mutex<LeaseStore>,
     writes: Mutex<Vec<LeaseWrite>>,
     endpoints: Mutex<BTreeMap<String, EndpointState>>,
     down: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Recent changes, for watches that resume from a resourceVersion.
+    history: Mutex<std::collections::VecDeque<Change>>,
+    /// Live changes, to every open watch.
+    changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            store: Mutex::default(),
+            writes: Mutex::default(),
+            endpoints: Mutex::default(),
+            down: AtomicBool::default(),
+            tasks: Mutex::default(),
+            history: Mutex::default(),
+            changes: tokio::sync::broadcast::channel(HISTORY).0,
+        }
+    }
+}
+
+impl Inner {
+    /// Applies one request to the store and fans its changes out to watches.
+    fn apply(&self, verb: Verb, namespace: &str, name: Option<&str>, body: Option<Value>) -> Reply {
+        let mut store = lock(&self.store);
+        let reply = store.handle(verb, namespace, name, body, &now());
+        let changes = store.take_changes();
+        // Under the store lock, so watches see changes in order.
+        let mut history = lock(&self.history);
+        for change in changes {
+            history.push_back(change.clone());
+            if history.len() > HISTORY {
+                history.pop_front();
+            }
+            let _ = self.changes.send(change);
+        }
+        reply
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -217,7 +259,7 @@ impl ApiServer {
         name: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
-        lock(&self.inner.store).handle(verb, namespace, name, body, &now())
+        self.inner.apply(verb, namespace, name, body)
     }
 
     /// Makes `namespace` exist: like the real server, the emulator refuses
@@ -266,7 +308,7 @@ async fn accept(inner: Arc<Inner>, endpoint: String, listener: TcpListener) {
             let service = hyper::service::service_fn(move |req| {
                 let inner = Arc::clone(&inner);
                 let name = name.clone();
-                async move { serve(&inner, &name, req).await }
+                async move { serve(inner, &name, req).await }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -281,10 +323,11 @@ async fn accept(inner: Arc<Inner>, endpoint: String, listener: TcpListener) {
 struct Dropped;
 
 async fn serve(
-    inner: &Inner,
+    inner: Arc<Inner>,
     endpoint: &str,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Dropped> {
+) -> Result<Response<Body>, Dropped> {
+    let inner = &inner;
     let latency = lock(&inner.endpoints)
         .get(endpoint)
         .map(|e| e.faults.latency)
@@ -296,6 +339,7 @@ async fn serve(
         return Err(Dropped);
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let query = Query::parse(req.uri().query().unwrap_or(""));
     let body = req
         .into_body()
         .collect()
@@ -310,6 +354,7 @@ async fn serve(
     };
     let verb = match (&method, name.is_some()) {
         (&Method::GET, true) => Verb::Get,
+        (&Method::GET, false) if query.watch => Verb::Watch,
         (&Method::GET, false) => Verb::List,
         (&Method::POST, false) => Verb::Create,
         (&Method::PUT, true) => Verb::Update,
@@ -331,6 +376,7 @@ async fn serve(
             Verb::Create => counts.create += 1,
             Verb::Update => counts.update += 1,
             Verb::Delete => counts.delete += 1,
+            Verb::Watch => counts.watch += 1,
         }
         let f = &mut state.faults;
         (f.fail_remaining > 0).then(|| {
@@ -362,7 +408,22 @@ async fn serve(
             }
         }
     };
-    let reply = lock(&inner.store).handle(verb, &namespace, name.as_deref(), json, &now());
+    if verb == Verb::Watch {
+        return Ok(watch(
+            Arc::clone(inner),
+            endpoint.to_owned(),
+            namespace,
+            query,
+        ));
+    }
+    let mut reply = inner.apply(verb, &namespace, name.as_deref(), json);
+    if let (Verb::List, Some(only)) = (verb, &query.name) {
+        if let Some(items) = reply.body["items"].as_array_mut() {
+            items.retain(|item| {
+                item.pointer("/metadata/name").and_then(Value::as_str) == Some(only)
+            });
+        }
+    }
     if matches!(verb, Verb::Create | Verb::Update) && (reply.status == 200 || reply.status == 201) {
         let spec = &reply.body["spec"];
         let write = LeaseWrite {
@@ -391,8 +452,166 @@ async fn serve(
     Ok(respond(reply.status, reply.body))
 }
 
-fn respond(status: u16, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+/// The query parameters the emulator understands.
+#[derive(Debug, Default)]
+struct Query {
+    watch: bool,
+    /// From `fieldSelector=metadata.name=<name>`.
+    name: Option<String>,
+    resource_version: Option<u64>,
+    timeout: Option<Duration>,
+}
+
+impl Query {
+    fn parse(query: &str) -> Self {
+        let mut parsed = Self::default();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match key {
+                "watch" => parsed.watch = value == "true" || value == "1",
+                "fieldSelector" => {
+                    parsed.name = value.strip_prefix("metadata.name=").map(str::to_owned);
+                }
+                "resourceVersion" => parsed.resource_version = value.parse().ok(),
+                "timeoutSeconds" => {
+                    parsed.timeout = value.parse().ok().map(Duration::from_secs);
+                }
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A watch: the changes after `resourceVersion` (410 Gone if they are no
+/// longer kept), then live ones, one JSON event per line, until the timeout
+/// or a fault cuts the endpoint (the connection then breaks mid-stream).
+fn watch(inner: Arc<Inner>, endpoint: String, namespace: String, query: Query) -> Response<Body> {
+    // Subscribe before reading the history, so nothing falls in between.
+    let live = inner.changes.subscribe();
+    let since = query
+        .resource_version
+        .unwrap_or_else(|| lock(&inner.store).resource_version());
+    let matches = {
+        let name = query.name.clone();
+        move |c: &Change| c.namespace == namespace && name.as_ref().is_none_or(|n| *n == c.name)
+    };
+    let backlog: std::collections::VecDeque<Change> = {
+        let history = lock(&inner.history);
+        let oldest = history.front().map_or(u64::MAX, |c| c.resource_version);
+        if since + 1 < oldest
+            && since < lock(&inner.store).resource_version()
+            && !history.is_empty()
+        {
+            return respond(
+                410,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410, "message": format!("too old resource version: {since}")}),
+            );
+        }
+        history
+            .iter()
+            .filter(|c| c.resource_version > since && matches(c))
+            .cloned()
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + query.timeout.unwrap_or(Duration::from_secs(1800));
+    struct State {
+        inner: Arc<Inner>,
+        endpoint: String,
+        backlog: std::collections::VecDeque<Change>,
+        live: tokio::sync::broadcast::Receiver<Change>,
+        last: u64,
+        done: bool,
+    }
+    let state = State {
+        inner,
+        endpoint,
+        backlog,
+        live,
+        last: since,
+        done: false,
+    };
+    let events = futures::stream::unfold(state, move |mut st| {
+        let matches = matches.clone();
+        async move {
+            if st.done {
+                return None;
+            }
+            loop {
+                if is_cut(&st.inner, &st.endpoint) {
+                    st.done = true;
+                    let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, Dropped);
+                    return Some((Err(cut), st));
+                }
+                let change = match st.backlog.pop_front() {
+                    Some(change) => Some(change),
+                    None => tokio::select! {
+                        received = st.live.recv() => match received {
+                            Ok(change) => Some(change),
+                            // Fell behind or the server is gone: end the watch; the client resumes.
+                            Err(_) => return None,
+                        },
+                        () = tokio::time::sleep(Duration::from_millis(50)) => None,
+                        () = tokio::time::sleep_until(deadline) => return None,
+                    },
+                };
+                let Some(change) = change.filter(|c| c.resource_version > st.last && matches(c))
+                else {
+                    continue;
+                };
+                st.last = change.resource_version;
+                let latency = lock(&st.inner.endpoints)
+                    .get(&st.endpoint)
+                    .map(|e| e.faults.latency)
+                    .unwrap_or_default();
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+                let line = serde_json::json!({ "type": change.kind, "object": change.object });
+                let frame = hyper::body::Frame::data(Bytes::from(format!("{line}\n")));
+                return Some((Ok(frame), st));
+            }
+        }
+    });
+    let mut response = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(events)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn respond(status: u16, body: Value) -> Response<Body> {
+    let full = Full::new(Bytes::from(body.to_string())).map_err(|never| match never {});
+    let mut response = Response::new(BodyExt::boxed(full));
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(

@@ -32,6 +32,24 @@ pub struct LeaseStore {
     namespaces: std::collections::BTreeSet<String>,
     resource_version: u64,
     uids: u64,
+    /// Changes not yet taken by the server's watch fan-out.
+    changes: Vec<Change>,
+}
+
+/// One change of one Lease, as a watch reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    /// Namespace.
+    pub namespace: String,
+    /// Lease name.
+    pub name: String,
+    /// The object after the change (before it, for a deletion, with the
+    /// deletion's resourceVersion).
+    pub object: Value,
+    /// The change's resourceVersion.
+    pub resource_version: u64,
 }
 
 impl Default for LeaseStore {
@@ -45,6 +63,7 @@ impl Default for LeaseStore {
                 .collect(),
             resource_version: 0,
             uids: 0,
+            changes: Vec::new(),
         }
     }
 }
@@ -62,6 +81,8 @@ pub enum Verb {
     Update,
     /// DELETE one lease.
     Delete,
+    /// GET the collection with `watch=true` (served by the HTTP layer).
+    Watch,
 }
 
 fn status(code: u16, reason: &str, message: String, name: &str) -> Reply {
@@ -187,6 +208,26 @@ impl LeaseStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The changes since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The current resourceVersion of the whole store.
+    pub fn resource_version(&self) -> u64 {
+        self.resource_version
+    }
+
+    fn record_change(&mut self, kind: &'static str, namespace: &str, name: &str, object: &Value) {
+        self.changes.push(Change {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            object: object.clone(),
+            resource_version: self.resource_version,
+        });
     }
 
     /// The stored object, if any.
@@ -316,7 +357,7 @@ impl LeaseStore {
         now: &str,
     ) -> Reply {
         match (verb, name) {
-            (Verb::List, _) => Reply {
+            (Verb::List | Verb::Watch, _) => Reply {
                 status: 200,
                 body: json!({
                     "kind": "LeaseList",
@@ -367,6 +408,7 @@ impl LeaseStore {
                     );
                 }
                 let object = self.stamp(namespace, &name, body, now, None);
+                self.record_change("ADDED", namespace, &name, &object);
                 self.objects
                     .insert((namespace.to_owned(), name), object.clone());
                 Reply {
@@ -420,6 +462,7 @@ impl LeaseStore {
                     // Create-on-update: a PUT to a missing name creates it,
                     // whatever resourceVersion it carries.
                     let object = self.stamp(namespace, name, body, now, None);
+                    self.record_change("ADDED", namespace, name, &object);
                     self.objects.insert(key, object.clone());
                     return Reply {
                         status: 201,
@@ -454,6 +497,7 @@ impl LeaseStore {
                     };
                 }
                 let object = self.stamp(namespace, name, body, now, Some(&existing));
+                self.record_change("MODIFIED", namespace, name, &object);
                 self.objects.insert(key, object.clone());
                 Reply {
                     status: 200,
@@ -464,10 +508,16 @@ impl LeaseStore {
                 .objects
                 .remove(&(namespace.to_owned(), name.to_owned()))
             {
-                Some(_) => Reply {
-                    status: 200,
-                    body: json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": { "name": name, "group": GROUP, "kind": "leases" } }),
-                },
+                Some(mut gone) => {
+                    // A deletion is a revision of its own.
+                    self.resource_version += 1;
+                    gone["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+                    self.record_change("DELETED", namespace, name, &gone);
+                    Reply {
+                        status: 200,
+                        body: json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": { "name": name, "group": GROUP, "kind": "leases" } }),
+                    }
+                }
                 None => not_found(name),
             },
             (_, None) => status(

@@ -39,9 +39,18 @@ pub fn lease(server: &ApiServer, name: &str, owner: &str) -> Arc<KubernetesLease
     Arc::new(KubernetesLease::new(client_for(server, owner), NS, settings(name, owner)).unwrap())
 }
 
+/// Logs to the test output, filtered by `RUST_LOG`.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// Real-time tests with 2 s ttls run one at a time, so a busy machine
 /// running several of them at once does not eat their timing margins.
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    init_tracing();
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
 }
