@@ -91,6 +91,32 @@ pub fn run(args: Args) -> ExitCode {
             availability: args.availability,
         }));
     }
+    // With KUBEBUILDER_ASSETS set, the Kubernetes lease runs against a real
+    // kube-apiserver + etcd (kept alive until the runs end).
+    let _real_api = if lease == LeaseMode::Kubernetes && lease_k8s::envtest::EnvTest::configured() {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("cannot build a runtime to start the API server: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(lease_k8s::envtest::EnvTest::start_from_env()) {
+            Ok(Some(env)) => {
+                println!("lease store: a real kube-apiserver at {} (KUBEBUILDER_ASSETS)", env.url());
+                let env = std::sync::Arc::new(env);
+                multinode::real_api::use_real_api_server(std::sync::Arc::clone(&env));
+                Some((runtime, env))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                eprintln!("KUBEBUILDER_ASSETS is set but the API server did not start: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let started = std::time::Instant::now();
     // Real-time runs share the machine's clock: one at a time keeps them honest.
     let threads = if lease == LeaseMode::Kubernetes {

@@ -69,8 +69,17 @@ impl<S: Singleton> ClusterSingleton<S> {
         } else {
             Duration::ZERO
         };
+        let owner = settings
+            .lease
+            .as_ref()
+            .map_or_else(String::new, |l| l.settings().owner_name().to_owned());
         let gate = LeaseGate::new(settings.lease.is_some(), settings.lease_retry_interval)
-            .with_minority_delay(minority_delay);
+            .with_minority_delay(minority_delay)
+            .with_jitter_seed(&owner);
+        // A warm standby: see a release or an expiry as it happens.
+        if let Some(lease) = &settings.lease {
+            lease.observe();
+        }
         let inbox = transport.subscribe(channels.manager);
         let manager = Manager::<S> {
             node: transport.local_node(),
@@ -190,6 +199,7 @@ impl<S: Singleton> Manager<S> {
     ) {
         let mut view = self.view.watch();
         let mut lease_status = self.settings.lease.as_ref().map(|l| l.status());
+        let mut lease_observed = self.settings.lease.as_ref().map(|l| l.observed());
         self.step().await;
         loop {
             let gate_retry = self.gate.next_retry();
@@ -206,6 +216,7 @@ impl<S: Singleton> Manager<S> {
                 Ok(()) = view.changed() => {}
                 Some(event) = gate_rx.recv() => self.feed_gate(event),
                 Some(()) = lease_api::gate::lease_lost(&mut lease_status) => {}
+                Some(()) = lease_api::gate::lease_freed(&mut lease_observed) => self.feed_gate(GateEvent::LeaseFreed),
                 () = sleep_until(gate_retry.unwrap_or_else(Instant::now)), if gate_retry.is_some() => self.feed_gate(GateEvent::Tick),
                 () = sleep_until(lease_check.unwrap_or_else(Instant::now)), if lease_check.is_some() => {}
                 () = sleep_until(handover_retry.unwrap_or_else(Instant::now)), if handover_retry.is_some() => self.ask_for_handover(),

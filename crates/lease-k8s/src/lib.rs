@@ -3,9 +3,13 @@
 //! The API server is usually reachable from both sides of a partition between
 //! pods, which makes it a good arbiter. The algorithm is client-go's leader
 //! election: create or take over with resourceVersion preconditions, renew
-//! with one PUT per heartbeat, judge expiry on the local monotonic clock, use
-//! `leaseTransitions` as the fencing token. Timing and loss detection come
-//! from [`lease_api::ManagedLease`], shared with every backend.
+//! with one PUT per heartbeat, judge expiry on the local monotonic clock.
+//! The fencing token is the resourceVersion of the write that began the
+//! tenure, so it never goes back, even across a deleted Lease; every handle
+//! watches the one Lease (a standby sees releases and expiries as they
+//! happen, a holder sees its Lease deleted or overwritten at once). Timing
+//! and loss detection come from [`lease_api::ManagedLease`], shared with
+//! every backend.
 //!
 //! ```no_run
 //! use lease_api::{Lease, LeaseSettings};
@@ -23,8 +27,9 @@
 //! # }
 //! ```
 //!
-//! RBAC: the service account needs `get`, `create` and `update` on `leases`
-//! in the namespace (see `deploy/kubernetes/rbac.yaml`).
+//! RBAC: the service account needs `get`, `list`, `watch`, `create` and
+//! `update` on `leases` in the namespace (see `deploy/kubernetes/rbac.yaml`);
+//! list and watch keep a standby's view of the Lease current.
 
 mod backend;
 #[cfg(feature = "emulator")]

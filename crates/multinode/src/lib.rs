@@ -6,6 +6,7 @@ pub mod availability;
 pub mod checker;
 mod counter;
 mod history;
+pub mod real_api;
 pub mod scenario;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,9 @@ pub struct HarnessSettings {
     pub backend: LeaseBackendKind,
     /// Shard tenure timing (used when `lease` is set).
     pub tenure: TenureSettings,
+    /// With [`LeaseBackendKind::Kubernetes`]: a real API server and the
+    /// (existing, fresh) namespace of this run, instead of the emulator.
+    pub real_api: Option<(Arc<lease_k8s::envtest::EnvTest>, String)>,
 }
 
 /// Which store backs the nodes' leases.
@@ -85,6 +89,7 @@ impl HarnessSettings {
             store: InMemoryLeaseStore::new(),
             backend: LeaseBackendKind::Memory,
             tenure: TenureSettings::default(),
+            real_api: None,
         }
     }
 
@@ -231,6 +236,8 @@ pub struct MultiNode {
     network: InProcessNetwork,
     store: InMemoryLeaseStore,
     api: ApiServer,
+    /// The real API server's view, when runs use one instead of `api`.
+    real: Option<real_api::RealStore>,
     history: History,
     settings: HarnessSettings,
     nodes: BTreeMap<NodeId, Node>,
@@ -248,6 +255,10 @@ impl MultiNode {
             network: InProcessNetwork::new(settings.seed),
             store: settings.store.clone(),
             api: ApiServer::new(),
+            real: settings
+                .real_api
+                .clone()
+                .map(|(env, namespace)| real_api::RealStore::new(env, namespace)),
             history: History::default(),
             settings,
             nodes: BTreeMap::new(),
@@ -413,6 +424,13 @@ impl MultiNode {
 
     fn kubernetes_lease(&self, node: NodeId, settings: LeaseSettings) -> KubernetesLease {
         let owner = owner_of(node);
+        if let Some(real) = &self.real {
+            let client = real.client_for(&owner);
+            return match KubernetesLease::new(client, real.namespace.clone(), settings) {
+                Ok(l) => l,
+                Err(e) => panic!("harness lease settings are invalid: {e}"),
+            };
+        }
         let endpoint = match self.api.endpoint(&owner) {
             Ok(e) => e,
             Err(e) => panic!("cannot open an emulator endpoint: {e}"),
@@ -436,7 +454,10 @@ impl MultiNode {
     pub fn grants(&self) -> Vec<Grant> {
         let all = match self.settings.backend {
             LeaseBackendKind::Memory => self.store.history(),
-            LeaseBackendKind::Kubernetes => grants_from_writes(&self.api.writes()),
+            LeaseBackendKind::Kubernetes => match &self.real {
+                Some(real) => grants_from_writes(&real.writes()),
+                None => grants_from_writes(&self.api.writes()),
+            },
         };
         let Some(name) = self
             .settings
@@ -487,7 +508,7 @@ impl MultiNode {
     pub fn isolate_from_lease_store(&self, node: NodeId) {
         match self.settings.backend {
             LeaseBackendKind::Memory => self.store.cut_off(&owner_of(node)),
-            LeaseBackendKind::Kubernetes => self.api.cut(&owner_of(node), true),
+            LeaseBackendKind::Kubernetes => self.cut_from_api(node, true),
         }
     }
 
@@ -495,7 +516,16 @@ impl MultiNode {
     pub fn reconnect_to_lease_store(&self, node: NodeId) {
         match self.settings.backend {
             LeaseBackendKind::Memory => self.store.reconnect(&owner_of(node)),
-            LeaseBackendKind::Kubernetes => self.api.heal(&owner_of(node)),
+            LeaseBackendKind::Kubernetes => self.cut_from_api(node, false),
+        }
+    }
+
+    fn cut_from_api(&self, node: NodeId, cut: bool) {
+        let owner = owner_of(node);
+        match (&self.real, cut) {
+            (Some(real), _) => real.cut(&owner, cut),
+            (None, true) => self.api.cut(&owner, true),
+            (None, false) => self.api.heal(&owner),
         }
     }
 
@@ -537,7 +567,7 @@ impl MultiNode {
         self.network.isolate(node);
         match self.settings.backend {
             LeaseBackendKind::Memory => self.store.black_hole(&owner_of(node)),
-            LeaseBackendKind::Kubernetes => self.api.cut(&owner_of(node), true),
+            LeaseBackendKind::Kubernetes => self.cut_from_api(node, true),
         }
         tracing::info!(%node, "paused");
         Frozen { node, last_sent }

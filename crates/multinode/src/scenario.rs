@@ -231,7 +231,17 @@ pub fn run(config: RunConfig) -> RunReport {
         Ok(rt) => rt,
         Err(e) => panic!("cannot build a tokio runtime: {e}"),
     };
-    runtime.block_on(async move { Run::new(config).execute().await })
+    runtime.block_on(async move {
+        // The Kubernetes lease runs against a real API server when one is set.
+        let real_api = match (config.lease, crate::real_api::real_api_server()) {
+            (LeaseMode::Kubernetes, Some(env)) => match crate::real_api::fresh_namespace(&env).await {
+                Ok(namespace) => Some((env, namespace)),
+                Err(e) => panic!("real API server: {e}"),
+            },
+            _ => None,
+        };
+        Run::new(config, real_api).execute().await
+    })
 }
 
 struct Run {
@@ -260,7 +270,10 @@ struct Run {
 }
 
 impl Run {
-    fn new(config: RunConfig) -> Self {
+    fn new(
+        config: RunConfig,
+        real_api: Option<(std::sync::Arc<lease_k8s::envtest::EnvTest>, String)>,
+    ) -> Self {
         let (mut settings, scale) = match config.lease {
             LeaseMode::Memory => (HarnessSettings::with_memory_lease(config.seed), 1.0),
             LeaseMode::None => (HarnessSettings::new(config.seed), 1.0),
@@ -269,6 +282,7 @@ impl Run {
                 1.0 / 15.0,
             ),
         };
+        settings.real_api = real_api;
         settings.region.passivate_after = Duration::from_secs(3600);
         if config.lease != LeaseMode::Kubernetes {
             settings.region.ask_timeout = Duration::from_secs(2);

@@ -139,8 +139,19 @@ impl Coordinator {
         } else {
             Duration::ZERO
         };
+        let owner = parts
+            .lease
+            .as_ref()
+            .map_or_else(String::new, |l| l.settings().owner_name().to_owned());
         let gate = LeaseGate::new(parts.lease.is_some(), parts.settings.lease_retry_interval)
-            .with_minority_delay(minority_delay);
+            .with_minority_delay(minority_delay)
+            .with_jitter_seed(&owner);
+        // Every node watches the lease, leader or not: a warm standby takes
+        // a released lease at once and a silent holder's one ttl after its
+        // last renew, instead of starting to look when it becomes leader.
+        if let Some(lease) = &parts.lease {
+            lease.observe();
+        }
         let coordinator = Coordinator {
             lease: parts.lease,
             gate,
@@ -195,6 +206,7 @@ impl Coordinator {
         let mut retry = tokio::time::interval(self.settings.retry_interval);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lease_status = self.lease.as_ref().map(|l| l.status());
+        let mut lease_observed = self.lease.as_ref().map(|l| l.observed());
         self.step();
         loop {
             let recovery = self.recovery_deadline;
@@ -211,6 +223,7 @@ impl Coordinator {
                 Ok(()) = view.changed() => self.on_view_change(),
                 Some(event) = gate_rx.recv() => self.feed_gate(event),
                 Some(()) = lease_api::gate::lease_lost(&mut lease_status) => {}
+                Some(()) = lease_api::gate::lease_freed(&mut lease_observed) => self.feed_gate(GateEvent::LeaseFreed),
                 _ = rebalance.tick() => self.on_rebalance_tick(),
                 _ = retry.tick() => self.on_retry_tick(),
                 () = sleep_until(recovery.unwrap_or_else(Instant::now)), if recovery.is_some() => {}
