@@ -94,7 +94,10 @@ pub fn run(args: Args) -> ExitCode {
     // With KUBEBUILDER_ASSETS set, the Kubernetes lease runs against a real
     // kube-apiserver + etcd (kept alive until the runs end).
     let _real_api = if lease == LeaseMode::Kubernetes && lease_k8s::envtest::EnvTest::configured() {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("cannot build a runtime to start the API server: {e}");
@@ -103,7 +106,10 @@ pub fn run(args: Args) -> ExitCode {
         };
         match runtime.block_on(lease_k8s::envtest::EnvTest::start_from_env()) {
             Ok(Some(env)) => {
-                println!("lease store: a real kube-apiserver at {} (KUBEBUILDER_ASSETS)", env.url());
+                println!(
+                    "lease store: a real kube-apiserver at {} (KUBEBUILDER_ASSETS)",
+                    env.url()
+                );
                 let env = std::sync::Arc::new(env);
                 multinode::real_api::use_real_api_server(std::sync::Arc::clone(&env));
                 Some((runtime, env))

@@ -33,7 +33,11 @@ pub fn real_api_server() -> Option<Arc<EnvTest>> {
 /// Creates a fresh namespace for one run.
 pub async fn fresh_namespace(env: &EnvTest) -> Result<String, String> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let name = format!("multinode-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let name = format!(
+        "multinode-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
     let client = env.client().map_err(|e| e.to_string())?;
     let namespaces: Api<Namespace> = Api::all(client);
     let mut namespace = Namespace::default();
@@ -62,7 +66,11 @@ impl RealStore {
     /// Starts recording the namespace's Lease writes (call in a runtime).
     pub(crate) fn new(env: Arc<EnvTest>, namespace: String) -> Self {
         let writes = Arc::new(Mutex::new(Vec::new()));
-        let recorder = tokio::spawn(record(Arc::clone(&env), namespace.clone(), Arc::clone(&writes)));
+        let recorder = tokio::spawn(record(
+            Arc::clone(&env),
+            namespace.clone(),
+            Arc::clone(&writes),
+        ));
         Self {
             env,
             namespace,
@@ -83,7 +91,10 @@ impl RealStore {
                 Err(e) => panic!("cannot start a proxy for {owner}: {e}"),
             }
         }
-        let url = proxies.get(owner).map(|p| p.url().to_owned()).unwrap_or_default();
+        let url = proxies
+            .get(owner)
+            .map(|p| p.url().to_owned())
+            .unwrap_or_default();
         match self.env.client_via(&url) {
             Ok(client) => client,
             Err(e) => panic!("cannot build a client for {owner}: {e}"),

@@ -234,10 +234,12 @@ pub fn run(config: RunConfig) -> RunReport {
     runtime.block_on(async move {
         // The Kubernetes lease runs against a real API server when one is set.
         let real_api = match (config.lease, crate::real_api::real_api_server()) {
-            (LeaseMode::Kubernetes, Some(env)) => match crate::real_api::fresh_namespace(&env).await {
-                Ok(namespace) => Some((env, namespace)),
-                Err(e) => panic!("real API server: {e}"),
-            },
+            (LeaseMode::Kubernetes, Some(env)) => {
+                match crate::real_api::fresh_namespace(&env).await {
+                    Ok(namespace) => Some((env, namespace)),
+                    Err(e) => panic!("real API server: {e}"),
+                }
+            }
             _ => None,
         };
         Run::new(config, real_api).execute().await

@@ -515,22 +515,21 @@ fn percent_decode(text: &str) -> String {
 /// longer kept), then live ones, one JSON event per line, until the timeout
 /// or a fault cuts the endpoint (the connection then breaks mid-stream).
 fn watch(inner: Arc<Inner>, endpoint: String, namespace: String, query: Query) -> Response<Body> {
-    // Subscribe before reading the history, so nothing falls in between.
-    let live = inner.changes.subscribe();
-    let since = query
-        .resource_version
-        .unwrap_or_else(|| lock(&inner.store).resource_version());
     let matches = {
         let name = query.name.clone();
         move |c: &Change| c.namespace == namespace && name.as_ref().is_none_or(|n| *n == c.name)
     };
+    // Locks in `Inner::apply`'s order (store, then history); subscribing
+    // under the store lock means no change falls between history and live.
+    let store = lock(&inner.store);
+    let live = inner.changes.subscribe();
+    let since = query
+        .resource_version
+        .unwrap_or_else(|| store.resource_version());
     let backlog: std::collections::VecDeque<Change> = {
         let history = lock(&inner.history);
         let oldest = history.front().map_or(u64::MAX, |c| c.resource_version);
-        if since + 1 < oldest
-            && since < lock(&inner.store).resource_version()
-            && !history.is_empty()
-        {
+        if since + 1 < oldest && since < store.resource_version() {
             return respond(
                 410,
                 serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410, "message": format!("too old resource version: {since}")}),
@@ -542,6 +541,7 @@ fn watch(inner: Arc<Inner>, endpoint: String, namespace: String, query: Query) -
             .cloned()
             .collect()
     };
+    drop(store);
     let deadline = tokio::time::Instant::now() + query.timeout.unwrap_or(Duration::from_secs(1800));
     struct State {
         inner: Arc<Inner>,
