@@ -5,6 +5,7 @@
 //!   non-zero exit on any broken invariant.
 
 mod bench_cmd;
+mod k8s_bench;
 mod multinode_cmd;
 mod report;
 
