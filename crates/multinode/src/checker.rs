@@ -312,8 +312,14 @@ fn check_i2(active: &[Interval], grants: &[Grant]) -> Check {
             .iter()
             .any(|g| g.owner == owner && g.from <= from && until <= g.until);
         if !covered && until > from {
+            let own: Vec<String> = grants
+                .iter()
+                .filter(|g| g.owner == owner)
+                .map(|g| format!("{:?}..{:?}", g.from, g.until))
+                .collect();
             return Check::Violated(format!(
-                "{node} active from {from:?} to {until:?} without a covering grant"
+                "{node} active from {from:?} to {until:?} without a covering grant (its grants: {})",
+                own.join(", ")
             ));
         }
     }

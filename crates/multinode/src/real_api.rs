@@ -119,7 +119,29 @@ impl Drop for RealStore {
     }
 }
 
-/// The admin watch: every ADDED or MODIFIED Lease, stamped when seen.
+/// When a write happened, on this process's clock. A holder's write carries
+/// its `renewTime`, stamped by its writer (a node of this process) just
+/// before sending: the watch delivers it later, and a tenure recorded at
+/// delivery would begin after its coordinator was already active. A write
+/// without a holder (a release leaves `renewTime` alone) is stamped when
+/// seen, which can only lengthen the tenure it ends.
+fn write_time(spec: &k8s_openapi::api::coordination::v1::LeaseSpec) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let renewed = spec
+        .renew_time
+        .as_ref()
+        .filter(|_| spec.holder_identity.as_ref().is_some_and(|h| !h.is_empty()));
+    let Some(renewed) = renewed else {
+        return now;
+    };
+    let age = k8s_openapi::jiff::Timestamp::now().duration_since(renewed.0);
+    match std::time::Duration::try_from(age) {
+        Ok(age) => now.checked_sub(age).unwrap_or(now),
+        Err(_) => now,
+    }
+}
+
+/// The admin watch: every ADDED or MODIFIED Lease.
 async fn record(env: Arc<EnvTest>, namespace: String, writes: Arc<Mutex<Vec<LeaseWrite>>>) {
     let Ok(client) = env.client() else {
         tracing::error!("no admin client for the lease recorder");
@@ -170,7 +192,7 @@ async fn record(env: Arc<EnvTest>, namespace: String, writes: Arc<Mutex<Vec<Leas
                 rv.clone_from(v);
             }
             lock(&writes).push(LeaseWrite {
-                at: tokio::time::Instant::now(),
+                at: write_time(&spec),
                 namespace: namespace.clone(),
                 name: lease.metadata.name.clone().unwrap_or_default(),
                 holder: spec.holder_identity.filter(|h| !h.is_empty()),
