@@ -1,0 +1,55 @@
+//! A lease revoked in the store while the cluster is partitioned: the
+//! holder hears of it through its watch at once, so the other side, which
+//! may take the lease the next moment, is never active next to it (I1).
+//! (With the holder's reaction to its watch switched off, while the other
+//! side's watch still shows the lease free and it acquires at once, seeds
+//! 10 and 11 had nodes 1 and 3 active together: the check has teeth.)
+
+use std::time::Duration;
+
+use cluster::NodeId;
+use multinode::{HarnessSettings, MultiNode};
+
+fn run(seed: u64) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let h = MultiNode::start(5, HarnessSettings::with_memory_lease(seed));
+        if !h.converge(Duration::from_secs(30)).await {
+            return Err("did not converge".into());
+        }
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let lease = h
+            .lease_handle(NodeId(1))
+            .ok_or("no lease")?
+            .settings()
+            .lease_name()
+            .to_owned();
+        h.partition(&[&[NodeId(1), NodeId(2)], &[NodeId(3), NodeId(4), NodeId(5)]]);
+        // Revoke at a seed-dependent moment: before, during and after the
+        // sides notice the partition, at any phase of the heartbeat.
+        let wait = Duration::from_millis(seed * 1_237 % 40_000);
+        tokio::time::sleep(wait).await;
+        let revoked = h.store().revoke(&lease);
+        let end = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::time::Instant::now() < end {
+            let active = h.active_coordinators();
+            if active.len() > 1 {
+                return Err(format!(
+                    "seed {seed}: {active:?} active together after revoking {revoked:?}'s lease {wait:?} into the partition"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn a_lease_revoked_during_a_partition_never_leaves_two_coordinators_active() {
+    let failures: Vec<String> = (1..=30).filter_map(|seed| run(seed).err()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
