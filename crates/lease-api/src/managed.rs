@@ -327,10 +327,17 @@ impl<B> Shared<B> {
     fn on_store_event(&self, event: &StoreEvent) {
         let tenure = self.lock_tenure();
         let generation = tenure.generation;
+        let owner = self.settings.owner_name();
+        let ours = |token: FencingToken| {
+            event.tenure == Some(token)
+                // The very write that began our tenure, which the watch may
+                // report before the backend has recorded the tenure.
+                || (event.revision == token.get() && event.holder.as_deref() == Some(owner))
+        };
         // An event older than our tenure says nothing about it.
         let ended = tenure
             .token
-            .filter(|token| event.revision >= token.get() && event.tenure != Some(*token));
+            .filter(|token| event.revision >= token.get() && !ours(*token));
         drop(tenure);
         if let Some(token) = ended {
             let reason = match &event.holder {
@@ -470,5 +477,88 @@ async fn heartbeat<B: LeaseBackend>(shared: Arc<Shared<B>>, generation: u64, tok
             shared.lose(generation, reason);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that never answers: these tests feed watch events by hand.
+    struct Silent;
+
+    impl LeaseBackend for Silent {
+        fn try_acquire<'a>(
+            &'a self,
+            _: &'a LeaseSettings,
+        ) -> BoxFuture<'a, Result<AcquireOutcome, LeaseError>> {
+            Box::pin(std::future::pending())
+        }
+        fn renew<'a>(
+            &'a self,
+            _: &'a LeaseSettings,
+            _: FencingToken,
+        ) -> BoxFuture<'a, Result<RenewOutcome, LeaseError>> {
+            Box::pin(std::future::pending())
+        }
+        fn release<'a>(
+            &'a self,
+            _: &'a LeaseSettings,
+            _: FencingToken,
+        ) -> BoxFuture<'a, Result<bool, LeaseError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn holding(token: u64) -> ManagedLease<Silent> {
+        let settings = LeaseSettings::builder("l", "me").build().expect("valid");
+        let lease = ManagedLease::new(Silent, settings);
+        lease.shared.lock_tenure().token = Some(FencingToken::new(token));
+        lease
+            .shared
+            .set_deadline(Some(Instant::now() + std::time::Duration::from_secs(60)));
+        lease
+    }
+
+    fn event(holder: Option<&str>, tenure: Option<u64>, revision: u64) -> StoreEvent {
+        StoreEvent {
+            holder: holder.map(str::to_owned),
+            tenure: tenure.map(FencingToken::new),
+            revision,
+            expires_at: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_write_that_began_the_tenure_is_ours_even_before_the_backend_knows() {
+        let lease = holding(10);
+        lease.shared.on_store_event(&event(Some("me"), None, 10));
+        assert!(lease.check_alive());
+        // Older than the tenure: says nothing about it.
+        lease.shared.on_store_event(&event(Some("other"), None, 9));
+        assert!(lease.check_alive());
+        lease
+            .shared
+            .on_store_event(&event(Some("me"), Some(10), 12));
+        assert!(lease.check_alive());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_write_of_another_tenure_ends_ours() {
+        // A restarted process under our owner name took it over.
+        let lease = holding(10);
+        lease.shared.on_store_event(&event(Some("me"), None, 11));
+        assert!(!lease.check_alive());
+        assert_eq!(
+            *lease.status().borrow(),
+            LeaseStatus::Lost(LostReason::TakenOver {
+                by: Some("me".into())
+            })
+        );
+        // Deleted or revoked.
+        let lease = holding(10);
+        lease.shared.on_store_event(&event(None, None, 10));
+        assert!(!lease.check_alive());
+        assert_eq!(*lease.observed().borrow(), Observation::Free);
     }
 }
