@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{Node, agent, eventually, free_port, get_json, post_json, spawn_node, start_emulator};
+use common::{Node, agent, eventually, free_port, get_json, post_json, spawn_node, start_store};
 
 const DOWN_AFTER_MS: u64 = 5_000;
 const COUNTERS: usize = 64;
@@ -20,7 +20,7 @@ const COUNTERS: usize = 64;
 #[test]
 fn a_leader_restarted_before_it_is_declared_down_leaves_one_host_per_shard() {
     let dir = std::env::temp_dir().join(format!("counter-restart-test-{}", std::process::id()));
-    let (_emulator, kubeconfig) = start_emulator(&dir);
+    let (_store, kubeconfig) = start_store(&dir);
     let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let http_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let seeds = format!(

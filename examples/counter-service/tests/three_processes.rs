@@ -11,12 +11,12 @@ use serde_json::Value;
 
 mod common;
 
-use common::{Node, agent, eventually, free_port, get_json, post_json, spawn_node, start_emulator};
+use common::{Node, agent, eventually, free_port, get_json, post_json, spawn_node, start_store};
 
 #[test]
 fn three_processes_survive_the_leader_dying_and_hand_off_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("counter-service-test-{}", std::process::id()));
-    let (_emulator, kubeconfig) = start_emulator(&dir);
+    let (_store, kubeconfig) = start_store(&dir);
 
     let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let seeds = format!(
@@ -116,6 +116,7 @@ fn three_processes_survive_the_leader_dying_and_hand_off_on_sigterm() {
         .as_u64()
         .unwrap();
     let victim = nodes.iter_mut().find(|n| n.id == leader).unwrap();
+    let killed = Instant::now();
     drop(victim.proc.take());
     let survivors: Vec<&Node> = nodes.iter().filter(|n| n.proc.is_some()).collect();
 
@@ -126,6 +127,13 @@ fn three_processes_survive_the_leader_dying_and_hand_off_on_sigterm() {
             let s = statuses(&nodes);
             s.len() == 2 && active_count(&s) == 1
         },
+    );
+    // Reported, not asserted (shared machines are noisy): kill -9 of the
+    // active process to the next active coordinator, lease ttl 2 s.
+    eprintln!(
+        "failover after kill -9: {:.2} s = {:.2} ttl",
+        killed.elapsed().as_secs_f64(),
+        killed.elapsed().as_secs_f64() / 2.0
     );
     eventually(
         Duration::from_secs(30),

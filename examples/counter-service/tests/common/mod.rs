@@ -65,8 +65,28 @@ pub struct Node {
 }
 
 /// The API server emulator in its own process, writing `dir/kubeconfig`.
-pub fn start_emulator(dir: &Path) -> (Proc, PathBuf) {
+/// The lease store the processes share: a real kube-apiserver when
+/// `KUBEBUILDER_ASSETS` is set (envtest), else the emulator in its own process.
+pub enum Store {
+    Emulator(Proc),
+    Real(lease_k8s::envtest::EnvTest),
+}
+
+/// Starts the lease store; returns it (stopped on drop) and a kubeconfig.
+pub fn start_store(dir: &Path) -> (Store, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
+    if lease_k8s::envtest::EnvTest::configured() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let env = runtime
+            .block_on(lease_k8s::envtest::EnvTest::start_from_env())
+            .unwrap()
+            .unwrap();
+        let kubeconfig = env.kubeconfig_path().to_owned();
+        return (Store::Real(env), kubeconfig);
+    }
     let kubeconfig = dir.join("kubeconfig");
     let mut emulator = Command::new(env!("CARGO_BIN_EXE_k8s-api-emulator"))
         .arg(&kubeconfig)
@@ -78,7 +98,7 @@ pub fn start_emulator(dir: &Path) -> (Proc, PathBuf) {
         .read_line(&mut url)
         .unwrap();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    (Proc(emulator), kubeconfig)
+    (Store::Emulator(Proc(emulator)), kubeconfig)
 }
 
 /// Starts counter-service node `id` with the Kubernetes lease and fast
