@@ -587,3 +587,44 @@ impl LeaseBackend for KubernetesBackend {
         Some(self.watch_inner(settings))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(rv: &str) -> LeaseObject {
+        LeaseObject {
+            metadata: ObjectMeta {
+                resource_version: Some(rv.to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+        }
+    }
+
+    #[test]
+    fn the_token_is_the_resource_version_and_a_bad_one_is_a_typed_error() {
+        let settings = LeaseSettings::builder("l", "me").build().expect("valid");
+        assert_eq!(
+            token_of(&settings, &written("4711")).ok(),
+            Some(FencingToken::new(4711))
+        );
+        for bad in [
+            "",
+            "0",
+            "007",
+            "+5",
+            "abc",
+            "12a",
+            "99999999999999999999999",
+        ] {
+            match token_of(&settings, &written(bad)) {
+                Err(LeaseError::Backend { lease, source }) => {
+                    assert_eq!(lease, "l");
+                    assert!(source.to_string().contains(&format!("{bad:?}")), "{source}");
+                }
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+}
