@@ -11,7 +11,7 @@ use cluster::{
     Transport,
 };
 use futures::SinkExt;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
@@ -287,4 +287,52 @@ async fn a_wildcard_listener_is_reached_through_its_advertised_address() {
     // A never heard of B's address but from B's handshake: it can answer.
     let got = send_until_delivered(&a, NodeId(2), &mut b_inbox).await;
     assert_eq!(got.from, NodeId(1));
+}
+
+#[tokio::test]
+async fn a_stranger_is_refused_without_learning_the_cluster_name() {
+    let a = node(1).await;
+    let stream = TcpStream::connect(a.local_addr()).await.unwrap();
+    let mut framed = Framed::new(stream, LengthDelimitedCodec::new());
+    let hello =
+        postcard::to_stdvec(&(cluster::PROTOCOL_VERSION, "guessing", 9u64, "127.0.0.1:1")).unwrap();
+    framed.send(Bytes::from(hello)).await.unwrap();
+    let reply = futures::StreamExt::next(&mut framed)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert_eq!(reply[0], 1, "Refused");
+    assert!(
+        !text.contains(CLUSTER),
+        "the refusal names the cluster: {text}"
+    );
+    assert!(a.stats().refused_handshakes >= 1);
+}
+
+#[tokio::test]
+async fn before_the_handshake_a_large_frame_is_refused_at_its_length_prefix() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut inbox = a.subscribe(CH);
+    let mut stream = TcpStream::connect(a.local_addr()).await.unwrap();
+    // The start of a 1 MiB "hello": refused on its prefix, nothing buffered.
+    stream.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    stream.write_all(&[0u8; 64]).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("closed within 5 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "connection closed by the node");
+    // The full limit still holds once a peer has shaken hands.
+    b.learn_address(NodeId(1), &addr_of(&a));
+    send_until_delivered(&b, NodeId(1), &mut inbox).await;
+    let big = Bytes::from(vec![7u8; 32 * 1024]);
+    b.send(NodeId(1), CH, big.clone()).unwrap();
+    let got = timeout(Duration::from_secs(5), inbox.recv())
+        .await
+        .expect("the large frame arrives")
+        .unwrap();
+    assert_eq!(got.payload.len(), big.len());
 }

@@ -4,6 +4,7 @@
 //! simulations (every message still goes through the byte encoding), and
 //! [`TcpTransport`] for real deployments.
 
+mod frame_codec;
 mod inbox;
 pub mod inprocess;
 pub mod tcp;

@@ -19,11 +19,18 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
+
+use super::frame_codec::FrameCodec;
 
 use super::{Inboxes, SendError, Transport, TransportStats};
 use crate::envelope::PROTOCOL_VERSION;
 use crate::{Channel, Envelope, FrameError, NodeAddr, NodeId};
+
+/// The largest frame before the handshake has finished (a hello is some
+/// tens of bytes): a connection that has not proven itself cannot make the
+/// node buffer a full-size frame.
+const HANDSHAKE_FRAME_MAX: usize = 4096;
 
 /// Settings of a [`TcpTransport`].
 #[derive(Debug, Clone)]
@@ -277,10 +284,10 @@ impl Inner {
         }
     }
 
-    fn codec(&self) -> LengthDelimitedCodec {
-        LengthDelimitedCodec::builder()
-            .max_frame_length(self.settings.max_frame_size)
-            .new_codec()
+    /// The codec of a connection whose handshake has not finished: a
+    /// stranger gets [`HANDSHAKE_FRAME_MAX`] bytes, not the full limit.
+    fn handshake_codec(&self) -> FrameCodec {
+        FrameCodec::new(HANDSHAKE_FRAME_MAX.min(self.settings.max_frame_size))
     }
 }
 
@@ -310,7 +317,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
 
 async fn inbound(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), ConnectionError> {
     stream.set_nodelay(true)?;
-    let mut framed = Framed::new(stream, inner.codec());
+    let mut framed = Framed::new(stream, inner.handshake_codec());
     let first = tokio::time::timeout(inner.settings.handshake_timeout, framed.next())
         .await
         .map_err(|_| ConnectionError::Handshake("no hello within the handshake timeout".into()))?
@@ -336,7 +343,8 @@ async fn inbound(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), Connection
             .refused_handshakes
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(node = %inner.settings.node, peer = %hello.node, %reason, "handshake refused");
-        let reply = postcard::to_stdvec(&HelloReply::Refused(reason.clone()))
+        // The reason stays in our log: a stranger learns nothing about the cluster.
+        let reply = postcard::to_stdvec(&HelloReply::Refused("handshake refused".into()))
             .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
         framed.send(Bytes::from(reply)).await?;
         return Err(ConnectionError::Handshake(format!(
@@ -347,6 +355,7 @@ async fn inbound(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), Connection
     let reply = postcard::to_stdvec(&HelloReply::Accepted)
         .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
     framed.send(Bytes::from(reply)).await?;
+    framed.codec_mut().set_max(inner.settings.max_frame_size);
     let peer = hello.node;
     tracing::debug!(node = %inner.settings.node, %peer, "inbound peer connected");
     // Only for a peer we know nothing about: membership's address wins.
@@ -415,17 +424,20 @@ async fn outbound(
 async fn connect(
     inner: &Inner,
     addr: &NodeAddr,
-) -> Result<Framed<TcpStream, LengthDelimitedCodec>, ConnectionError> {
+) -> Result<Framed<TcpStream, FrameCodec>, ConnectionError> {
     let handshake = async {
         let stream = TcpStream::connect(addr.as_str()).await?;
         stream.set_nodelay(true)?;
-        let mut framed = Framed::new(stream, inner.codec());
+        let mut framed = Framed::new(stream, inner.handshake_codec());
         let hello = postcard::to_stdvec(&inner.hello())
             .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
         framed.send(Bytes::from(hello)).await?;
         let reply = framed.next().await.ok_or(ConnectionError::Closed)??;
         match postcard::from_bytes::<HelloReply>(&reply) {
-            Ok(HelloReply::Accepted) => Ok(framed),
+            Ok(HelloReply::Accepted) => {
+                framed.codec_mut().set_max(inner.settings.max_frame_size);
+                Ok(framed)
+            }
             Ok(HelloReply::Refused(reason)) => {
                 tracing::warn!(node = %inner.settings.node, %addr, %reason, "peer refused our handshake");
                 Err(ConnectionError::Handshake(format!(
