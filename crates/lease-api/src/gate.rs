@@ -102,7 +102,7 @@ pub enum GateCommand {
 }
 
 /// The gate. Without a lease it opens as soon as its owner leads.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LeaseGate {
     state: GateState,
     has_lease: bool,
@@ -112,9 +112,8 @@ pub struct LeaseGate {
     minority_delay: Duration,
     /// Since when the owner's side has been a minority, if it is.
     minority_since: Option<Instant>,
-    /// Seeds the retry jitter; `attempts` walks its sequence.
-    jitter_seed: u64,
-    attempts: u64,
+    /// Draws the retry jitter (seeded by the owner).
+    jitter: rand::rngs::StdRng,
 }
 
 impl LeaseGate {
@@ -127,8 +126,7 @@ impl LeaseGate {
             leader: false,
             minority_delay: Duration::ZERO,
             minority_since: None,
-            jitter_seed: 0,
-            attempts: 0,
+            jitter: crate::jitter::rng_for(""),
         }
     }
 
@@ -136,13 +134,12 @@ impl LeaseGate {
     /// intervals), so leaders of different nodes do not retry in step;
     /// give each owner its own seed, e.g. from its name.
     pub fn with_jitter_seed(mut self, owner: &str) -> Self {
-        self.jitter_seed = crate::jitter::seed_from(owner);
+        self.jitter = crate::jitter::rng_for(owner);
         self
     }
 
     fn jittered_retry(&mut self, now: Instant) -> Instant {
-        self.attempts += 1;
-        now + crate::jitter::stretch(self.retry_interval, 0.5, self.jitter_seed, self.attempts)
+        now + crate::jitter::stretch(self.retry_interval, 0.5, &mut self.jitter)
     }
 
     /// Sets how long a leader on the minority side leaves the lease to the

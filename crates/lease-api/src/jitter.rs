@@ -1,28 +1,24 @@
 //! Deterministic jitter: contenders that retry on the same period spread
 //! out instead of hitting the store in the same millisecond. Seeded (by the
-//! owner name) so a run can be replayed.
+//! owner name) with the workspace's seeded RNG, so a run can be replayed.
 
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-/// A seed from a name (FNV-1a).
-pub(crate) fn seed_from(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// A seeded RNG for `name` (the same name, the same sequence).
+pub(crate) fn rng_for(name: &str) -> StdRng {
+    // DefaultHasher::new() uses fixed keys: stable within a build.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    StdRng::seed_from_u64(hasher.finish())
 }
 
-/// The `n`th number of the sequence `seed` (splitmix64), in [0, 1).
-pub(crate) fn unit(seed: u64, n: u64) -> f64 {
-    let mut z = seed.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// `base` stretched by a factor in [1, 1 + `spread`).
-pub(crate) fn stretch(base: Duration, spread: f64, seed: u64, n: u64) -> Duration {
-    base.mul_f64(1.0 + spread * unit(seed, n))
+/// `base` stretched by a factor drawn from [1, 1 + `spread`).
+pub(crate) fn stretch(base: Duration, spread: f64, rng: &mut StdRng) -> Duration {
+    base.mul_f64(1.0 + spread * rng.random_range(0.0..1.0))
 }
 
 #[cfg(test)]
@@ -30,14 +26,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn values_stay_in_range_and_differ_by_seed() {
-        let a: Vec<f64> = (0..100).map(|n| unit(seed_from("node-1"), n)).collect();
-        let b: Vec<f64> = (0..100).map(|n| unit(seed_from("node-2"), n)).collect();
-        assert!(a.iter().chain(&b).all(|x| (0.0..1.0).contains(x)));
-        assert_ne!(a, b);
-        let mean = a.iter().sum::<f64>() / a.len() as f64;
-        assert!((0.3..0.7).contains(&mean), "{mean}");
-        let d = stretch(Duration::from_secs(1), 0.5, 7, 3);
-        assert!(d >= Duration::from_secs(1) && d < Duration::from_millis(1500));
+    fn stretches_stay_in_range_and_differ_by_name() {
+        let base = Duration::from_secs(1);
+        let (mut a, mut b) = (rng_for("node-1"), rng_for("node-2"));
+        let xs: Vec<Duration> = (0..100).map(|_| stretch(base, 0.5, &mut a)).collect();
+        let ys: Vec<Duration> = (0..100).map(|_| stretch(base, 0.5, &mut b)).collect();
+        assert!(
+            xs.iter()
+                .chain(&ys)
+                .all(|d| *d >= base && *d < base * 3 / 2)
+        );
+        assert_ne!(xs, ys);
+        let again: Vec<Duration> = {
+            let mut a = rng_for("node-1");
+            (0..100).map(|_| stretch(base, 0.5, &mut a)).collect()
+        };
+        assert_eq!(xs, again, "seeded: replayable");
     }
 }

@@ -364,12 +364,11 @@ impl<B> Shared<B> {
 /// published `Free` once its ttl has passed on our clock.
 async fn watch_store<B: LeaseBackend>(shared: Arc<Shared<B>>) {
     let settings = &shared.settings;
-    let seed = crate::jitter::seed_from(settings.owner_name());
+    let mut rng = crate::jitter::rng_for(settings.owner_name());
     let first_backoff =
         (settings.heartbeat_interval() / 4).max(std::time::Duration::from_millis(10));
     let max_backoff = settings.ttl() / 2;
     let mut backoff = first_backoff;
-    let mut attempt = 0u64;
     loop {
         let Some(mut events) = shared.backend.watch(settings) else {
             return; // this store cannot be watched: acquire and renew still work
@@ -404,8 +403,7 @@ async fn watch_store<B: LeaseBackend>(shared: Arc<Shared<B>>) {
             }
         }
         drop(events);
-        attempt += 1;
-        sleep(crate::jitter::stretch(backoff, 0.5, seed, attempt)).await;
+        sleep(crate::jitter::stretch(backoff, 0.5, &mut rng)).await;
         backoff = (backoff * 2).min(max_backoff);
     }
 }
