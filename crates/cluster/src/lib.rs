@@ -40,6 +40,6 @@ pub use membership::{
 };
 pub use node::{NodeAddr, NodeId};
 pub use transport::{
-    InProcessNetwork, InProcessTransport, LinkFaults, SendError, TcpSettings, TcpTransport,
-    Transport, TransportStats,
+    BindError, InProcessNetwork, InProcessTransport, LinkFaults, RefusalReason, SendError,
+    TcpSettings, TcpTransport, TlsError, TlsSettings, Transport, TransportStats, node_identity,
 };

@@ -4,20 +4,26 @@
 //! simulations (every message still goes through the byte encoding), and
 //! [`TcpTransport`] for real deployments.
 
+mod admission;
+#[cfg(feature = "dev-certs")]
+pub mod dev_certs;
 mod frame_codec;
 mod inbox;
 pub mod inprocess;
 pub mod tcp;
+pub mod tls;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::{Channel, Envelope, NodeAddr, NodeId};
 
+pub use admission::RefusalReason;
 pub(crate) use inbox::Inboxes;
 pub use inbox::TransportStats;
 pub use inprocess::{InProcessNetwork, InProcessTransport, LinkFaults};
-pub use tcp::{TcpSettings, TcpTransport};
+pub use tcp::{BindError, TcpSettings, TcpTransport};
+pub use tls::{TlsError, TlsSettings, node_identity};
 
 /// Sends envelopes to other nodes and hands received ones to subscribers.
 ///

@@ -1,11 +1,16 @@
-//! TCP between nodes: length-delimited frames, a handshake, one outbound
-//! connection per peer with reconnect and backoff.
+//! TCP between nodes: length-delimited frames, optionally inside mutual TLS,
+//! a handshake, one outbound connection per peer with reconnect and backoff.
 //!
 //! Each direction uses its own connection: a node writes to a peer over the
 //! connection it opened and reads what the peer opened to it. Anything bad a
-//! peer sends (a wrong cluster name, an oversized or undecodable frame) closes
-//! that one connection with a typed, logged error; the node and its other peers
-//! carry on.
+//! peer sends (a wrong cluster name, a certificate that is not its own, an
+//! oversized or undecodable frame) closes that one connection with a typed,
+//! logged error; the node and its other peers carry on. Connections still
+//! shaking hands, connections per peer and in all are capped (see
+//! [`TcpSettings`]), and every refusal is counted by reason.
+
+mod handshake;
+mod settings;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,67 +20,23 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::codec::Framed;
 
+pub use self::settings::{BindError, TcpSettings};
+use super::admission::{Admission, RefusalReason};
 use super::frame_codec::FrameCodec;
-
+use super::tls::TlsContext;
 use super::{Inboxes, SendError, Transport, TransportStats};
 use crate::envelope::PROTOCOL_VERSION;
 use crate::{Channel, Envelope, FrameError, NodeAddr, NodeId};
+use handshake::{Accepted, Conn, Hello};
 
 /// The largest frame before the handshake has finished (a hello is some
 /// tens of bytes): a connection that has not proven itself cannot make the
 /// node buffer a full-size frame.
 const HANDSHAKE_FRAME_MAX: usize = 4096;
-
-/// Settings of a [`TcpTransport`].
-#[derive(Debug, Clone)]
-pub struct TcpSettings {
-    /// Only peers presenting the same cluster name are accepted.
-    pub cluster_name: String,
-    /// This node.
-    pub node: NodeId,
-    /// Where to listen (`127.0.0.1:0` picks a free port).
-    pub listen: SocketAddr,
-    /// Largest frame sent or accepted, in bytes (default 4 MiB).
-    pub max_frame_size: usize,
-    /// Frames queued per peer while it is slow or unreachable (default 10 000).
-    pub send_queue: usize,
-    /// Envelopes buffered per channel before received ones are dropped (default 65 536).
-    pub inbox_capacity: usize,
-    /// Limit on connecting plus handshaking (default 5 s).
-    pub handshake_timeout: Duration,
-    /// First reconnect delay, doubled after each failure (default 100 ms).
-    pub backoff_min: Duration,
-    /// Largest reconnect delay (default 5 s).
-    pub backoff_max: Duration,
-    /// The address peers should dial to reach this node, sent in the
-    /// handshake. Required when `listen` is a wildcard such as `0.0.0.0`;
-    /// defaults to the bound address.
-    pub advertise: Option<NodeAddr>,
-}
-
-impl TcpSettings {
-    /// Defaults for `node` of `cluster_name` listening on `listen`.
-    pub fn new(cluster_name: impl Into<String>, node: NodeId, listen: SocketAddr) -> Self {
-        Self {
-            cluster_name: cluster_name.into(),
-            node,
-            listen,
-            max_frame_size: 4 * 1024 * 1024,
-            send_queue: 10_000,
-            inbox_capacity: 65_536,
-            handshake_timeout: Duration::from_secs(5),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
-            advertise: None,
-        }
-    }
-}
 
 /// Why a connection was refused or closed.
 #[derive(Debug, thiserror::Error)]
@@ -87,9 +48,17 @@ pub enum ConnectionError {
     /// A frame was not a valid envelope.
     #[error("bad frame: {0}")]
     Frame(#[from] FrameError),
-    /// The handshake failed or was refused.
+    /// Our handshake with a peer failed or was refused by it.
     #[error("handshake: {0}")]
     Handshake(String),
+    /// We refused a peer's handshake.
+    #[error("refused ({reason}): {detail}")]
+    Refused {
+        /// The counted reason.
+        reason: RefusalReason,
+        /// What exactly (for our log only, never sent to the peer).
+        detail: String,
+    },
     /// The peer sent an envelope claiming another sender than it shook hands as.
     #[error("envelope from {claimed} on the connection of {peer}")]
     Spoofed {
@@ -98,23 +67,12 @@ pub enum ConnectionError {
         /// Who the envelope claimed to be from.
         claimed: NodeId,
     },
+    /// The peer sent nothing for the idle timeout.
+    #[error("idle for {0:?}")]
+    Idle(Duration),
     /// The peer closed the connection.
     #[error("closed by peer")]
     Closed,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Hello {
-    protocol_version: u8,
-    cluster_name: String,
-    node: NodeId,
-    listen: NodeAddr,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum HelloReply {
-    Accepted,
-    Refused(String),
 }
 
 /// A node's TCP endpoint. Dropping it closes every connection (a crash, as
@@ -127,6 +85,8 @@ pub struct TcpTransport {
 struct Inner {
     settings: TcpSettings,
     advertised: NodeAddr,
+    tls: Option<TlsContext>,
+    admission: Admission,
     inboxes: Inboxes,
     peers: Mutex<HashMap<NodeId, Peer>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -139,29 +99,60 @@ struct Peer {
 }
 
 impl TcpTransport {
-    /// Binds the listener and starts accepting peers.
-    pub async fn bind(settings: TcpSettings) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(settings.listen).await?;
-        let local_addr = listener.local_addr()?;
+    /// Checks the settings, loads the TLS files if any, binds the listener
+    /// and starts accepting peers.
+    pub async fn bind(settings: TcpSettings) -> Result<Self, BindError> {
+        settings.validate()?;
+        let tls = match &settings.tls {
+            Some(tls) => Some(TlsContext::load(tls.clone(), &settings.cluster_name)?),
+            None => None,
+        };
+        let io = |source| BindError::Io {
+            addr: settings.listen,
+            source,
+        };
+        let listener = TcpListener::bind(settings.listen).await.map_err(io)?;
+        let local_addr = listener.local_addr().map_err(io)?;
         let inner = Arc::new(Inner {
             inboxes: Inboxes::new(settings.node, settings.inbox_capacity),
             advertised: settings
                 .advertise
                 .clone()
                 .unwrap_or_else(|| NodeAddr::from(local_addr)),
+            tls,
+            admission: Admission::new(
+                settings.max_pending_handshakes,
+                settings.max_connections_per_peer,
+                settings.max_inbound_connections,
+            ),
             settings,
             peers: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         });
         let accept = tokio::spawn(accept_loop(Arc::clone(&inner), listener));
         lock(&inner.tasks).push(accept);
-        tracing::info!(node = %inner.settings.node, %local_addr, "tcp transport listening");
+        tracing::info!(
+            node = %inner.settings.node,
+            %local_addr,
+            tls = inner.tls.is_some(),
+            "tcp transport listening"
+        );
         Ok(Self { inner, local_addr })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Inbound connections refused for `reason` since the start.
+    pub fn refused(&self, reason: RefusalReason) -> u64 {
+        self.inner.admission.refused(reason)
+    }
+
+    /// Established inbound connections right now.
+    pub fn inbound_connections(&self) -> usize {
+        self.inner.admission.established()
     }
 }
 
@@ -289,6 +280,14 @@ impl Inner {
     fn handshake_codec(&self) -> FrameCodec {
         FrameCodec::new(HANDSHAKE_FRAME_MAX.min(self.settings.max_frame_size))
     }
+
+    fn refuse(&self, reason: RefusalReason, remote: SocketAddr, detail: &str) {
+        self.admission.count(reason);
+        self.inboxes
+            .refused_handshakes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(node = %self.settings.node, %remote, %reason, %detail, "connection refused");
+    }
 }
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
@@ -298,9 +297,34 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    let Some(permit) = inner.admission.pending() else {
+                        inner.refuse(RefusalReason::TooManyPending, remote, "closed at once");
+                        drop(stream);
+                        continue;
+                    };
                     let inner = Arc::clone(&inner);
                     connections.spawn(async move {
-                        if let Err(error) = inbound(&inner, stream).await {
+                        let accepted = tokio::time::timeout(
+                            inner.settings.handshake_timeout,
+                            handshake::accept(&inner, stream),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ConnectionError::Refused {
+                                reason: RefusalReason::Timeout,
+                                detail: "no handshake within the timeout".into(),
+                            })
+                        });
+                        drop(permit);
+                        let result = match accepted {
+                            Ok(accepted) => inbound(&inner, accepted).await,
+                            Err(ConnectionError::Refused { reason, detail }) => {
+                                inner.refuse(reason, remote, &detail);
+                                return;
+                            }
+                            Err(error) => Err(error),
+                        };
+                        if let Err(error) = result {
                             tracing::warn!(node = %inner.settings.node, %remote, %error, "inbound connection closed");
                         }
                     });
@@ -315,52 +339,24 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-async fn inbound(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), ConnectionError> {
-    stream.set_nodelay(true)?;
-    let mut framed = Framed::new(stream, inner.handshake_codec());
-    let first = tokio::time::timeout(inner.settings.handshake_timeout, framed.next())
-        .await
-        .map_err(|_| ConnectionError::Handshake("no hello within the handshake timeout".into()))?
-        .ok_or(ConnectionError::Closed)??;
-    let hello: Hello = postcard::from_bytes(&first)
-        .map_err(|e| ConnectionError::Handshake(format!("bad hello: {e}")))?;
-    let refusal = if hello.protocol_version != PROTOCOL_VERSION {
-        Some(format!(
-            "protocol version {} (this node speaks {PROTOCOL_VERSION})",
-            hello.protocol_version
-        ))
-    } else if hello.cluster_name != inner.settings.cluster_name {
-        Some(format!(
-            "cluster `{}` (this node is in `{}`)",
-            hello.cluster_name, inner.settings.cluster_name
-        ))
-    } else {
-        None
-    };
-    if let Some(reason) = refusal {
-        inner
-            .inboxes
-            .refused_handshakes
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(node = %inner.settings.node, peer = %hello.node, %reason, "handshake refused");
-        // The reason stays in our log: a stranger learns nothing about the cluster.
-        let reply = postcard::to_stdvec(&HelloReply::Refused("handshake refused".into()))
-            .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
-        framed.send(Bytes::from(reply)).await?;
-        return Err(ConnectionError::Handshake(format!(
-            "refused {}: {reason}",
-            hello.node
-        )));
-    }
-    let reply = postcard::to_stdvec(&HelloReply::Accepted)
-        .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
-    framed.send(Bytes::from(reply)).await?;
-    framed.codec_mut().set_max(inner.settings.max_frame_size);
-    let peer = hello.node;
+/// Reads an accepted peer's envelopes until it closes, misbehaves or idles.
+async fn inbound(inner: &Arc<Inner>, accepted: Accepted) -> Result<(), ConnectionError> {
+    let Accepted {
+        mut conn,
+        peer,
+        listen,
+        slot: _slot,
+    } = accepted;
     tracing::debug!(node = %inner.settings.node, %peer, "inbound peer connected");
     // Only for a peer we know nothing about: membership's address wins.
-    inner.learn_if_unknown(peer, &hello.listen);
-    while let Some(frame) = framed.next().await {
+    inner.learn_if_unknown(peer, &listen);
+    let idle = inner.settings.idle_timeout;
+    loop {
+        let frame = match tokio::time::timeout(idle, conn.next()).await {
+            Err(_) => return Err(ConnectionError::Idle(idle)),
+            Ok(None) => return Ok(()),
+            Ok(Some(frame)) => frame,
+        };
         let frame = frame.inspect_err(|_| {
             inner.inboxes.bad_frames.fetch_add(1, Ordering::Relaxed);
         })?;
@@ -376,10 +372,12 @@ async fn inbound(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), Connection
         }
         inner.inboxes.deliver(envelope);
     }
-    Ok(())
 }
 
-/// Keeps one connection to `peer` open and writes queued frames to it.
+/// Keeps a connection to `peer` while there is something to write, and
+/// writes queued frames to it. A connection with nothing to write for half
+/// the idle timeout is closed by us (before the peer's idle timeout could
+/// close it under a frame) and opened again by the next frame.
 async fn outbound(
     inner: Arc<Inner>,
     peer: NodeId,
@@ -387,29 +385,31 @@ async fn outbound(
     mut queue: mpsc::Receiver<Bytes>,
 ) {
     let settings = &inner.settings;
+    let quiet = settings.idle_timeout / 2;
     let mut backoff = settings.backoff_min;
+    let mut held: Option<Bytes> = None;
     loop {
-        match connect(&inner, &addr).await {
-            Ok(mut framed) => {
+        match handshake::connect(&inner, peer, &addr).await {
+            Ok(mut conn) => {
                 tracing::info!(node = %settings.node, %peer, %addr, "connected to peer");
                 backoff = settings.backoff_min;
-                while let Some(frame) = queue.recv().await {
-                    // Batch what is already queued into one flush (one syscall
-                    // for a burst instead of one per frame).
-                    let mut written = framed.feed(frame).await;
-                    while written.is_ok() {
-                        match queue.try_recv() {
-                            Ok(next) => written = framed.feed(next).await,
-                            Err(_) => break,
+                match write_until_quiet(&mut conn, &mut queue, &mut held, quiet).await {
+                    Written::Quiet => {
+                        let _ = SinkExt::<Bytes>::close(&mut conn).await;
+                        drop(conn);
+                        tracing::debug!(node = %settings.node, %peer, "outbound connection idle, closed");
+                        match queue.recv().await {
+                            Some(frame) => {
+                                held = Some(frame);
+                                continue;
+                            }
+                            None => return,
                         }
                     }
-                    if let Err(error) = written.and(SinkExt::<Bytes>::flush(&mut framed).await) {
+                    Written::QueueClosed => return,
+                    Written::Failed(error) => {
                         tracing::warn!(node = %settings.node, %peer, %error, "write failed, reconnecting");
-                        break;
                     }
-                }
-                if queue.is_closed() {
-                    return;
                 }
             }
             Err(error) => {
@@ -421,33 +421,38 @@ async fn outbound(
     }
 }
 
-async fn connect(
-    inner: &Inner,
-    addr: &NodeAddr,
-) -> Result<Framed<TcpStream, FrameCodec>, ConnectionError> {
-    let handshake = async {
-        let stream = TcpStream::connect(addr.as_str()).await?;
-        stream.set_nodelay(true)?;
-        let mut framed = Framed::new(stream, inner.handshake_codec());
-        let hello = postcard::to_stdvec(&inner.hello())
-            .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
-        framed.send(Bytes::from(hello)).await?;
-        let reply = framed.next().await.ok_or(ConnectionError::Closed)??;
-        match postcard::from_bytes::<HelloReply>(&reply) {
-            Ok(HelloReply::Accepted) => {
-                framed.codec_mut().set_max(inner.settings.max_frame_size);
-                Ok(framed)
+enum Written {
+    Quiet,
+    QueueClosed,
+    Failed(std::io::Error),
+}
+
+async fn write_until_quiet(
+    conn: &mut Conn,
+    queue: &mut mpsc::Receiver<Bytes>,
+    held: &mut Option<Bytes>,
+    quiet: Duration,
+) -> Written {
+    loop {
+        let frame = match held.take() {
+            Some(frame) => frame,
+            None => match tokio::time::timeout(quiet, queue.recv()).await {
+                Err(_) => return Written::Quiet,
+                Ok(None) => return Written::QueueClosed,
+                Ok(Some(frame)) => frame,
+            },
+        };
+        // Batch what is already queued into one flush (one syscall for a
+        // burst instead of one per frame).
+        let mut written = conn.feed(frame).await;
+        while written.is_ok() {
+            match queue.try_recv() {
+                Ok(next) => written = conn.feed(next).await,
+                Err(_) => break,
             }
-            Ok(HelloReply::Refused(reason)) => {
-                tracing::warn!(node = %inner.settings.node, %addr, %reason, "peer refused our handshake");
-                Err(ConnectionError::Handshake(format!(
-                    "refused by peer: {reason}"
-                )))
-            }
-            Err(e) => Err(ConnectionError::Handshake(format!("bad hello reply: {e}"))),
         }
-    };
-    tokio::time::timeout(inner.settings.handshake_timeout, handshake)
-        .await
-        .map_err(|_| ConnectionError::Handshake("timed out".into()))?
+        if let Err(error) = written.and(SinkExt::<Bytes>::flush(conn).await) {
+            return Written::Failed(error);
+        }
+    }
 }
