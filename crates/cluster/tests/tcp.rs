@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster::{
-    Channel, Envelope, Membership, MembershipSettings, NodeAddr, NodeId, TcpSettings, TcpTransport,
-    Transport,
+    Channel, Envelope, Membership, MembershipSettings, NodeAddr, NodeId, RefusalReason,
+    TcpSettings, TcpTransport, Transport,
 };
 use futures::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +16,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+mod common;
+
+use common::Raw;
 
 const CH: Channel = Channel(5);
 const CLUSTER: &str = "test-cluster";
@@ -125,22 +129,13 @@ async fn a_stranger_from_another_cluster_is_refused() {
 }
 
 /// Opens a raw connection to `to` and completes a valid handshake as `as_node`.
-async fn raw_peer(to: &TcpTransport, as_node: u64) -> Framed<TcpStream, LengthDelimitedCodec> {
-    let stream = TcpStream::connect(to.local_addr()).await.unwrap();
-    let mut framed = Framed::new(stream, LengthDelimitedCodec::new());
-    // Hello is (protocol version, cluster name, node id, listen address) in postcard.
-    let hello =
-        postcard::to_stdvec(&(cluster::PROTOCOL_VERSION, CLUSTER, as_node, "127.0.0.1:1")).unwrap();
-    framed.send(Bytes::from(hello)).await.unwrap();
-    let reply = futures::StreamExt::next(&mut framed)
+async fn raw_peer(to: &TcpTransport, as_node: u64) -> Raw {
+    common::join(to.local_addr(), CLUSTER, as_node)
         .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&reply[..], &[0], "Accepted");
-    framed
+        .expect("accepted")
 }
 
-async fn assert_closed(framed: Framed<TcpStream, LengthDelimitedCodec>) {
+async fn assert_closed(framed: Raw) {
     let mut stream = framed.into_inner();
     let mut buf = [0u8; 16];
     let n = timeout(Duration::from_secs(5), stream.read(&mut buf))
@@ -330,4 +325,107 @@ async fn before_the_handshake_a_large_frame_is_refused_at_its_length_prefix() {
         .expect("the large frame arrives")
         .unwrap();
     assert_eq!(got.payload.len(), big.len());
+}
+
+fn limited(i: u64) -> TcpSettings {
+    let mut settings = TcpSettings::new(CLUSTER, NodeId(i), "127.0.0.1:0".parse().unwrap());
+    settings.backoff_min = Duration::from_millis(20);
+    settings.backoff_max = Duration::from_millis(200);
+    settings
+}
+
+/// Node 1 with peer 2 already talking to it.
+async fn served(settings: TcpSettings) -> (TcpTransport, TcpTransport, mpsc::Receiver<Envelope>) {
+    let a = TcpTransport::bind(settings).await.unwrap();
+    let b = node(2).await;
+    let mut inbox = a.subscribe(CH);
+    b.learn_address(NodeId(1), &addr_of(&a));
+    send_until_delivered(&b, NodeId(1), &mut inbox).await;
+    (a, b, inbox)
+}
+
+#[tokio::test]
+async fn connections_that_never_finish_the_handshake_are_capped_then_timed_out() {
+    let mut settings = limited(1);
+    settings.max_pending_handshakes = 8;
+    settings.handshake_timeout = Duration::from_millis(500);
+    let (a, b, mut inbox) = served(settings).await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(a.local_addr()).await.unwrap());
+    }
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.refused(RefusalReason::TooManyPending), 12);
+    // Meanwhile the established peer is served.
+    send_until_delivered(&b, NodeId(1), &mut inbox).await;
+    sleep(Duration::from_millis(600)).await;
+    assert_eq!(a.refused(RefusalReason::Timeout), 8);
+    for stream in silent {
+        assert_closed(Framed::new(stream, LengthDelimitedCodec::new())).await;
+    }
+    // Places are free again: a new peer shakes hands.
+    assert!(common::join(a.local_addr(), CLUSTER, 7).await.is_some());
+}
+
+#[tokio::test]
+async fn a_peer_is_held_to_its_connection_cap() {
+    let mut settings = limited(1);
+    settings.max_connections_per_peer = 2;
+    let (a, _b, _inbox) = served(settings).await;
+    let _first = raw_peer(&a, 7).await;
+    let second = raw_peer(&a, 7).await;
+    assert!(common::join(a.local_addr(), CLUSTER, 7).await.is_none());
+    assert_eq!(a.refused(RefusalReason::TooManyForPeer), 1);
+    drop(second);
+    sleep(Duration::from_millis(100)).await;
+    assert!(common::join(a.local_addr(), CLUSTER, 7).await.is_some());
+}
+
+#[tokio::test]
+async fn two_thousand_idle_connections_are_capped_and_closed_when_idle() {
+    let mut settings = limited(1);
+    settings.max_inbound_connections = 300;
+    settings.idle_timeout = Duration::from_secs(2);
+    let (a, b, mut inbox) = served(settings).await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..2000 {
+        match common::join(a.local_addr(), CLUSTER, 100 + i).await {
+            Some(raw) => held.push(raw),
+            None => refused += 1,
+        }
+    }
+    // Peer 2 holds one place.
+    assert_eq!(held.len(), 299);
+    assert_eq!(refused, 1701);
+    assert_eq!(a.refused(RefusalReason::TooManyConnections), 1701);
+    // They say nothing: the idle timeout closes every one.
+    sleep(Duration::from_millis(2500)).await;
+    for raw in held {
+        assert_closed(raw).await;
+    }
+    send_until_delivered(&b, NodeId(1), &mut inbox).await;
+    assert!(a.inbound_connections() <= 1, "{}", a.inbound_connections());
+}
+
+#[tokio::test]
+async fn an_idle_outbound_connection_is_closed_and_the_next_frame_reopens_it() {
+    let mut settings = limited(1);
+    settings.idle_timeout = Duration::from_millis(400);
+    let a = TcpTransport::bind(settings).await.unwrap();
+    let b = node(2).await;
+    let mut inbox = b.subscribe(CH);
+    a.learn_address(NodeId(2), &addr_of(&b));
+    send_until_delivered(&a, NodeId(2), &mut inbox).await;
+    assert_eq!(b.inbound_connections(), 1);
+    // Quiet for longer than half the idle timeout: node 1 hangs up itself.
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.inbound_connections(), 0);
+    // The next frame opens a new connection and is not lost.
+    a.send(NodeId(2), CH, Bytes::from_static(b"after a pause"))
+        .unwrap();
+    assert_eq!(
+        recv(&mut inbox).await.payload,
+        Bytes::from_static(b"after a pause")
+    );
 }

@@ -146,7 +146,7 @@ async fn try_join(
         return false;
     }
     match timeout(Duration::from_secs(5), framed.next()).await {
-        Ok(Some(Ok(reply))) => &reply[..] == [0],
+        Ok(Some(Ok(reply))) => reply[..] == [0],
         _ => false,
     }
 }
