@@ -284,7 +284,7 @@ async fn a_valid_certificate_can_neither_impersonate_nor_fence_with_an_absurd_ep
     let as_itself = cluster.rogue(9, files).await;
     attack_for_a_while(&as_itself).await;
     let refused = cluster.nodes[1].region.stats().refused_directives;
-    assert!(refused >= 1 + u64::from(SHARDS), "{refused}");
+    assert!(refused > u64::from(SHARDS), "{refused}");
     assert!(cluster.nodes[1].region.max_epoch().is_plausible());
     assert_eq!(cluster.epoch(), epoch);
     cluster.all_answer(1).await;
