@@ -1,10 +1,11 @@
 //! Configuration from flags and environment variables (each flag has one).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use cluster::{NodeAddr, NodeId};
+use cluster::{NodeAddr, NodeId, TlsSettings};
 
 /// A sharded counter service.
 #[derive(Parser, Debug, Clone)]
@@ -55,6 +56,17 @@ pub struct Config {
     /// Number of shards (the same on every node).
     #[arg(long, env = "NUM_SHARDS", default_value_t = 64)]
     pub num_shards: u32,
+    /// Mutual TLS between nodes: the CA bundle (PEM) peers' certificates
+    /// must chain to. With --tls-cert and --tls-key; all three or none.
+    #[arg(long, env = "TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), carrying the DNS name
+    /// `node-<id>.<cluster name>`. Re-read when it changes.
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Which lease guards the coordinator.
@@ -85,11 +97,89 @@ impl Config {
     pub fn ms(ms: u64) -> Duration {
         Duration::from_millis(ms)
     }
+
+    /// The TLS files, when all three are given; an error naming the missing
+    /// ones when only some are.
+    pub fn tls(&self) -> Result<Option<TlsSettings>, String> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsSettings {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            (ca, cert, key) => {
+                let missing: Vec<&str> = [
+                    ("--tls-ca", ca.is_none()),
+                    ("--tls-cert", cert.is_none()),
+                    ("--tls-key", key.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, missing)| missing.then_some(flag))
+                .collect();
+                Err(format!(
+                    "TLS needs --tls-ca, --tls-cert and --tls-key together; missing {}",
+                    missing.join(", ")
+                ))
+            }
+        }
+    }
+
+    /// What to warn about at start when nodes talk plaintext on an address
+    /// other machines can reach.
+    pub fn plaintext_warning(&self) -> Option<String> {
+        if self.tls_ca.is_some() || self.cluster_listen.ip().is_loopback() {
+            return None;
+        }
+        Some(format!(
+            "the cluster port {} is reachable from the network WITHOUT TLS: anyone who can \
+             reach it can join the cluster, host shards and take the coordinator over. \
+             Set --tls-ca, --tls-cert and --tls-key (TLS_CA, TLS_CERT, TLS_KEY) outside development.",
+            self.cluster_listen
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        Config::try_parse_from(["counter-service", "--node-id", "1"].iter().chain(args)).unwrap()
+    }
+
+    #[test]
+    fn tls_files_come_all_three_or_not_at_all() {
+        assert_eq!(config(&[]).tls(), Ok(None));
+        let all = config(&["--tls-ca", "ca", "--tls-cert", "c", "--tls-key", "k"]);
+        assert_eq!(all.tls().unwrap().unwrap().cert, PathBuf::from("c"));
+        let error = config(&["--tls-ca", "ca"]).tls().unwrap_err();
+        assert!(error.contains("--tls-cert, --tls-key"), "{error}");
+    }
+
+    #[test]
+    fn plaintext_on_a_reachable_address_is_warned_about() {
+        let warning = config(&["--cluster-listen", "0.0.0.0:7000"])
+            .plaintext_warning()
+            .unwrap();
+        assert!(warning.contains("WITHOUT TLS"), "{warning}");
+        assert!(
+            config(&["--cluster-listen", "127.0.0.1:7000"])
+                .plaintext_warning()
+                .is_none()
+        );
+        let tls = config(&[
+            "--cluster-listen",
+            "0.0.0.0:7000",
+            "--tls-ca",
+            "a",
+            "--tls-cert",
+            "b",
+            "--tls-key",
+            "c",
+        ]);
+        assert!(tls.plaintext_warning().is_none());
+    }
 
     #[test]
     fn seeds_parse_and_bad_ones_name_the_problem() {

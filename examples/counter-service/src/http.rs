@@ -121,6 +121,8 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
             "dropped_inbox_full": transport.dropped_inbox_full,
             "bad_frames": transport.bad_frames,
             "refused_handshakes": transport.refused_handshakes,
+            "tls": node.config.tls_ca.is_some(),
+            "inbound_connections": node.transport.inbound_connections(),
         },
     }))
 }

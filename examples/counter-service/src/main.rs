@@ -148,6 +148,12 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let node = cluster::NodeId(config.node_id);
     let mut tcp = TcpSettings::new(config.cluster_name.clone(), node, config.cluster_listen);
     tcp.advertise = config.cluster_advertise.clone().map(NodeAddr);
+    tcp.tls = config.tls()?;
+    if let Some(warning) = config.plaintext_warning() {
+        for _ in 0..3 {
+            tracing::warn!("INSECURE: {warning}");
+        }
+    }
     let transport = Arc::new(TcpTransport::bind(tcp).await?);
     let advertise = config
         .cluster_advertise

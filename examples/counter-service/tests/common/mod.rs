@@ -111,7 +111,29 @@ pub fn spawn_node(
     kubeconfig: &Path,
     down_after_ms: u64,
 ) -> Proc {
+    spawn_node_with(
+        id,
+        cluster_port,
+        http_port,
+        seeds,
+        kubeconfig,
+        down_after_ms,
+        &[],
+    )
+}
+
+/// [`spawn_node`] with more environment variables (TLS files, say).
+pub fn spawn_node_with(
+    id: u64,
+    cluster_port: u16,
+    http_port: u16,
+    seeds: &str,
+    kubeconfig: &Path,
+    down_after_ms: u64,
+    env: &[(&str, &Path)],
+) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_counter-service"))
+        .envs(env.iter().copied())
         .env("NODE_ID", id.to_string())
         .env("CLUSTER_LISTEN", format!("127.0.0.1:{cluster_port}"))
         .env("SEEDS", seeds)

@@ -324,8 +324,15 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                             }
                             Err(error) => Err(error),
                         };
-                        if let Err(error) = result {
-                            tracing::warn!(node = %inner.settings.node, %remote, %error, "inbound connection closed");
+                        match result {
+                            Ok(()) => {}
+                            // A peer that died or hung up without a goodbye: routine.
+                            Err(ConnectionError::Io(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                                tracing::debug!(node = %inner.settings.node, %remote, %error, "inbound connection ended");
+                            }
+                            Err(error) => {
+                                tracing::warn!(node = %inner.settings.node, %remote, %error, "inbound connection closed");
+                            }
                         }
                     });
                 }
