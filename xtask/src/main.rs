@@ -3,8 +3,13 @@
 //! - `multinode`: the split-brain suite (named scenarios and a seeded nemesis,
 //!   in paused time), a table, `target/multinode/report.{json,html}`, and a
 //!   non-zero exit on any broken invariant.
+//! - `bench`: the benchmarks, each figure against its baseline.
+//! - `certs`: a development CA and node certificates for mutual TLS.
+//! - `fuzz`: the network decoders' property tests, for longer.
 
 mod bench_cmd;
+mod certs_cmd;
+mod fuzz_cmd;
 mod k8s_bench;
 mod multinode_cmd;
 mod report;
@@ -26,6 +31,10 @@ enum Task {
     Multinode(multinode_cmd::Args),
     /// Run the benchmarks and print each figure against its baseline.
     Bench(bench_cmd::Args),
+    /// Write a development CA and node certificates for mutual TLS.
+    Certs(certs_cmd::Args),
+    /// Fuzz the network decoders for a while (release build, fresh seeds).
+    Fuzz(fuzz_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,5 +48,7 @@ fn main() -> ExitCode {
     match Cli::parse().task {
         Task::Multinode(args) => multinode_cmd::run(args),
         Task::Bench(args) => bench_cmd::run(args, multinode_cmd::target_dir()),
+        Task::Certs(args) => certs_cmd::run(args),
+        Task::Fuzz(args) => fuzz_cmd::run(args),
     }
 }

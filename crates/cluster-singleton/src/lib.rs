@@ -48,6 +48,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod manager;
 mod protocol;
 mod proxy;

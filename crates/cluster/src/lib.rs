@@ -30,6 +30,8 @@
 //! ```
 
 mod envelope;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod membership;
 mod node;
 pub mod transport;

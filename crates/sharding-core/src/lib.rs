@@ -7,6 +7,8 @@
 pub mod coordinator;
 mod entity;
 mod extractor;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod ids;
 pub mod protocol;
 pub mod region;

@@ -6,7 +6,7 @@
 //! over real sockets.
 
 mod driver;
-mod identity;
+pub(crate) mod identity;
 mod view;
 
 use std::num::{NonZeroU8, NonZeroUsize};

@@ -7,7 +7,7 @@
 mod admission;
 #[cfg(feature = "dev-certs")]
 pub mod dev_certs;
-mod frame_codec;
+pub(crate) mod frame_codec;
 mod inbox;
 pub mod inprocess;
 pub mod tcp;

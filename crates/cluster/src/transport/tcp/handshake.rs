@@ -49,6 +49,11 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, ConnectionError> {
         .map_err(|e| ConnectionError::Handshake(e.to_string()))
 }
 
+/// Decodes a hello as it arrived from the network.
+pub(crate) fn hello_from(bytes: &[u8]) -> Result<Hello, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("undecodable hello: {e}"))
+}
+
 /// An accepted peer, ready to carry envelopes.
 pub(crate) struct Accepted {
     pub(crate) conn: Conn,
@@ -86,8 +91,7 @@ pub(crate) async fn accept(inner: &Inner, stream: TcpStream) -> Result<Accepted,
         Some(Err(e)) => return Err(refused(RefusalReason::BadHello, e.to_string())),
         Some(Ok(frame)) => frame,
     };
-    let hello: Hello = postcard::from_bytes(&first)
-        .map_err(|e| refused(RefusalReason::BadHello, format!("undecodable: {e}")))?;
+    let hello = hello_from(&first).map_err(|detail| refused(RefusalReason::BadHello, detail))?;
     let check = if hello.protocol_version != PROTOCOL_VERSION {
         Err(refused(
             RefusalReason::ProtocolVersion,

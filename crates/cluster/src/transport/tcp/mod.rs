@@ -33,6 +33,9 @@ use crate::envelope::PROTOCOL_VERSION;
 use crate::{Channel, Envelope, FrameError, NodeAddr, NodeId};
 use handshake::{Accepted, Conn, Hello};
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use handshake::hello_from as handshake_hello;
+
 /// The largest frame before the handshake has finished (a hello is some
 /// tens of bytes): a connection that has not proven itself cannot make the
 /// node buffer a full-size frame.
