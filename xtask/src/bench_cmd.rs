@@ -119,6 +119,15 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
         "raw framed TCP",
         ">= 0.6",
     );
+    throughput_row(
+        &mut rows,
+        &target,
+        "remote tell over mTLS",
+        "remote_tell_multi_thread/sharded_mtls",
+        "remote_tell_multi_thread/sharded_tcp",
+        "the same over plaintext TCP",
+        ">= 0.7",
+    );
     // Bytes per message on the wire, to turn messages/s into bytes/s.
     let ours_frame = frame_size();
     let raw_frame = 4 + postcard_size();

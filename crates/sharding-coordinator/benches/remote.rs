@@ -1,11 +1,13 @@
-//! Remote `tell` between two nodes over TCP on loopback, against raw
-//! `LengthDelimitedCodec` + postcard frames over the same kind of socket pair.
+//! Remote `tell` between two nodes over TCP on loopback, plaintext and on
+//! mutual TLS, against raw `LengthDelimitedCodec` + postcard frames over the
+//! same kind of socket pair.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cluster::transport::dev_certs::DevCa;
 use cluster::{Membership, MembershipSettings, NodeAddr, NodeId, TcpSettings, TcpTransport};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::{SinkExt, StreamExt};
@@ -32,12 +34,18 @@ struct Pair {
     _keep: Vec<(Membership, ClusterSharding, Arc<TcpTransport>)>,
 }
 
-async fn two_nodes() -> Pair {
+/// Two nodes; on mutual TLS when `certs` holds a directory for their files.
+async fn two_nodes(certs: Option<&std::path::Path>) -> Pair {
+    let ca = certs.map(|_| DevCa::new("bench").expect("dev CA"));
     let mut transports = Vec::new();
     for i in 1..=2 {
         let mut settings =
             TcpSettings::new("bench", NodeId(i), "127.0.0.1:0".parse().expect("addr"));
         settings.send_queue = 1_000_000;
+        if let (Some(ca), Some(dir)) = (&ca, certs) {
+            let files = ca.write_node(NodeId(i), &dir.join(i.to_string()));
+            settings.tls = Some(files.expect("certificates written"));
+        }
         transports.push(Arc::new(TcpTransport::bind(settings).await.expect("bind")));
     }
     let seed = vec![(NodeId(1), NodeAddr::from(transports[0].local_addr()))];
@@ -109,27 +117,31 @@ fn remote_tell(c: &mut Criterion) {
     group.throughput(Throughput::Elements(u64::from(MESSAGES)));
     group.sample_size(10);
 
-    let pair = rt.block_on(two_nodes());
-    group.bench_function("sharded_tcp", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let from = pair.from.clone();
-            let ids = pair.remote_ids.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let target = PROCESSED.load(Ordering::Relaxed) + u64::from(MESSAGES);
-                    for i in 0..MESSAGES {
-                        let id = ids[i as usize % ids.len()];
-                        while from.tell(Msg { id }).is_err() {
-                            tokio::task::yield_now().await;
+    let certs = tempfile::tempdir().expect("temp dir");
+    for (name, certs) in [("sharded_tcp", None), ("sharded_mtls", Some(certs.path()))] {
+        let pair = rt.block_on(two_nodes(certs));
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let from = pair.from.clone();
+                let ids = pair.remote_ids.clone();
+                async move {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let target = PROCESSED.load(Ordering::Relaxed) + u64::from(MESSAGES);
+                        for i in 0..MESSAGES {
+                            let id = ids[i as usize % ids.len()];
+                            while from.tell(Msg { id }).is_err() {
+                                tokio::task::yield_now().await;
+                            }
                         }
+                        wait_processed(target).await;
                     }
-                    wait_processed(target).await;
+                    start.elapsed()
                 }
-                start.elapsed()
-            }
+            });
         });
-    });
+        drop(pair);
+    }
 
     let (framed, received) = rt.block_on(raw_pair());
     let framed = Arc::new(tokio::sync::Mutex::new(framed));
