@@ -430,3 +430,27 @@ async fn bad_tls_settings_are_typed_errors_naming_the_file_or_value() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn silent_connections_to_a_tls_node_are_capped_then_timed_out() {
+    let pki = Pki::new();
+    let mut settings = settings(1, Some(pki.files(1)));
+    settings.max_pending_handshakes = 2;
+    settings.handshake_timeout = Duration::from_millis(500);
+    let a = TcpTransport::bind(settings).await.unwrap();
+    let b = tls_node(&pki, 2).await;
+    let mut inbox = a.subscribe(CH);
+    b.learn_address(NodeId(1), &NodeAddr::from(a.local_addr()));
+    send_until_delivered(&b, NodeId(1), &mut inbox).await;
+    // Connect and never send a ClientHello.
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(TcpStream::connect(a.local_addr()).await.unwrap());
+    }
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.refused(RefusalReason::TooManyPending), 3);
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.refused(RefusalReason::Timeout), 2);
+    let mut s = Served { a, b, inbox };
+    s.still_serving().await;
+}
