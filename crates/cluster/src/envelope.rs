@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::NodeId;
 
 /// The wire protocol version; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: allocations carry their number (the fencing token of durable entities).
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Which subsystem an envelope is for; each has its own inbox on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -77,6 +77,11 @@ pub(crate) struct Coordinator {
     incarnations: BTreeMap<NodeId, u64>,
     /// Directives that need an answer and have not had one, by region and shard.
     unanswered: BTreeMap<(NodeId, ShardId), Unanswered>,
+    /// The number of each shard's allocation by this coordinator; with the
+    /// epoch, the fencing token its host's writes carry.
+    allocations: BTreeMap<ShardId, u64>,
+    /// Never reused, so a shard's every new home gets a higher token.
+    next_allocation: u64,
     /// Shard tenure (with a lease): regions host only under our grants (I5).
     tenure: Option<TenureSettings>,
     /// When we last sent each region anything it may count as a grant.
@@ -173,6 +178,8 @@ impl Coordinator {
             claims: BTreeMap::new(),
             incarnations: BTreeMap::new(),
             unanswered: BTreeMap::new(),
+            allocations: BTreeMap::new(),
+            next_allocation: 1,
             tenure: parts.tenure,
             last_grant: BTreeMap::new(),
             fenced: BTreeMap::new(),
@@ -768,6 +775,7 @@ impl Coordinator {
                 epoch: self.epoch,
                 shard,
                 region: home,
+                allocation: self.allocations.get(&shard).copied().unwrap_or(0),
             },
         );
     }
@@ -804,11 +812,15 @@ impl Coordinator {
             region: home,
         });
         self.unanswered.insert((home, shard), Unanswered::Host);
+        let allocation = self.next_allocation;
+        self.next_allocation += 1;
+        self.allocations.insert(shard, allocation);
         self.direct(
             home,
             Directive::HostShard {
                 epoch: self.epoch,
                 shard,
+                allocation,
             },
         );
         Some(home)
@@ -948,7 +960,11 @@ impl Coordinator {
             self.unanswered.iter().map(|(k, v)| (*k, *v)).collect();
         for ((region, shard), what) in unanswered {
             let directive = match what {
-                Unanswered::Host => Directive::HostShard { epoch, shard },
+                Unanswered::Host => Directive::HostShard {
+                    epoch,
+                    shard,
+                    allocation: self.allocations.get(&shard).copied().unwrap_or(0),
+                },
                 Unanswered::StopDuplicate => Directive::HandOff { epoch, shard },
             };
             self.direct(region, directive);

@@ -34,6 +34,7 @@ pub fn decoders() -> Vec<Decoder> {
             },
             samples: vec![
                 sample(&RegionMsg::Directive(Directive::HostShard {
+                    allocation: 7,
                     epoch,
                     shard: ShardId(4),
                 })),

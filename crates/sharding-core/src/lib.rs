@@ -14,10 +14,10 @@ pub mod protocol;
 pub mod region;
 pub mod tenure;
 
-pub use entity::Entity;
+pub use entity::{Entity, EntityContext};
 pub use extractor::MessageExtractor;
 pub use ids::{EntityId, ShardId, TypeName, shard_of};
-pub use protocol::Epoch;
+pub use protocol::{Epoch, FencingToken};
 pub use region::{
     RegionConfig, RegionEvent, RegionObserver, RegionSettings, RegionStatsSnapshot, ShardRegion,
     ShardingError,

@@ -49,6 +49,29 @@ impl fmt::Display for Epoch {
     }
 }
 
+/// Orders every allocation of a shard, cluster-wide: the epoch of the
+/// coordinator that made it, then the allocation's number under that
+/// coordinator. A shard's new home always holds a higher token than any
+/// earlier home, so storage that refuses a write carrying a token below the
+/// one it has seen refuses every stale incarnation (see `durable`).
+/// Meaningful with a lease, where no two coordinators share an epoch.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct FencingToken {
+    /// The allocating coordinator's epoch.
+    pub epoch: Epoch,
+    /// The allocation's number under that coordinator (0: a shard the
+    /// coordinator adopted from a registration rather than allocated).
+    pub allocation: u64,
+}
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.epoch, self.allocation)
+    }
+}
+
 /// Region to coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoordinatorMsg {
@@ -110,6 +133,8 @@ pub enum Directive {
         shard: ShardId,
         /// Its home.
         region: NodeId,
+        /// The allocation that put it there (see [`FencingToken`]).
+        allocation: u64,
     },
     /// Start hosting `shard`.
     HostShard {
@@ -117,6 +142,8 @@ pub enum Directive {
         epoch: Epoch,
         /// The shard.
         shard: ShardId,
+        /// This allocation's number (see [`FencingToken`]).
+        allocation: u64,
     },
     /// `shard` is about to move: stop routing to its current home, buffer instead.
     BeginHandOff {

@@ -132,6 +132,7 @@ impl<E: Entity<Message = Add>> Rig<E> {
                     epoch,
                     shard,
                     region: REGION,
+                    allocation: 1,
                 });
             }
         }
@@ -146,6 +147,7 @@ async fn a_directive_with_a_lower_epoch_is_refused() {
     rig.direct(Directive::HostShard {
         epoch: Epoch(5),
         shard,
+        allocation: 1,
     });
     sleep(Duration::from_millis(10)).await;
     assert_eq!(rig.region.hosted_shards(), vec![shard]);
@@ -381,6 +383,7 @@ impl Rig<Recorder> {
                     epoch: Epoch(1),
                     shard,
                     region: REGION,
+                    allocation: 1,
                 });
                 return shard;
             }
@@ -500,6 +503,7 @@ async fn an_absurd_epoch_is_refused_and_counted_and_fences_nothing() {
     rig.direct(Directive::HostShard {
         epoch: Epoch(u64::MAX),
         shard,
+        allocation: 1,
     });
     sleep(Duration::from_millis(10)).await;
     assert!(rig.region.hosted_shards().is_empty());
@@ -509,6 +513,7 @@ async fn an_absurd_epoch_is_refused_and_counted_and_fences_nothing() {
     rig.direct(Directive::HostShard {
         epoch: Epoch(2),
         shard,
+        allocation: 1,
     });
     sleep(Duration::from_millis(10)).await;
     assert_eq!(rig.region.hosted_shards(), vec![shard]);
@@ -522,6 +527,7 @@ async fn a_register_request_is_answered_with_the_hosted_shards_and_the_incarnati
     rig.direct(Directive::HostShard {
         epoch: Epoch(1),
         shard,
+        allocation: 1,
     });
     sleep(Duration::from_millis(10)).await;
     rig.sent();
@@ -569,6 +575,7 @@ impl<E: Entity<Message = Add>> Rig<E> {
                     epoch,
                     shard,
                     region: REGION,
+                    allocation: 1,
                 }),
                 _ => {}
             }
@@ -589,7 +596,11 @@ async fn with_tenure_a_region_hosts_only_while_granted_and_stops_at_the_lapse() 
     let shard = ShardId(3);
     let epoch = Epoch(1);
     // No grant yet: a HostShard is not obeyed (not acknowledged either).
-    rig.direct(Directive::HostShard { epoch, shard });
+    rig.direct(Directive::HostShard {
+        epoch,
+        shard,
+        allocation: 1,
+    });
     sleep(Duration::from_millis(10)).await;
     assert!(
         rig.region.hosted_shards().is_empty(),
@@ -600,7 +611,11 @@ async fn with_tenure_a_region_hosts_only_while_granted_and_stops_at_the_lapse() 
     rig.grant_renewals(epoch).await;
     sleep(Duration::from_secs(2)).await;
     assert!(rig.grant_renewals(epoch).await > 0, "the region renews");
-    rig.direct(Directive::HostShard { epoch, shard });
+    rig.direct(Directive::HostShard {
+        epoch,
+        shard,
+        allocation: 1,
+    });
     sleep(Duration::from_millis(10)).await;
     assert_eq!(rig.region.hosted_shards(), vec![shard]);
     let entity = "e".to_string();
@@ -644,4 +659,85 @@ async fn with_tenure_a_region_hosts_only_while_granted_and_stops_at_the_lapse() 
     rig.grant_renewals(epoch).await;
     assert_eq!(waiting.await.unwrap().unwrap(), 1);
     assert_eq!(rig.region.hosted_shards(), vec![shard]);
+}
+
+/// Contexts of every `Witness` incarnation started, in order.
+static CONTEXTS: Mutex<Vec<sharding_core::EntityContext>> = Mutex::new(Vec::new());
+
+#[derive(Default)]
+struct Witness;
+
+impl Entity for Witness {
+    type Message = Add;
+    type Reply = ();
+    async fn started_in(&mut self, context: &sharding_core::EntityContext) {
+        CONTEXTS.lock().unwrap().push(context.clone());
+    }
+    async fn handle(&mut self, _: Add) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entity_runs_under_the_token_of_its_shards_allocation() {
+    let mut rig = Rig::start("witness", Witness::default, RegionSettings::default(), None);
+    let shard = ShardId(3);
+    let id = (0..)
+        .map(|i| format!("w{i}"))
+        .find(|id| rig.region.shard_of(&EntityId(id.clone())) == shard)
+        .unwrap();
+    rig.direct(Directive::HostShard {
+        epoch: Epoch(5),
+        shard,
+        allocation: 9,
+    });
+    sleep(Duration::from_millis(10)).await;
+    rig.region
+        .ask(Add {
+            id: id.clone(),
+            n: 1,
+        })
+        .await
+        .unwrap();
+    // Moved away and back under a newer coordinator.
+    rig.direct(Directive::HandOff {
+        epoch: Epoch(5),
+        shard,
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert!(rig.sent().contains(&CoordinatorMsg::ShardStopped { shard }));
+    rig.direct(Directive::HostShard {
+        epoch: Epoch(6),
+        shard,
+        allocation: 2,
+    });
+    sleep(Duration::from_millis(10)).await;
+    rig.region
+        .ask(Add {
+            id: id.clone(),
+            n: 1,
+        })
+        .await
+        .unwrap();
+    let tokens: Vec<sharding_core::FencingToken> =
+        CONTEXTS.lock().unwrap().iter().map(|c| c.token).collect();
+    assert_eq!(
+        tokens,
+        vec![
+            sharding_core::FencingToken {
+                epoch: Epoch(5),
+                allocation: 9
+            },
+            sharding_core::FencingToken {
+                epoch: Epoch(6),
+                allocation: 2
+            },
+        ]
+    );
+    assert!(tokens[0] < tokens[1]);
+    assert!(
+        CONTEXTS
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|c| c.shard == shard && c.id.0 == id)
+    );
 }

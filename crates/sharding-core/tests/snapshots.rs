@@ -76,8 +76,13 @@ fn protocol_encodings_are_stable() {
             epoch,
             shard,
             region: NodeId(2),
+            allocation: 1,
         }),
-        RegionMsg::Directive(Directive::HostShard { epoch, shard }),
+        RegionMsg::Directive(Directive::HostShard {
+            epoch,
+            shard,
+            allocation: 1,
+        }),
         RegionMsg::Directive(Directive::BeginHandOff { epoch, shard }),
         RegionMsg::Directive(Directive::HandOff { epoch, shard }),
         RegionMsg::Deliver {

@@ -13,7 +13,9 @@ use tokio::time::{Instant, sleep_until};
 use super::delivery::{Delivery, ReplyLink, ReplyTo};
 use super::shard::{EntityFactory, Shard, ShardCmd, Stopped};
 use super::{RegionCmd, RegionEvent, RegionObserver, ShardingError, Shared};
-use crate::protocol::{CoordinatorMsg, Directive, Epoch, RegionMsg, TypeChannels, decode, encode};
+use crate::protocol::{
+    CoordinatorMsg, Directive, Epoch, FencingToken, RegionMsg, TypeChannels, decode, encode,
+};
 use crate::tenure::{TenureClock, TenureSettings};
 use crate::{Entity, ShardId};
 
@@ -49,6 +51,7 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         link,
         locations: BTreeMap::new(),
         hosted: BTreeSet::new(),
+        tokens: BTreeMap::new(),
         senders: BTreeMap::new(),
         handing_off: BTreeMap::new(),
         pending: BTreeMap::new(),
@@ -79,6 +82,9 @@ struct Actor<E: Entity> {
     locations: BTreeMap<ShardId, NodeId>,
     /// Shards with a running shard task here (handing-off ones included).
     hosted: BTreeSet<ShardId>,
+    /// The fencing token of each allocation to this node, kept until the
+    /// shard stops; its entities' writes carry it.
+    tokens: BTreeMap<ShardId, FencingToken>,
     /// Inboxes of the shards hosted here and not handing off. Handles see a
     /// shard (in `shared.local`) only once the messages buffered for it have
     /// been passed on, so one sender's messages keep their order.
@@ -618,8 +624,15 @@ impl<E: Entity> Actor<E> {
     }
 
     fn start_shard(&mut self, shard: ShardId) {
+        // A shard started before any allocation reached us (after a
+        // coordinator change) carries the highest epoch obeyed.
+        let token = *self.tokens.entry(shard).or_insert(FencingToken {
+            epoch: self.max_epoch,
+            allocation: 0,
+        });
         let sender = Shard::spawn(
             shard,
+            token,
             Arc::clone(&self.factory),
             Arc::clone(&self.shared.hosting),
             self.shared.settings.passivate_after,
@@ -642,6 +655,7 @@ impl<E: Entity> Actor<E> {
     fn shard_stopped(&mut self, stopped: Stopped<E>) {
         let shard = stopped.shard;
         self.hosted.remove(&shard);
+        self.tokens.remove(&shard);
         tracing::debug!(node = %self.node, %shard, "shard stopped");
         self.observe(RegionEvent::ShardStopped(shard));
         if let Some(Some(coordinator)) = self.handing_off.remove(&shard) {
@@ -776,8 +790,17 @@ impl<E: Entity> Actor<E> {
                     self.request_home(shard);
                 }
             }
-            Directive::ShardHome { shard, region, .. } => {
+            Directive::ShardHome {
+                shard,
+                region,
+                allocation,
+                ..
+            } => {
                 self.locations.insert(shard, region);
+                if region == self.node && !self.hosted.contains(&shard) {
+                    self.tokens
+                        .insert(shard, FencingToken { epoch, allocation });
+                }
                 if region == self.node && !self.hosted.contains(&shard) {
                     if !self.may_host() {
                         // Its messages wait for the grant (I5).
@@ -788,8 +811,12 @@ impl<E: Entity> Actor<E> {
                 }
                 self.flush(shard);
             }
-            Directive::HostShard { shard, .. } => {
+            Directive::HostShard {
+                shard, allocation, ..
+            } => {
                 if !self.hosted.contains(&shard) {
+                    self.tokens
+                        .insert(shard, FencingToken { epoch, allocation });
                     if !self.may_host() {
                         // Not acknowledged: the coordinator asks again, and
                         // by then the grant has come (I5).
@@ -825,7 +852,10 @@ impl<E: Entity> Actor<E> {
                     None if self.handing_off.contains_key(&shard) => {
                         self.handing_off.insert(shard, Some(from));
                     }
-                    None => self.to_coordinator(from, &CoordinatorMsg::ShardStopped { shard }),
+                    None => {
+                        self.tokens.remove(&shard);
+                        self.to_coordinator(from, &CoordinatorMsg::ShardStopped { shard });
+                    }
                 }
             }
         }

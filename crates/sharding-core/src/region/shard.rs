@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 
 use super::RegionStats;
 use super::delivery::Delivery;
-use crate::{Entity, EntityId, ShardId};
+use crate::entity::EntityContext;
+use crate::{Entity, EntityId, FencingToken, ShardId};
 
 /// The shared entity constructor.
 pub(crate) type EntityFactory<E> = Arc<dyn Fn(&EntityId) -> E + Send + Sync>;
@@ -61,6 +62,8 @@ pub(crate) struct Stopped<E: Entity> {
 
 pub(crate) struct Shard<E: Entity> {
     id: ShardId,
+    /// The allocation this shard runs under: every entity's writes carry it.
+    token: FencingToken,
     factory: EntityFactory<E>,
     /// Fixed-key hasher: iteration order (handoff, sweep) is the same on every run.
     entities: HashMap<EntityId, Slot<E>, BuildHasherDefault<DefaultHasher>>,
@@ -74,8 +77,10 @@ pub(crate) struct Shard<E: Entity> {
 }
 
 impl<E: Entity> Shard<E> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn spawn(
         id: ShardId,
+        token: FencingToken,
         factory: EntityFactory<E>,
         hosting: Arc<AtomicBool>,
         passivate_after: Duration,
@@ -87,6 +92,7 @@ impl<E: Entity> Shard<E> {
         let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
         let shard = Shard {
             id,
+            token,
             factory,
             entities: HashMap::default(),
             tick: 0,
@@ -187,8 +193,13 @@ impl<E: Entity> Shard<E> {
         let (mailbox, rx) = mpsc::unbounded_channel();
         let entity = (self.factory)(&id);
         let _ = mailbox.send(Box::new(first));
+        let context = EntityContext {
+            id: id.clone(),
+            shard: self.id,
+            token: self.token,
+        };
         tokio::spawn(run_entity(
-            id.clone(),
+            context,
             entity,
             rx,
             self.stopped_tx.clone(),
@@ -252,13 +263,13 @@ impl<E: Entity> Shard<E> {
 }
 
 async fn run_entity<E: Entity>(
-    id: EntityId,
+    context: EntityContext,
     mut entity: E,
     mut mailbox: mpsc::UnboundedReceiver<Box<Delivery<E>>>,
     stopped: mpsc::UnboundedSender<EntityStopped<E>>,
     hosting: Arc<AtomicBool>,
 ) {
-    entity.started(&id).await;
+    entity.started_in(&context).await;
     let mut unhandled = Vec::new();
     while let Some(delivery) = mailbox.recv().await {
         // An atomic load, not a clock read: the region's lapse timer flips it.
@@ -277,7 +288,7 @@ async fn run_entity<E: Entity>(
     }
     entity.stopped().await;
     let _ = stopped.send(EntityStopped {
-        entity: id,
+        entity: context.id,
         unhandled,
     });
 }
