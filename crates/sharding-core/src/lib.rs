@@ -5,6 +5,7 @@
 //! `sharding-coordinator`; this crate never depends on a lease backend.
 
 pub mod coordinator;
+pub mod durable;
 mod entity;
 mod extractor;
 #[cfg(feature = "fuzzing")]

@@ -1,0 +1,128 @@
+//! The in-memory [`StateStore`]: the same token rules as a database, for
+//! tests and the in-process suite, with a history of every write attempt
+//! so a checker can tell whether an acknowledged write was lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{StateStore, StoreError};
+use crate::{EntityId, FencingToken};
+
+/// One save attempt, as the store saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreWrite {
+    /// The entity.
+    pub entity: EntityId,
+    /// The writer's token.
+    pub token: FencingToken,
+    /// The state it tried to save.
+    pub state: Vec<u8>,
+    /// Whether it landed (false: fenced or unavailable).
+    pub accepted: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    rows: HashMap<EntityId, (FencingToken, Option<Vec<u8>>)>,
+    history: Vec<StoreWrite>,
+    unavailable: bool,
+}
+
+/// Rows in memory behind a lock; clones share them.
+#[derive(Clone, Default)]
+pub struct InMemoryStateStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl InMemoryStateStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The saved state of `entity`, if any.
+    pub fn state(&self, entity: &EntityId) -> Option<Vec<u8>> {
+        self.lock().rows.get(entity).and_then(|(_, s)| s.clone())
+    }
+
+    /// The token in `entity`'s row, if it has one.
+    pub fn token(&self, entity: &EntityId) -> Option<FencingToken> {
+        self.lock().rows.get(entity).map(|(t, _)| *t)
+    }
+
+    /// Every save attempt so far, in order.
+    pub fn history(&self) -> Vec<StoreWrite> {
+        self.lock().history.clone()
+    }
+
+    /// Save attempts refused for a higher token so far.
+    pub fn fenced_writes(&self) -> usize {
+        self.lock().history.iter().filter(|w| !w.accepted).count()
+    }
+
+    /// Makes every operation fail with [`StoreError::Unavailable`] (a
+    /// database that is down) or succeed again.
+    pub fn set_available(&self, available: bool) {
+        self.lock().unavailable = !available;
+    }
+}
+
+impl StateStore for InMemoryStateStore {
+    async fn claim(
+        &self,
+        entity: &EntityId,
+        token: FencingToken,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut inner = self.lock();
+        if inner.unavailable {
+            return Err(StoreError::Unavailable(
+                "in-memory store switched off".into(),
+            ));
+        }
+        let row = inner.rows.entry(entity.clone()).or_insert((token, None));
+        if row.0 > token {
+            return Err(StoreError::Fenced {
+                entity: entity.clone(),
+                stored: row.0.to_string(),
+                writer: token,
+            });
+        }
+        row.0 = token;
+        Ok(row.1.clone())
+    }
+
+    async fn save(
+        &self,
+        entity: &EntityId,
+        token: FencingToken,
+        state: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.unavailable {
+            return Err(StoreError::Unavailable(
+                "in-memory store switched off".into(),
+            ));
+        }
+        let stored = inner.rows.get(entity).map(|(t, _)| *t);
+        let accepted = stored.is_none_or(|s| s <= token);
+        inner.history.push(StoreWrite {
+            entity: entity.clone(),
+            token,
+            state: state.clone(),
+            accepted,
+        });
+        if !accepted {
+            return Err(StoreError::Fenced {
+                entity: entity.clone(),
+                stored: stored.map(|s| s.to_string()).unwrap_or_default(),
+                writer: token,
+            });
+        }
+        inner.rows.insert(entity.clone(), (token, Some(state)));
+        Ok(())
+    }
+}
