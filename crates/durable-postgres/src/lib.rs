@@ -23,8 +23,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::future::Future;
-
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use sharding_core::durable::{StateStore, StoreError};
 use sharding_core::{EntityId, FencingToken};
@@ -200,58 +198,53 @@ fn unavailable(table: &str, e: tokio_postgres::Error) -> StoreError {
 }
 
 impl StateStore for PgStateStore {
-    fn claim(
+    async fn claim(
         &self,
         entity: &EntityId,
         token: FencingToken,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send {
-        async move {
-            let (epoch, allocation) = columns(entity, token)?;
-            let client = self.client().await?;
-            let row = client
-                .query_opt(&self.claim_sql, &[&entity.0, &epoch, &allocation])
-                .await
-                .map_err(|e| unavailable(&self.table, e))?;
-            match row {
-                Some(row) => {
-                    row.try_get::<_, Option<Vec<u8>>>(0)
-                        .map_err(|e| StoreError::Corrupt {
-                            entity: entity.clone(),
-                            detail: e.to_string(),
-                        })
-                }
-                None => Err(StoreError::Fenced {
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (epoch, allocation) = columns(entity, token)?;
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&self.claim_sql, &[&entity.0, &epoch, &allocation])
+            .await
+            .map_err(|e| unavailable(&self.table, e))?;
+        match row {
+            Some(row) => row
+                .try_get::<_, Option<Vec<u8>>>(0)
+                .map_err(|e| StoreError::Corrupt {
                     entity: entity.clone(),
-                    stored: self.stored_token(&client, entity).await,
-                    writer: token,
+                    detail: e.to_string(),
                 }),
-            }
+            None => Err(StoreError::Fenced {
+                entity: entity.clone(),
+                stored: self.stored_token(&client, entity).await,
+                writer: token,
+            }),
         }
     }
 
-    fn save(
+    async fn save(
         &self,
         entity: &EntityId,
         token: FencingToken,
         state: Vec<u8>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            let (epoch, allocation) = columns(entity, token)?;
-            let client = self.client().await?;
-            let written = client
-                .execute(&self.save_sql, &[&entity.0, &epoch, &allocation, &state])
-                .await
-                .map_err(|e| unavailable(&self.table, e))?;
-            if written == 1 {
-                Ok(())
-            } else {
-                tracing::warn!(table = %self.table, %entity, %token, "stale write refused by the database");
-                Err(StoreError::Fenced {
-                    entity: entity.clone(),
-                    stored: self.stored_token(&client, entity).await,
-                    writer: token,
-                })
-            }
+    ) -> Result<(), StoreError> {
+        let (epoch, allocation) = columns(entity, token)?;
+        let client = self.client().await?;
+        let written = client
+            .execute(&self.save_sql, &[&entity.0, &epoch, &allocation, &state])
+            .await
+            .map_err(|e| unavailable(&self.table, e))?;
+        if written == 1 {
+            Ok(())
+        } else {
+            tracing::warn!(table = %self.table, %entity, %token, "stale write refused by the database");
+            Err(StoreError::Fenced {
+                entity: entity.clone(),
+                stored: self.stored_token(&client, entity).await,
+                writer: token,
+            })
         }
     }
 }
