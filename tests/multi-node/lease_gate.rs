@@ -45,7 +45,7 @@ async fn acquire_blocks_coordinator_activity() {
     })
     .await;
     // The query buffered while the lease was elsewhere is answered.
-    assert_eq!(pending.await.unwrap().unwrap(), 1);
+    assert_eq!(pending.await.unwrap().unwrap(), Ok(1));
     assert!(released_at.elapsed() < Duration::from_secs(15));
 }
 
@@ -188,7 +188,7 @@ async fn buffered_queries_served_after_reacquire() {
 
     harness.reconnect_to_lease_store(id(1));
     let answered = tokio::time::timeout(Duration::from_secs(20), pending).await;
-    assert_eq!(answered.unwrap().unwrap().unwrap(), 7);
+    assert_eq!(answered.unwrap().unwrap().unwrap(), Ok(7));
     assert_eq!(harness.active_coordinators(), vec![id(1)]);
 }
 
@@ -243,6 +243,6 @@ async fn no_lease_path_unchanged() {
             .ask(CounterMsg::add("x", 2))
             .await
             .unwrap(),
-        2
+        Ok(2)
     );
 }

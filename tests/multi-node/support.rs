@@ -83,8 +83,8 @@ pub async fn all_answer(
         for &i in &remaining {
             let node = via[i % via.len()];
             match harness.region(node).ask(CounterMsg::get(entity(i))).await {
-                Ok(v) => assert_eq!(v, expected(i), "entity {i} via {node}"),
-                Err(_) => still.push(i),
+                Ok(Ok(v)) => assert_eq!(v, expected(i), "entity {i} via {node}"),
+                _ => still.push(i),
             }
         }
         remaining = still;
@@ -164,6 +164,7 @@ pub async fn warm_up(harness: &MultiNode, via: Id, count: usize) {
             .region(via)
             .ask(CounterMsg::add(entity(i), 1))
             .await
+            .unwrap()
             .unwrap();
     }
 }

@@ -13,7 +13,7 @@ pub struct Row {
     scenario: &'static str,
     runs: usize,
     max_active: usize,
-    invariants: [String; 6],
+    invariants: [String; 7],
     /// The most singleton instances at one instant, over the runs.
     max_singletons: usize,
     double_hosted_shard_seconds: f64,
@@ -30,6 +30,8 @@ pub struct Row {
     failover_p99_ttls: Option<f64>,
     asks_ok: u64,
     asks_failed: u64,
+    /// Saves the store refused for a stale fencing token, over the runs.
+    fenced_writes: usize,
     failed_runs: usize,
 }
 
@@ -50,7 +52,11 @@ pub fn rows(scenarios: &[Scenario], reports: &[RunReport], lease: LeaseMode) -> 
                     // Without a lease, two coordinators (I1), shards on both
                     // sides (I5) and two singletons (I7) in a partition are
                     // the demonstration.
-                    (n, _) if (i == 0 || i == 4 || i == 5) && lease == LeaseMode::None => {
+                    // Without a lease, equal tokens on both sides can
+                    // lose writes too (6).
+                    (n, _)
+                        if (i == 0 || i == 4 || i == 5 || i == 6) && lease == LeaseMode::None =>
+                    {
                         format!("broken {n}/{} (expected)", runs.len())
                     }
                     (n, _) => format!("FAIL {n}/{}", runs.len()),
@@ -86,6 +92,7 @@ pub fn rows(scenarios: &[Scenario], reports: &[RunReport], lease: LeaseMode) -> 
                 failover_p99_ttls: pct(0.99),
                 asks_ok: runs.iter().map(|r| r.asks_ok).sum(),
                 asks_failed: runs.iter().map(|r| r.asks_failed).sum(),
+                fenced_writes: runs.iter().map(|r| r.fenced_writes).sum(),
                 failed_runs: runs.iter().filter(|r| !r.passed).count(),
             }
         })
@@ -105,7 +112,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:<9} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "{:<34} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:<9} {:<9} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6}",
         "scenario",
         "runs",
         "active",
@@ -115,6 +122,7 @@ pub fn table(rows: &[Row]) -> String {
         "I4",
         "I5",
         "I7",
+        "writes",
         "dbl-host s",
         "unhosted s",
         "worst s",
@@ -123,14 +131,15 @@ pub fn table(rows: &[Row]) -> String {
         "fo p50",
         "fo p99",
         "asks ok",
-        "failed"
+        "failed",
+        "fenced"
     );
     let ttl = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}ttl"));
     let secs = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.1}"));
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<34} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:<9} {:>10.1} {:>10.1} {:>8.1} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "{:<34} {:>5} {:>6}  {:<24} {:<5} {:<5} {:<5} {:<9} {:<9} {:<9} {:>10.1} {:>10.1} {:>8.1} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6}",
             r.scenario,
             r.runs,
             r.max_active,
@@ -140,6 +149,7 @@ pub fn table(rows: &[Row]) -> String {
             r.invariants[3],
             r.invariants[4],
             r.invariants[5],
+            r.invariants[6],
             r.double_hosted_shard_seconds,
             r.unhosted_shard_seconds,
             r.worst_outage_secs,
@@ -149,6 +159,7 @@ pub fn table(rows: &[Row]) -> String {
             ttl(r.failover_p99_ttls),
             r.asks_ok,
             r.asks_failed,
+            r.fenced_writes,
         );
     }
     out
@@ -170,7 +181,7 @@ struct RunSummary<'a> {
     seed: u64,
     passed: bool,
     max_active: usize,
-    invariants: &'a [String; 6],
+    invariants: &'a [String; 7],
     failover_ttls: Option<f64>,
     double_hosted_shard_seconds: f64,
     history_digest: u64,
@@ -249,6 +260,7 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
         "I4",
         "I5",
         "I7 (max singletons)",
+        "acknowledged writes kept (fenced writes)",
         "double-hosted shard-s",
         "unhosted shard-s (stop to next start)",
         "worst shard outage s",
@@ -271,7 +283,7 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
         let f = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}"));
         let _ = write!(
             out,
-            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{} ({})</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.scenario,
             r.runs,
             r.max_active,
@@ -282,6 +294,8 @@ fn html(rows: &[Row], runs: &[&RunReport], lease: LeaseMode) -> String {
             escape(&r.invariants[4]),
             escape(&r.invariants[5]),
             r.max_singletons,
+            escape(&r.invariants[6]),
+            r.fenced_writes,
             r.double_hosted_shard_seconds,
             r.unhosted_shard_seconds,
             r.worst_outage_secs,

@@ -61,6 +61,45 @@ pub struct CheckInput<'a> {
     pub recovery_bound: Duration,
     /// The final probe: every shard asked through every running node.
     pub probe: FinalProbe,
+    /// The durable counters' increments and final values.
+    pub writes: Writes,
+}
+
+/// What the workload wrote to the durable counters, and what the store
+/// holds at the end: the lost-update check's input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Writes {
+    /// Per counter: increments of 1 whose ask was answered with success.
+    pub acknowledged: BTreeMap<String, u64>,
+    /// Per counter: increments of 1 sent, answered or not.
+    pub attempted: BTreeMap<String, u64>,
+    /// Per counter: the value in the store at the end (absent: never saved).
+    pub finals: BTreeMap<String, i64>,
+    /// Saves the store refused for a stale fencing token.
+    pub fenced: usize,
+}
+
+/// No acknowledged increment is missing from the final value, and none
+/// appears that was never sent: `acknowledged <= final <= attempted` for
+/// every counter. (An increment saved whose answer was lost is in the value
+/// without being acknowledged, so the value may exceed the acknowledged.)
+pub fn check_writes(writes: &Writes) -> Check {
+    for (counter, attempted) in &writes.attempted {
+        let acknowledged = writes.acknowledged.get(counter).copied().unwrap_or(0);
+        let value = writes.finals.get(counter).copied().unwrap_or(0);
+        if value < 0 || (value as u64) < acknowledged {
+            return Check::Violated(format!(
+                "counter {counter} ends at {value} after {acknowledged} acknowledged increments: {} lost",
+                acknowledged.saturating_sub(value.max(0) as u64)
+            ));
+        }
+        if value as u64 > *attempted {
+            return Check::Violated(format!(
+                "counter {counter} ends at {value} after only {attempted} increments were sent"
+            ));
+        }
+    }
+    Check::Ok
 }
 
 /// What the final probe saw, once the faults had ended for the I4 bound.
@@ -109,6 +148,12 @@ pub struct Verdict {
     pub i7: Check,
     /// The most singleton instances running at one instant.
     pub max_singletons: usize,
+    /// Every acknowledged write in the store at the end (durable counters,
+    /// with a lease; without one it is reported, and may break in a
+    /// partition, where two coordinators can issue the same token).
+    pub writes: Check,
+    /// Saves refused by the store for a stale fencing token.
+    pub fenced_writes: usize,
 }
 
 impl Verdict {
@@ -120,6 +165,7 @@ impl Verdict {
             || self.i4.is_violated()
             || self.i5.is_violated()
             || self.i7.is_violated()
+            || self.writes.is_violated()
     }
 }
 
@@ -149,6 +195,8 @@ pub fn check(input: &CheckInput<'_>) -> Verdict {
     };
     let (max_singletons, i7) = check_i7(input.events, input.start);
     Verdict {
+        writes: check_writes(&input.writes),
+        fenced_writes: input.writes.fenced,
         i1,
         i2,
         i3,
@@ -523,6 +571,7 @@ mod tests {
             healed_at: Some(at(t0, 50)),
             recovery_bound: Duration::from_secs(38),
             probe: FinalProbe::default(),
+            writes: Writes::default(),
         }
     }
 
@@ -773,5 +822,38 @@ mod tests {
         let v = check(&input(t0, &events, None));
         assert_eq!(v.worst_outage, Duration::from_secs(17));
         assert!((v.unhosted_shard_seconds - 22.0).abs() < 1e-9);
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    fn writes(acked: u64, attempted: u64, value: Option<i64>) -> Writes {
+        let c = || "c1".to_string();
+        Writes {
+            acknowledged: [(c(), acked)].into(),
+            attempted: [(c(), attempted)].into(),
+            finals: value.map(|v| (c(), v)).into_iter().collect(),
+            fenced: 0,
+        }
+    }
+
+    #[test]
+    fn every_acknowledged_increment_must_be_in_the_final_value() {
+        assert_eq!(check_writes(&writes(3, 5, Some(3))), Check::Ok);
+        // Saved but the answer was lost: more than acknowledged, fine.
+        assert_eq!(check_writes(&writes(3, 5, Some(5))), Check::Ok);
+        // A lost update: 4 acknowledged, 3 in the store.
+        let lost = check_writes(&writes(4, 5, Some(3)));
+        assert!(
+            matches!(&lost, Check::Violated(w) if w.contains("1 lost")),
+            "{lost:?}"
+        );
+        // Never saved at all.
+        assert!(check_writes(&writes(1, 1, None)).is_violated());
+        // Invented: more than was ever sent.
+        assert!(check_writes(&writes(1, 2, Some(3))).is_violated());
+        assert_eq!(check_writes(&Writes::default()), Check::Ok);
     }
 }

@@ -1,7 +1,8 @@
 //! The entity every harness scenario drives: a counter per id.
 
 use serde::{Deserialize, Serialize};
-use sharding_core::{Entity, EntityId};
+use sharding_core::EntityId;
+use sharding_core::durable::{Durable, DurableEntity, InMemoryStateStore};
 
 /// A message to a counter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,23 +45,27 @@ impl CounterMsg {
     }
 }
 
-/// A counter entity; its value lives only in memory (it restarts at 0).
+/// A counter whose value lives in the harness's shared state store (the
+/// cluster's database): it survives crashes and moves, and every save
+/// carries its shard allocation's fencing token.
 #[derive(Debug, Default)]
-pub struct Counter {
-    value: i64,
-}
+pub struct Counter;
 
-impl Entity for Counter {
+impl DurableEntity for Counter {
+    type State = i64;
     type Message = CounterMsg;
     type Reply = i64;
 
-    async fn handle(&mut self, message: CounterMsg) -> i64 {
+    fn apply(&mut self, value: &mut i64, message: CounterMsg) -> i64 {
         if let CounterOp::Add(n) = message.op {
-            self.value += n;
+            *value += n;
         }
-        self.value
+        *value
     }
 }
+
+/// The entity the harness regions run.
+pub type DurableCounter = Durable<Counter, InMemoryStateStore>;
 
 /// The cluster singleton every harness node runs next to the counters: a
 /// tally of what it is told (in memory; a new instance starts at 0).

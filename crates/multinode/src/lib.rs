@@ -24,11 +24,12 @@ use lease_k8s::emulator::ApiServer;
 use lease_memory::{Grant, InMemoryLease, InMemoryLeaseStore};
 use sharding_coordinator::CoordinatorRecord;
 use sharding_coordinator::{ClusterSharding, CoordinatorSettings, ShardingSettings};
+use sharding_core::durable::InMemoryStateStore;
 use sharding_core::protocol::{RegionMsg, TypeChannels, encode};
 use sharding_core::{RegionSettings, ShardId, ShardRegion, TenureSettings, TypeName};
 
 pub use cluster_singleton::SingletonEvent;
-pub use counter::{Counter, CounterMsg, CounterOp, Tally};
+pub use counter::{Counter, CounterMsg, CounterOp, DurableCounter, Tally};
 pub use history::{Event, EventKind, HarnessEvent, History};
 
 /// The entity type name every harness node runs.
@@ -202,7 +203,7 @@ pub struct Node {
     lease: Option<NodeLease>,
     membership: Membership,
     sharding: ClusterSharding,
-    region: ShardRegion<Counter>,
+    region: ShardRegion<DurableCounter>,
     singleton: ClusterSingleton<Tally>,
 }
 
@@ -242,6 +243,8 @@ pub struct MultiNode {
     settings: HarnessSettings,
     nodes: BTreeMap<NodeId, Node>,
     generation: u64,
+    /// The counters' database, shared by every node and every restart.
+    states: InMemoryStateStore,
 }
 
 fn addr(node: NodeId) -> NodeAddr {
@@ -263,6 +266,7 @@ impl MultiNode {
             settings,
             nodes: BTreeMap::new(),
             generation: 0,
+            states: InMemoryStateStore::new(),
         };
         for i in 1..=n {
             harness.start_node(NodeId(i));
@@ -283,11 +287,10 @@ impl MultiNode {
             Err(e) => panic!("harness membership settings are invalid: {e}"),
         };
         let sharding = ClusterSharding::new(transport.clone(), membership.view());
-        let mut settings = ShardingSettings::new(
-            COUNTER_TYPE,
-            |m: &CounterMsg| m.entity_id(),
-            |_: &sharding_core::EntityId| Counter::default(),
-        );
+        let mut settings = ShardingSettings::new(COUNTER_TYPE, |m: &CounterMsg| m.entity_id(), {
+            let states = self.states.clone();
+            move |_: &sharding_core::EntityId| DurableCounter::new(Counter, states.clone())
+        });
         settings.region = self.settings.region.clone();
         settings.coordinator = self.settings.coordinator.clone();
         settings.tenure = self.settings.tenure;
@@ -635,8 +638,13 @@ impl MultiNode {
         self.nodes.keys().copied().collect()
     }
 
+    /// The counters' state store: every save attempt, and the final values.
+    pub fn states(&self) -> &InMemoryStateStore {
+        &self.states
+    }
+
     /// The region handle on `node`.
-    pub fn region(&self, node: NodeId) -> &ShardRegion<Counter> {
+    pub fn region(&self, node: NodeId) -> &ShardRegion<DurableCounter> {
         match self.nodes.get(&node) {
             Some(n) => &n.region,
             None => panic!("{node} is not running"),

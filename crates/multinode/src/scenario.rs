@@ -15,7 +15,7 @@ use sharding_core::{EntityId, ShardId, shard_of};
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::availability::{Availability, AvailabilityProbe};
-use crate::checker::{self, Check, CheckInput, FinalProbe, Verdict};
+use crate::checker::{self, Check, CheckInput, FinalProbe, Verdict, Writes};
 use crate::{COUNTER_TYPE, CounterMsg, EventKind, HarnessEvent, HarnessSettings, MultiNode};
 
 /// Restart delays below membership's down-after (10 s), in seconds.
@@ -188,7 +188,7 @@ pub struct RunReport {
     /// The most coordinators active at one instant.
     pub max_active: usize,
     /// I1-I5 and I7 as `ok`, `n/a` or `FAIL: why`.
-    pub invariants: [String; 6],
+    pub invariants: [String; 7],
     /// The most cluster singleton instances running at one instant (I7).
     pub max_singletons: usize,
     /// Shard-seconds spent hosted on two nodes (I5).
@@ -206,6 +206,8 @@ pub struct RunReport {
     pub availability: Option<Availability>,
     /// Time to one stable active coordinator after the faults, in ttls.
     pub failover_ttls: Option<f64>,
+    /// Saves of durable counters the store refused for a stale token.
+    pub fenced_writes: usize,
     /// Asks answered during the run.
     pub asks_ok: u64,
     /// Asks that failed or timed out during the run.
@@ -261,6 +263,8 @@ struct Run {
     start: Instant,
     asks_ok: u64,
     asks_failed: u64,
+    /// The increments sent and acknowledged (the lost-update check).
+    writes: Writes,
     samples: Vec<Sample>,
     next_sample: Instant,
     probes: Vec<String>,
@@ -315,6 +319,7 @@ impl Run {
             start: Instant::now(),
             asks_ok: 0,
             asks_failed: 0,
+            writes: Writes::default(),
             samples: Vec::new(),
             next_sample: Instant::now(),
             probes: probe_entities(PROBE_SHARDS),
@@ -358,11 +363,16 @@ impl Run {
             let light = (!running.is_empty()).then(|| {
                 let via = running[self.rng.random_range(0..running.len())];
                 let entity = self.probes[self.rng.random_range(0..self.probes.len())].clone();
-                self.harness.region(via).ask(CounterMsg::add(entity, 1))
+                *self.writes.attempted.entry(entity.clone()).or_default() += 1;
+                let ask = self
+                    .harness
+                    .region(via)
+                    .ask(CounterMsg::add(entity.clone(), 1));
+                async move { (entity, ask.await) }
             });
             let light = async move {
                 match light {
-                    Some(ask) => Some(ask.await.is_ok()),
+                    Some(ask) => Some(ask.await),
                     None => None,
                 }
             };
@@ -380,6 +390,13 @@ impl Run {
                 }
             };
             let (light, tally, probed) = futures::join!(light, tally, self.ask_every_shard());
+            let light = light.map(|(entity, answer)| {
+                let acknowledged = matches!(answer, Ok(Ok(_)));
+                if acknowledged {
+                    *self.writes.acknowledged.entry(entity).or_default() += 1;
+                }
+                acknowledged
+            });
             for outcome in [light, tally] {
                 match outcome {
                     Some(true) => self.asks_ok += 1,
@@ -897,6 +914,23 @@ impl Run {
         }
     }
 
+    /// The increments with the store's final values.
+    fn final_writes(&self) -> Writes {
+        let states = self.harness.states();
+        let mut writes = self.writes.clone();
+        writes.finals = writes
+            .attempted
+            .keys()
+            .filter_map(|counter| {
+                let bytes = states.state(&EntityId(counter.clone()))?;
+                let value = postcard::from_bytes::<i64>(&bytes).ok()?;
+                Some((counter.clone(), value))
+            })
+            .collect();
+        writes.fenced = states.fenced_writes();
+        writes
+    }
+
     fn report(self, healed_at: Instant, probe: FinalProbe) -> RunReport {
         let events = self.harness.history().events();
         let grants = self.harness.grants();
@@ -910,6 +944,7 @@ impl Run {
             // DESIGN.md I4: ttl + lease heartbeat + recovery timeout.
             recovery_bound: self.recovery_bound,
             probe,
+            writes: self.final_writes(),
         });
         let cell = |c: &Check| match c {
             Check::Violated(why) => format!("FAIL: {why}"),
@@ -921,7 +956,8 @@ impl Run {
             || verdict.i3.is_violated()
             || verdict.i4.is_violated()
             || (verdict.i5.is_violated() && i1_counts)
-            || (verdict.i7.is_violated() && i1_counts);
+            || (verdict.i7.is_violated() && i1_counts)
+            || (verdict.writes.is_violated() && i1_counts);
         let passed = !broken;
         let secs = |t: Instant| t.duration_since(self.start).as_secs_f64();
         let mut faults = Vec::new();
@@ -955,7 +991,9 @@ impl Run {
                 cell(&verdict.i4),
                 cell(&verdict.i5),
                 cell(&verdict.i7),
+                cell(&verdict.writes),
             ],
+            fenced_writes: verdict.fenced_writes,
             max_singletons: verdict.max_singletons,
             double_hosted_shard_seconds: verdict.double_hosted_shard_seconds,
             double_hosting: verdict
