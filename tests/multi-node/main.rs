@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+mod durable;
 mod lease_gate;
 mod ownership;
 mod sharding_basics;

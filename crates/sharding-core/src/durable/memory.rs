@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
+
 use super::{StateStore, StoreError};
 use crate::{EntityId, FencingToken};
 
@@ -26,6 +28,10 @@ struct Inner {
     rows: HashMap<EntityId, (FencingToken, Option<Vec<u8>>)>,
     history: Vec<StoreWrite>,
     unavailable: bool,
+    /// Saves of these entities under a token up to the one given wait
+    /// (a writer paused on its way to the database).
+    held: HashMap<EntityId, (FencingToken, Arc<Notify>)>,
+    waiting: usize,
 }
 
 /// Rows in memory behind a lock; clones share them.
@@ -62,6 +68,31 @@ impl InMemoryStateStore {
     /// Save attempts refused for a higher token so far.
     pub fn fenced_writes(&self) -> usize {
         self.lock().history.iter().filter(|w| !w.accepted).count()
+    }
+
+    /// From now on, saves of `entity` under the token its row holds now
+    /// (or a lower one) wait until [`release`](Self::release): the write of
+    /// an incarnation that paused on its way to the database. Saves under a
+    /// newer token pass.
+    pub fn hold(&self, entity: &EntityId) {
+        let mut inner = self.lock();
+        let token = inner.rows.get(entity).map(|(t, _)| *t).unwrap_or_default();
+        inner
+            .held
+            .insert(entity.clone(), (token, Arc::new(Notify::new())));
+    }
+
+    /// Lets the held saves of `entity` proceed; each is then judged against
+    /// the row as it is now.
+    pub fn release(&self, entity: &EntityId) {
+        if let Some((_, gate)) = self.lock().held.remove(entity) {
+            gate.notify_waiters();
+        }
+    }
+
+    /// Saves waiting in [`hold`](Self::hold) right now.
+    pub fn held_saves(&self) -> usize {
+        self.lock().waiting
     }
 
     /// Makes every operation fail with [`StoreError::Unavailable`] (a
@@ -101,6 +132,25 @@ impl StateStore for InMemoryStateStore {
         token: FencingToken,
         state: Vec<u8>,
     ) -> Result<(), StoreError> {
+        let gate = {
+            let inner = self.lock();
+            inner
+                .held
+                .get(entity)
+                .filter(|(up_to, _)| token <= *up_to)
+                .map(|(_, gate)| Arc::clone(gate))
+        };
+        if let Some(gate) = gate {
+            let released = gate.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            // Registered before checking again: a release in between is not missed.
+            if self.lock().held.contains_key(entity) {
+                self.lock().waiting += 1;
+                released.await;
+                self.lock().waiting -= 1;
+            }
+        }
         let mut inner = self.lock();
         if inner.unavailable {
             return Err(StoreError::Unavailable(
