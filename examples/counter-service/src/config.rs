@@ -56,6 +56,10 @@ pub struct Config {
     /// Number of shards (the same on every node).
     #[arg(long, env = "NUM_SHARDS", default_value_t = 64)]
     pub num_shards: u32,
+    /// PostgreSQL for the counters' states (`postgres://user@host/db`);
+    /// without it they live in each process's memory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Mutual TLS between nodes: the CA bundle (PEM) peers' certificates
     /// must chain to. With --tls-cert and --tls-key; all three or none.
     #[arg(long, env = "TLS_CA")]

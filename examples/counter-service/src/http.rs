@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cluster::Transport;
 use serde_json::json;
+use sharding_core::durable::DurableError;
 use sharding_core::{ShardingError, TypeName};
 
 use crate::{CounterMsg, Node, TopMsg};
@@ -24,6 +25,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// Not saved, so not acknowledged: the caller may retry.
+fn unsaved(e: &DurableError) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
 fn error(e: &ShardingError) -> Response {
     let code = match e {
         ShardingError::BufferFull { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -35,7 +45,8 @@ fn error(e: &ShardingError) -> Response {
 
 async fn read(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Response {
     match node.region.ask(CounterMsg::Get { id }).await {
-        Ok(value) => Json(json!({ "value": value })).into_response(),
+        Ok(Ok(value)) => Json(json!({ "value": value })).into_response(),
+        Ok(Err(e)) => unsaved(&e),
         Err(e) => error(&e),
     }
 }
@@ -49,7 +60,8 @@ async fn add(State(node): State<Arc<Node>>, Path((id, amount)): Path<(String, i6
         })
         .await
     {
-        Ok(value) => {
+        Ok(Err(e)) => unsaved(&e),
+        Ok(Ok(value)) => {
             // The singleton learns it too; losing this is harmless (the
             // next add reports the counter again), so it is only logged.
             if let Err(e) = node.top.proxy().tell(TopMsg::Record { id, value }) {
@@ -124,6 +136,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
             "tls": node.config.tls_ca.is_some(),
             "inbound_connections": node.transport.inbound_connections(),
         },
+        "state_store": if node.config.database_url.is_some() { "postgres" } else { "memory" },
     }))
 }
 

@@ -17,7 +17,8 @@ use lease_api::{Lease, LeaseSettings};
 use lease_k8s::KubernetesLease;
 use serde::{Deserialize, Serialize};
 use sharding_coordinator::{ClusterSharding, ShardingSettings};
-use sharding_core::{Entity, EntityId};
+use sharding_core::EntityId;
+use sharding_core::durable::{Durable, DurableEntity, InMemoryStateStore, StateStore, StoreError};
 
 use config::{Config, LeaseKind};
 
@@ -46,23 +47,61 @@ impl CounterMsg {
     }
 }
 
-/// The entity: a counter kept in memory.
+/// The entity: a counter whose value lives in the state store (PostgreSQL
+/// with `DATABASE_URL`, else this process's memory), saved before every
+/// answer under the fencing token of its shard's allocation.
 #[derive(Default)]
-pub struct Counter {
-    value: i64,
-}
+pub struct Counter;
 
-impl Entity for Counter {
+impl DurableEntity for Counter {
+    type State = i64;
     type Message = CounterMsg;
     type Reply = i64;
 
-    async fn handle(&mut self, msg: CounterMsg) -> i64 {
+    fn apply(&mut self, value: &mut i64, msg: CounterMsg) -> i64 {
         if let CounterMsg::Add { amount, .. } = msg {
-            self.value += amount;
+            *value += amount;
         }
-        self.value
+        *value
     }
 }
+
+/// Where the counters' states live.
+#[derive(Clone)]
+pub enum CounterStore {
+    /// This process's memory: lost with the process (development only).
+    Memory(InMemoryStateStore),
+    /// PostgreSQL: survives any node.
+    Postgres(durable_postgres::PgStateStore),
+}
+
+impl StateStore for CounterStore {
+    async fn claim(
+        &self,
+        entity: &EntityId,
+        token: sharding_core::FencingToken,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            CounterStore::Memory(s) => s.claim(entity, token).await,
+            CounterStore::Postgres(s) => s.claim(entity, token).await,
+        }
+    }
+
+    async fn save(
+        &self,
+        entity: &EntityId,
+        token: sharding_core::FencingToken,
+        state: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        match self {
+            CounterStore::Memory(s) => s.save(entity, token, state).await,
+            CounterStore::Postgres(s) => s.save(entity, token, state).await,
+        }
+    }
+}
+
+/// The entity the region runs.
+pub type DurableCounter = Durable<Counter, CounterStore>;
 
 /// A message to the top-counters singleton.
 #[derive(Debug, Serialize, Deserialize)]
@@ -116,7 +155,7 @@ impl cluster_singleton::Singleton for TopCounters {
 /// Everything the HTTP handlers need.
 pub struct Node {
     config: Config,
-    region: sharding_core::ShardRegion<Counter>,
+    region: sharding_core::ShardRegion<DurableCounter>,
     top: cluster_singleton::ClusterSingleton<TopCounters>,
     sharding: ClusterSharding,
     view: cluster::ClusterView,
@@ -169,12 +208,25 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let lease = kubernetes_lease(&config, &config.lease_name).await?;
     let top_lease = kubernetes_lease(&config, &format!("{}-top", config.lease_name)).await?;
 
+    let store = match &config.database_url {
+        Some(url) => {
+            let store = durable_postgres::PgStateStore::connect(url, "counter").await?;
+            tracing::info!(table = store.table(), "counters persist in PostgreSQL");
+            CounterStore::Postgres(store)
+        }
+        None => {
+            tracing::warn!(
+                "no DATABASE_URL: counters live in this process's memory and are lost with it"
+            );
+            CounterStore::Memory(InMemoryStateStore::new())
+        }
+    };
     let sharding = ClusterSharding::new(transport.clone(), membership.view());
-    let mut settings = ShardingSettings::new(
-        "counter",
-        |m: &CounterMsg| EntityId(m.id().to_owned()),
-        |_: &EntityId| Counter::default(),
-    );
+    let mut settings =
+        ShardingSettings::new("counter", |m: &CounterMsg| EntityId(m.id().to_owned()), {
+            let store = store.clone();
+            move |_: &EntityId| DurableCounter::new(Counter, store.clone())
+        });
     settings.region.num_shards = config.num_shards;
     settings.lease = lease.clone();
     if config.membership_down_after_ms < 10_000 {
