@@ -73,8 +73,11 @@ fn cargo_bench(package: &str, benches: &[&str], quick: bool) -> bool {
 
 pub fn run(args: Args, target: PathBuf) -> ExitCode {
     let started = std::time::Instant::now();
-    if !cargo_bench("sharding-coordinator", &["routing", "remote"], args.quick)
-        || !cargo_bench("sharding-core", &["coordinator"], args.quick)
+    if !cargo_bench(
+        "sharding-coordinator",
+        &["routing", "remote", "durable"],
+        args.quick,
+    ) || !cargo_bench("sharding-core", &["coordinator"], args.quick)
     {
         eprintln!("cargo bench failed");
         return ExitCode::FAILURE;
@@ -127,6 +130,16 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
         "remote_tell_multi_thread/sharded_tcp",
         "the same over plaintext TCP",
         ">= 0.7",
+    );
+    // Only with TEST_DATABASE_URL (CI starts PostgreSQL).
+    throughput_row(
+        &mut rows,
+        &target,
+        "durable tell on PostgreSQL (32 entities, fenced saves)",
+        "durable_tell/sharded_postgres",
+        "durable_tell/raw_upsert",
+        "raw single-row upserts, same pool and writers",
+        "-",
     );
     // Bytes per message on the wire, to turn messages/s into bytes/s.
     let ours_frame = frame_size();
