@@ -57,7 +57,8 @@ pub struct Config {
     #[arg(long, env = "NUM_SHARDS", default_value_t = 64)]
     pub num_shards: u32,
     /// PostgreSQL for the counters' states (`postgres://user@host/db`);
-    /// without it they live in each process's memory.
+    /// without it they live in each process's memory. Needs
+    /// `--lease kubernetes` (the writes are fenced by its token).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Mutual TLS between nodes: the CA bundle (PEM) peers' certificates

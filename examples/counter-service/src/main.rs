@@ -209,6 +209,12 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let top_lease = kubernetes_lease(&config, &format!("{}-top", config.lease_name)).await?;
 
     let store = match &config.database_url {
+        Some(_) if config.lease == LeaseKind::None => {
+            // Without a lease the fencing token is a term that starts over
+            // with the cluster: rows of an earlier run would fence every
+            // counter off.
+            return Err("DATABASE_URL needs LEASE=kubernetes: durable counters are fenced by the lease's token, which only a lease keeps growing across restarts".into());
+        }
         Some(url) => {
             let store = durable_postgres::PgStateStore::connect(url, "counter").await?;
             tracing::info!(table = store.table(), "counters persist in PostgreSQL");

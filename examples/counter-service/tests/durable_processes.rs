@@ -167,3 +167,19 @@ fn counters_in_postgres_keep_every_acknowledged_increment_across_kill_9() {
         40 * survivors.len()
     );
 }
+
+#[test]
+fn durable_counters_without_a_lease_are_refused_at_start() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_counter-service"))
+        .env("NODE_ID", "1")
+        .env("CLUSTER_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("LEASE", "none")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("LEASE=kubernetes"), "{log}");
+}
