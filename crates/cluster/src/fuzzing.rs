@@ -11,7 +11,7 @@ use tokio_util::codec::Decoder as _;
 
 use crate::membership::identity::MemberId;
 use crate::transport::frame_codec::FrameCodec;
-use crate::transport::tcp::handshake_hello;
+use crate::transport::tcp::{handshake_hello, handshake_reply};
 use crate::{Channel, Envelope, NodeAddr, NodeId};
 
 /// One decoder: its name, the function, and valid inputs to mutate from.
@@ -42,6 +42,11 @@ pub fn decoders() -> Vec<Decoder> {
                 3u64,
                 "10.0.0.3:7000",
             ))],
+        },
+        Decoder {
+            name: "handshake reply",
+            decode: |b| handshake_reply(b).map(|_| ()).map_err(|e| e.to_string()),
+            samples: vec![vec![0], postcard_of(&(1u8, "handshake refused"))],
         },
         Decoder {
             name: "envelope",

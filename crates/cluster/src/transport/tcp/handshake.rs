@@ -31,7 +31,7 @@ pub(crate) struct Hello {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum HelloReply {
+pub(crate) enum HelloReply {
     Accepted,
     Refused(String),
 }
@@ -52,6 +52,11 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, ConnectionError> {
 /// Decodes a hello as it arrived from the network.
 pub(crate) fn hello_from(bytes: &[u8]) -> Result<Hello, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("undecodable hello: {e}"))
+}
+
+/// Decodes the answer to our hello as it arrived from the network.
+pub(crate) fn reply_from(bytes: &[u8]) -> Result<HelloReply, postcard::Error> {
+    postcard::from_bytes(bytes)
 }
 
 /// An accepted peer, ready to carry envelopes.
@@ -179,7 +184,7 @@ pub(crate) async fn connect(
         let mut conn = Framed::new(stream, inner.handshake_codec());
         conn.send(encode(&inner.hello())?).await?;
         let reply = conn.next().await.ok_or(ConnectionError::Closed)??;
-        match postcard::from_bytes::<HelloReply>(&reply) {
+        match reply_from(&reply) {
             Ok(HelloReply::Accepted) => {
                 conn.codec_mut().set_max(inner.settings.max_frame_size);
                 Ok(conn)

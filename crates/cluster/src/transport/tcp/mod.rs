@@ -34,7 +34,7 @@ use crate::{Channel, Envelope, FrameError, NodeAddr, NodeId};
 use handshake::{Accepted, Conn, Hello};
 
 #[cfg(feature = "fuzzing")]
-pub(crate) use handshake::hello_from as handshake_hello;
+pub(crate) use handshake::{hello_from as handshake_hello, reply_from as handshake_reply};
 
 /// The largest frame before the handshake has finished (a hello is some
 /// tens of bytes): a connection that has not proven itself cannot make the
