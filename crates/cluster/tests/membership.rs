@@ -254,3 +254,33 @@ async fn same_seed_same_history() {
     }
     assert_eq!(run(42).await, run(42).await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_member_is_shown_suspect_before_it_is_removed() {
+    let mut sim = Sim::new(3, 11);
+    sleep(SETTLE).await;
+    assert_eq!(sim.members_of(1), vec![id(1), id(2), id(3)]);
+    sim.network.isolate(id(3));
+    let start = Instant::now();
+    let mut suspected_after = None;
+    while start.elapsed() < SETTLE {
+        let state = sim.nodes[&1].view().state();
+        match state.members.get(&id(3)).map(|m| m.status) {
+            Some(cluster::membership::MemberStatus::Suspect) if suspected_after.is_none() => {
+                suspected_after = Some(start.elapsed());
+            }
+            None => break,
+            _ => {}
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Foca does not notify suspicion; the view picks it up within an
+    // announce interval (2 s) of foca's own suspicion.
+    let suspected_after = suspected_after.expect("node 3 never shown suspect");
+    assert!(
+        suspected_after < Duration::from_secs(6),
+        "{suspected_after:?}"
+    );
+    assert_eq!(sim.members_of(1), vec![id(1), id(2)], "removed after");
+    sim.kill(3);
+}

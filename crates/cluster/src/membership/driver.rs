@@ -1,6 +1,6 @@
 //! The task that drives foca: inputs in, effects out, view published.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio_util::time::DelayQueue;
 use super::MembershipSettings;
 use super::identity::MemberId;
 use super::view::{ClusterEvent, ClusterState, ClusterView, Member, MemberStatus};
-use crate::{Channel, Envelope, NodeAddr, Transport};
+use crate::{Channel, Envelope, NodeAddr, NodeId, Transport};
 
 type Swim = Foca<MemberId, PostcardCodec, StdRng, NoCustomBroadcast>;
 
@@ -56,6 +56,14 @@ struct Driver {
     joined: bool,
     /// SWIM is connected: active since the last rejoin, idle or defunct.
     connected: bool,
+    /// The members as published, kept up to date from foca's notifications
+    /// (so a message that changes nothing costs nothing here, whatever the
+    /// cluster's size) and reconciled with foca's list on each announce
+    /// tick: suspicion, which foca does not notify, shows in the view at
+    /// most one announce interval late.
+    members: BTreeMap<NodeId, Member>,
+    /// Something the published view shows changed since the last publish.
+    dirty: bool,
 }
 
 pub(super) fn spawn(
@@ -86,7 +94,7 @@ pub(super) fn spawn(
     );
     let (state, state_rx) = watch::channel(Arc::new(ClusterState {
         local,
-        members,
+        members: members.clone(),
         joined: false,
     }));
     let (events, _) = broadcast::channel(1024);
@@ -119,6 +127,8 @@ pub(super) fn spawn(
         changed,
         joined: false,
         connected: false,
+        members,
+        dirty: false,
     };
     let (leave_tx, leave_rx) = mpsc::channel(1);
     let task = tokio::spawn(driver.run(
@@ -156,6 +166,7 @@ impl Driver {
                 () = &mut join_deadline, if !self.joined => {
                     tracing::info!(node = %local, ?join_timeout, "no member answered; joined alone");
                     self.joined = true;
+                    self.dirty = true;
                 }
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     let result = self.swim.handle_timer(expired.into_inner(), &mut self.effects);
@@ -164,6 +175,7 @@ impl Driver {
                     }
                 }
                 _ = rejoin.tick() => {
+                    self.reconcile();
                     // Alone (never joined, or everyone else went away), or
                     // cut off by SWIM itself (after a rejoin under a new
                     // generation it waits for a message to that generation,
@@ -224,11 +236,23 @@ impl Driver {
             self.timers.insert(timer, after);
         }
         let local = self.transport.local_node();
-        for note in self.effects.notifications.drain(..) {
+        for note in std::mem::take(&mut self.effects.notifications) {
             match note {
+                OwnedNotification::MemberUp(id) => self.set_member(&id, MemberStatus::Up),
+                OwnedNotification::Rename(_, id) => self.set_member(&id, MemberStatus::Up),
+                OwnedNotification::MemberDown(id)
+                    if self
+                        .members
+                        .get(&id.node)
+                        .is_some_and(|m| m.incarnation == id.generation) =>
+                {
+                    self.members.remove(&id.node);
+                    self.dirty = true;
+                }
                 OwnedNotification::Active => {
                     self.connected = true;
                     self.joined = true;
+                    self.dirty = true;
                     tracing::info!(node = %local, "joined the cluster");
                 }
                 OwnedNotification::Idle => {
@@ -237,47 +261,81 @@ impl Driver {
                 }
                 OwnedNotification::Rejoin(id) => {
                     self.connected = false;
+                    self.set_member(&id, MemberStatus::Up);
                     tracing::info!(node = %local, generation = id.generation, "declared down; rejoined with a new generation")
                 }
                 OwnedNotification::Defunct => {
                     self.connected = false;
                     tracing::warn!(node = %local, "declared down")
                 }
+                // Only with foca's unstable notifications, which we leave off.
+                #[allow(unreachable_patterns)]
                 _ => {}
             }
         }
         self.publish();
     }
 
-    /// Rebuilds the view from foca's member list and announces what changed.
-    fn publish(&mut self) {
-        let identity = self.swim.identity();
-        let mut members = BTreeMap::new();
-        members.insert(
-            identity.node,
-            Member {
-                node: identity.node,
-                addr: identity.addr.clone(),
-                status: MemberStatus::Up,
-                incarnation: identity.generation,
-            },
-        );
+    fn set_member(&mut self, id: &MemberId, status: MemberStatus) {
+        let member = Member {
+            node: id.node,
+            addr: id.addr.clone(),
+            status,
+            incarnation: id.generation,
+        };
+        if self.members.get(&id.node) != Some(&member) {
+            self.members.insert(id.node, member);
+            self.dirty = true;
+        }
+    }
+
+    /// Brings the members in line with foca's list: suspicion (which foca
+    /// does not notify), and anything a notification did not say. Allocates
+    /// only for what differs.
+    fn reconcile(&mut self) {
+        let identity = self.swim.identity().clone();
+        self.set_member(&identity, MemberStatus::Up);
+        let mut seen = 1;
+        let mut differs: Vec<(MemberId, MemberStatus)> = Vec::new();
         for member in self.swim.iter_members() {
             let id = member.id();
             let status = match member.state() {
                 State::Suspect => MemberStatus::Suspect,
                 _ => MemberStatus::Up,
             };
-            members.insert(
-                id.node,
-                Member {
-                    node: id.node,
-                    addr: id.addr.clone(),
-                    status,
-                    incarnation: id.generation,
-                },
-            );
+            seen += 1;
+            // An address changes only with a new generation (a rename).
+            let same = self
+                .members
+                .get(&id.node)
+                .is_some_and(|m| m.status == status && m.incarnation == id.generation);
+            if !same {
+                differs.push((id.clone(), status));
+            }
         }
+        for (id, status) in differs {
+            self.set_member(&id, status);
+        }
+        if seen != self.members.len() {
+            // Members foca no longer lists.
+            let listed: BTreeSet<NodeId> = self
+                .swim
+                .iter_members()
+                .map(|m| m.id().node)
+                .chain([identity.node])
+                .collect();
+            self.members.retain(|node, _| listed.contains(node));
+            self.dirty = true;
+        }
+    }
+
+    /// Publishes the view if it changed, and announces what changed.
+    fn publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let members = self.members.clone();
         let old = Arc::clone(&self.state.borrow());
         if old.members == members && old.joined == self.joined {
             return;
