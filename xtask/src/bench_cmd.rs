@@ -178,6 +178,17 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
         "-",
     );
 
+    if let Some(wall) = idle_cluster_wall(1000) {
+        rows.push(Row {
+            figure: "1000 in-process nodes, 30 s of idle cluster time (one thread)".into(),
+            value: wall,
+            unit: "s wall",
+            baseline: "30 s of cluster time".into(),
+            baseline_value: 30.0,
+            ratio: wall / 30.0,
+            target: "<= 1",
+        });
+    }
     let (crash, partition) = failover();
     for (figure, v, target) in [
         // The lease's 1.1 ttl, plus the new coordinator's wait for its
@@ -670,4 +681,35 @@ fn k8s_calls(quick: bool) -> (f64, f64) {
             (after_acquire.get + after_acquire.create) as f64,
         )
     })
+}
+
+/// Wall seconds `examples/idle_cluster` takes for 30 s of an idle cluster of
+/// `nodes` (membership's cost per message must not grow with the cluster).
+fn idle_cluster_wall(nodes: u32) -> Option<f64> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "cluster",
+            "--example",
+            "idle_cluster",
+            "--",
+        ])
+        .arg(nodes.to_string())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let wall = text
+        .split("idle took ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok();
+    if wall.is_none() {
+        eprintln!("idle_cluster printed nothing usable: {text}");
+    }
+    wall
 }
