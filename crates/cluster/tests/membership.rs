@@ -284,3 +284,14 @@ async fn a_silent_member_is_shown_suspect_before_it_is_removed() {
     assert_eq!(sim.members_of(1), vec![id(1), id(2)], "removed after");
     sim.kill(3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_without_seeds_founds_the_cluster_and_leads_at_once() {
+    let network = InProcessNetwork::new(3);
+    let transport = Arc::new(network.join(id(1)));
+    let membership =
+        Membership::start(transport, addr(1), MembershipSettings::new(Vec::new())).unwrap();
+    sleep(Duration::from_millis(10)).await;
+    assert!(membership.view().state().joined);
+    assert_eq!(membership.view().leader(), Some(id(1)));
+}

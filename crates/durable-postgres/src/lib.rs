@@ -125,10 +125,17 @@ impl PgStateStore {
             detail,
         };
         let client = pool.get().await.map_err(|e| migrate(e.to_string()))?;
-        client
-            .batch_execute(&create_table_sql(&table))
-            .await
-            .map_err(|e| migrate(e.to_string()))?;
+        // Nodes starting together would race on CREATE TABLE IF NOT
+        // EXISTS (duplicate type or key errors): one at a time, per table.
+        let migration = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('{table}')); {}; COMMIT;",
+            create_table_sql(&table)
+        );
+        if let Err(e) = client.batch_execute(&migration).await {
+            // Leave the pooled connection usable.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(migrate(db_error(&e)));
+        }
         let fenced_unless_newer = format!(
             "WHERE ({table}.token_epoch, {table}.token_allocation) \
              <= (EXCLUDED.token_epoch, EXCLUDED.token_allocation)"
@@ -194,7 +201,15 @@ fn columns(entity: &EntityId, token: FencingToken) -> Result<(i64, i64), StoreEr
 }
 
 fn unavailable(table: &str, e: tokio_postgres::Error) -> StoreError {
-    StoreError::Unavailable(format!("{table}: {e}"))
+    StoreError::Unavailable(format!("{table}: {}", db_error(&e)))
+}
+
+/// The database's own message and code when it answered, else the error.
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl StateStore for PgStateStore {

@@ -225,3 +225,14 @@ async fn a_database_that_goes_away_acknowledges_nothing_and_loses_nothing() {
         Some(postcard::to_stdvec(&3i64).unwrap())
     );
 }
+
+#[tokio::test]
+async fn nodes_starting_together_all_get_the_table() {
+    let Some(url) = url() else { return };
+    let name = format!("race{}", std::process::id());
+    let starts = (0..8).map(|_| PgStateStore::connect(&url, &name));
+    for store in futures::future::join_all(starts).await {
+        let store = store.unwrap();
+        assert_eq!(store.table(), format!("durable_{name}"));
+    }
+}

@@ -153,6 +153,7 @@ impl Driver {
         if self.seeds.is_empty() {
             // No other seed to ask: this node founds the cluster.
             self.joined = true;
+            self.dirty = true;
         }
         self.announce_to_seeds();
         let mut rejoin = tokio::time::interval(announce_interval);
