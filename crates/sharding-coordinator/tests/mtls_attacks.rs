@@ -177,6 +177,20 @@ impl Cluster {
         rogue
     }
 
+    /// A stranger holding `tls` runs membership as node 0 (which would lead
+    /// every view) against node 1 for a second.
+    async fn join_as_node_0(&self, tls: TlsSettings) -> Membership {
+        let as_node_0 = Arc::new(self.rogue(0, tls).await);
+        let joined = Membership::start(
+            as_node_0.clone(),
+            NodeAddr::from(as_node_0.local_addr()),
+            membership_settings(NodeAddr::from(self.nodes[0].transport.local_addr()), 9),
+        )
+        .unwrap();
+        sleep(Duration::from_secs(1)).await;
+        joined
+    }
+
     fn refused(&self, reason: RefusalReason) -> u64 {
         self.nodes.iter().map(|n| n.transport.refused(reason)).sum()
     }
@@ -229,14 +243,7 @@ async fn a_stranger_cannot_fence_wrap_or_lead_a_cluster_on_mtls() {
     attack_for_a_while(&as_node_1).await;
 
     // Joining the membership as node 0, which would lead every view.
-    let as_node_0 = Arc::new(cluster.rogue(0, rogue_files).await);
-    let _joined = Membership::start(
-        as_node_0.clone(),
-        NodeAddr::from(as_node_0.local_addr()),
-        membership_settings(NodeAddr::from(cluster.nodes[0].transport.local_addr()), 9),
-    )
-    .unwrap();
-    sleep(Duration::from_secs(1)).await;
+    let _joined = cluster.join_as_node_0(rogue_files).await;
 
     assert!(cluster.refused(RefusalReason::Tls) >= 2);
     for n in &cluster.nodes {
@@ -265,14 +272,7 @@ async fn a_valid_certificate_can_neither_impersonate_nor_fence_with_an_absurd_ep
     // As node 1 (the coordinator's node) and as node 0: refused for identity.
     let as_node_1 = cluster.rogue(1, files.clone()).await;
     attack_for_a_while(&as_node_1).await;
-    let as_node_0 = Arc::new(cluster.rogue(0, files.clone()).await);
-    let _joined = Membership::start(
-        as_node_0.clone(),
-        NodeAddr::from(as_node_0.local_addr()),
-        membership_settings(NodeAddr::from(cluster.nodes[0].transport.local_addr()), 9),
-    )
-    .unwrap();
-    sleep(Duration::from_secs(1)).await;
+    let _joined = cluster.join_as_node_0(files.clone()).await;
     assert!(cluster.refused(RefusalReason::Identity) >= 2);
     for n in &cluster.nodes {
         assert_eq!(n.membership.view().leader(), Some(NodeId(1)));

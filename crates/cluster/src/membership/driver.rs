@@ -62,7 +62,8 @@ struct Driver {
     /// tick: suspicion, which foca does not notify, shows in the view at
     /// most one announce interval late.
     members: BTreeMap<NodeId, Member>,
-    /// Something the published view shows changed since the last publish.
+    /// A member changed since the last publish (`joined` is compared at
+    /// publish instead: it is one flag).
     dirty: bool,
 }
 
@@ -153,7 +154,6 @@ impl Driver {
         if self.seeds.is_empty() {
             // No other seed to ask: this node founds the cluster.
             self.joined = true;
-            self.dirty = true;
         }
         self.announce_to_seeds();
         let mut rejoin = tokio::time::interval(announce_interval);
@@ -167,7 +167,6 @@ impl Driver {
                 () = &mut join_deadline, if !self.joined => {
                     tracing::info!(node = %local, ?join_timeout, "no member answered; joined alone");
                     self.joined = true;
-                    self.dirty = true;
                 }
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     let result = self.swim.handle_timer(expired.into_inner(), &mut self.effects);
@@ -253,7 +252,6 @@ impl Driver {
                 OwnedNotification::Active => {
                     self.connected = true;
                     self.joined = true;
-                    self.dirty = true;
                     tracing::info!(node = %local, "joined the cluster");
                 }
                 OwnedNotification::Idle => {
@@ -332,7 +330,7 @@ impl Driver {
 
     /// Publishes the view if it changed, and announces what changed.
     fn publish(&mut self) {
-        if !self.dirty {
+        if !self.dirty && self.state.borrow().joined == self.joined {
             return;
         }
         self.dirty = false;
