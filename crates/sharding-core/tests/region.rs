@@ -47,6 +47,8 @@ struct Rig<E: Entity<Message = Add>> {
     replies: mpsc::Receiver<Envelope>,
     channels: TypeChannels,
     events: Arc<Mutex<Vec<RegionEvent>>>,
+    /// The allocation number the scripted coordinator's homes carry.
+    allocation: u64,
     _membership: Membership,
 }
 
@@ -100,6 +102,7 @@ impl<E: Entity<Message = Add>> Rig<E> {
             replies,
             channels,
             events,
+            allocation: 1,
             _membership: membership,
         }
     }
@@ -575,7 +578,7 @@ impl<E: Entity<Message = Add>> Rig<E> {
                     epoch,
                     shard,
                     region: REGION,
-                    allocation: 1,
+                    allocation: self.allocation,
                 }),
                 _ => {}
             }
@@ -740,4 +743,75 @@ async fn an_entity_runs_under_the_token_of_its_shards_allocation() {
             .iter()
             .all(|c| c.shard == shard && c.id.0 == id)
     );
+}
+
+/// Contexts of every `LapseWitness` incarnation started, in order.
+static LAPSE_CONTEXTS: Mutex<Vec<sharding_core::EntityContext>> = Mutex::new(Vec::new());
+
+#[derive(Default)]
+struct LapseWitness;
+
+impl Entity for LapseWitness {
+    type Message = Add;
+    type Reply = ();
+    async fn started_in(&mut self, context: &sharding_core::EntityContext) {
+        LAPSE_CONTEXTS.lock().unwrap().push(context.clone());
+    }
+    async fn handle(&mut self, _: Add) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_restarted_after_a_lapse_keeps_its_allocations_token() {
+    let mut rig = Rig::start(
+        "lapse-witness",
+        LapseWitness::default,
+        RegionSettings::default(),
+        Some(tenure()),
+    );
+    let (shard, epoch) = (ShardId(3), Epoch(1));
+    rig.allocation = 7;
+    let id = (0..)
+        .map(|i| format!("l{i}"))
+        .find(|id| rig.region.shard_of(&EntityId(id.clone())) == shard)
+        .unwrap();
+    sleep(Duration::from_secs(2)).await;
+    rig.grant_renewals(epoch).await;
+    sleep(Duration::from_secs(2)).await;
+    rig.grant_renewals(epoch).await;
+    rig.direct(Directive::HostShard {
+        epoch,
+        shard,
+        allocation: 7,
+    });
+    sleep(Duration::from_millis(10)).await;
+    rig.region
+        .ask(Add {
+            id: id.clone(),
+            n: 1,
+        })
+        .await
+        .unwrap();
+    // The coordinator goes silent: the tenure lapses and the shard stops.
+    sleep(Duration::from_secs(10)).await;
+    rig.sent();
+    assert!(rig.region.hosted_shards().is_empty());
+    // Granted again: the restart (through the coordinator's answer, or the
+    // token kept while the home is here) runs under the same allocation,
+    // never a lower token that storage would fence.
+    let region = rig.region.clone();
+    let waiting = tokio::spawn(async move { region.ask(Add { id, n: 1 }).await });
+    rig.grant_renewals(epoch).await;
+    rig.grant_renewals(epoch).await;
+    waiting.await.unwrap().unwrap();
+    let tokens: Vec<sharding_core::FencingToken> = LAPSE_CONTEXTS
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.token)
+        .collect();
+    let token = sharding_core::FencingToken {
+        epoch,
+        allocation: 7,
+    };
+    assert_eq!(tokens, vec![token, token]);
 }

@@ -82,8 +82,8 @@ struct Actor<E: Entity> {
     locations: BTreeMap<ShardId, NodeId>,
     /// Shards with a running shard task here (handing-off ones included).
     hosted: BTreeSet<ShardId>,
-    /// The fencing token of each allocation to this node, kept until the
-    /// shard stops; its entities' writes carry it.
+    /// The fencing token of each allocation to this node, kept while the
+    /// shard's home is here; its entities' writes carry it.
     tokens: BTreeMap<ShardId, FencingToken>,
     /// Inboxes of the shards hosted here and not handing off. Handles see a
     /// shard (in `shared.local`) only once the messages buffered for it have
@@ -654,8 +654,9 @@ impl<E: Entity> Actor<E> {
 
     fn shard_stopped(&mut self, stopped: Stopped<E>) {
         let shard = stopped.shard;
+        // The token stays while the shard's home is here: a shard stopped
+        // at a tenure lapse restarts under the same allocation.
         self.hosted.remove(&shard);
-        self.tokens.remove(&shard);
         tracing::debug!(node = %self.node, %shard, "shard stopped");
         self.observe(RegionEvent::ShardStopped(shard));
         if let Some(Some(coordinator)) = self.handing_off.remove(&shard) {
@@ -797,11 +798,11 @@ impl<E: Entity> Actor<E> {
                 ..
             } => {
                 self.locations.insert(shard, region);
-                if region == self.node && !self.hosted.contains(&shard) {
+                if region != self.node {
+                    self.tokens.remove(&shard);
+                } else if !self.hosted.contains(&shard) {
                     self.tokens
                         .insert(shard, FencingToken { epoch, allocation });
-                }
-                if region == self.node && !self.hosted.contains(&shard) {
                     if !self.may_host() {
                         // Its messages wait for the grant (I5).
                         return self.renew();
@@ -837,6 +838,7 @@ impl<E: Entity> Actor<E> {
             }
             Directive::HandOff { shard, .. } => {
                 self.locations.remove(&shard);
+                self.tokens.remove(&shard);
                 self.shared
                     .local
                     .write()
@@ -852,10 +854,7 @@ impl<E: Entity> Actor<E> {
                     None if self.handing_off.contains_key(&shard) => {
                         self.handing_off.insert(shard, Some(from));
                     }
-                    None => {
-                        self.tokens.remove(&shard);
-                        self.to_coordinator(from, &CoordinatorMsg::ShardStopped { shard });
-                    }
+                    None => self.to_coordinator(from, &CoordinatorMsg::ShardStopped { shard }),
                 }
             }
         }
