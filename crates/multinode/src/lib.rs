@@ -266,7 +266,7 @@ impl MultiNode {
             settings,
             nodes: BTreeMap::new(),
             generation: 0,
-            states: InMemoryStateStore::new(),
+            states: InMemoryStateStore::with_history(),
         };
         for i in 1..=n {
             harness.start_node(NodeId(i));

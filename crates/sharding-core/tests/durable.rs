@@ -57,7 +57,7 @@ async fn state_survives_from_one_incarnation_to_the_next() {
 
 #[tokio::test]
 async fn a_stale_incarnation_is_fenced_by_the_store_and_refuses_everything_after() {
-    let store = InMemoryStateStore::new();
+    let store = InMemoryStateStore::with_history();
     let mut old = incarnation(&store, token(3, 7)).await;
     assert_eq!(old.handle(Add(1)).await, Ok(1));
     // The old process pauses; its shard moves; the new home claims the row.

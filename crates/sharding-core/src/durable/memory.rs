@@ -1,6 +1,7 @@
 //! The in-memory [`StateStore`]: the same token rules as a database, for
-//! tests and the in-process suite, with a history of every write attempt
-//! so a checker can tell whether an acknowledged write was lost.
+//! tests and the in-process suite, optionally with a history of every
+//! write attempt so a checker can tell whether an acknowledged write was
+//! lost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +27,9 @@ pub struct StoreWrite {
 #[derive(Default)]
 struct Inner {
     rows: HashMap<EntityId, (FencingToken, Option<Vec<u8>>)>,
-    history: Vec<StoreWrite>,
+    /// Every save attempt, when asked for ([`InMemoryStateStore::with_history`]).
+    history: Option<Vec<StoreWrite>>,
+    fenced: usize,
     unavailable: bool,
     /// Saves of these entities under a token up to the one given wait
     /// (a writer paused on its way to the database).
@@ -41,9 +44,18 @@ pub struct InMemoryStateStore {
 }
 
 impl InMemoryStateStore {
-    /// An empty store.
+    /// An empty store (keeping only the rows: memory stays bounded by the
+    /// number of entities).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that also records every save attempt (its memory
+    /// grows with every write: for tests and the suite's checker).
+    pub fn with_history() -> Self {
+        let store = Self::default();
+        store.lock().history = Some(Vec::new());
+        store
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -60,14 +72,15 @@ impl InMemoryStateStore {
         self.lock().rows.get(entity).map(|(t, _)| *t)
     }
 
-    /// Every save attempt so far, in order.
+    /// Every save attempt so far, in order (empty unless made
+    /// [`with_history`](Self::with_history)).
     pub fn history(&self) -> Vec<StoreWrite> {
-        self.lock().history.clone()
+        self.lock().history.clone().unwrap_or_default()
     }
 
     /// Save attempts refused for a higher token so far.
     pub fn fenced_writes(&self) -> usize {
-        self.lock().history.iter().filter(|w| !w.accepted).count()
+        self.lock().fenced
     }
 
     /// From now on, saves of `entity` under the token its row holds now
@@ -159,13 +172,16 @@ impl StateStore for InMemoryStateStore {
         }
         let stored = inner.rows.get(entity).map(|(t, _)| *t);
         let accepted = stored.is_none_or(|s| s <= token);
-        inner.history.push(StoreWrite {
-            entity: entity.clone(),
-            token,
-            state: state.clone(),
-            accepted,
-        });
+        if let Some(history) = &mut inner.history {
+            history.push(StoreWrite {
+                entity: entity.clone(),
+                token,
+                state: state.clone(),
+                accepted,
+            });
+        }
         if !accepted {
+            inner.fenced += 1;
             return Err(StoreError::Fenced {
                 entity: entity.clone(),
                 stored: stored.map(|s| s.to_string()).unwrap_or_default(),
