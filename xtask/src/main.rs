@@ -6,12 +6,15 @@
 //! - `bench`: the benchmarks, each figure against its baseline.
 //! - `certs`: a development CA and node certificates for mutual TLS.
 //! - `fuzz`: the network decoders' property tests, for longer.
+//! - `nemesis`: the split-brain suite on real processes in network
+//!   namespaces (root, iproute2, nftables).
 
 mod bench_cmd;
 mod certs_cmd;
 mod fuzz_cmd;
 mod k8s_bench;
 mod multinode_cmd;
+mod nemesis;
 mod report;
 
 use std::process::ExitCode;
@@ -35,6 +38,8 @@ enum Task {
     Certs(certs_cmd::Args),
     /// Fuzz the network decoders for a while (release build, fresh seeds).
     Fuzz(fuzz_cmd::Args),
+    /// Run the split-brain suite on real processes in network namespaces (root).
+    Nemesis(nemesis::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,5 +55,6 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench_cmd::run(args, multinode_cmd::target_dir()),
         Task::Certs(args) => certs_cmd::run(args),
         Task::Fuzz(args) => fuzz_cmd::run(args),
+        Task::Nemesis(args) => nemesis::run(args, multinode_cmd::target_dir()),
     }
 }

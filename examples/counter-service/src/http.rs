@@ -102,6 +102,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
     let transport = node.transport.stats();
     Json(json!({
         "node": node.config.node_id,
+        "incarnation": node.incarnation,
         "members": view.members().iter().map(|m| m.0).collect::<Vec<_>>(),
         "leader": view.leader().map(|l| l.0),
         "singleton_running": node.top.is_running_here(),

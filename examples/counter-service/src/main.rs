@@ -162,6 +162,9 @@ pub struct Node {
     lease: Option<Arc<dyn Lease>>,
     transport: Arc<TcpTransport>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Differs on every start of the process (its start time in ns), so a
+    /// poller of `/status` tells a restart from a pause.
+    incarnation: u64,
 }
 
 #[tokio::main]
@@ -271,6 +274,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         lease,
         transport,
         metrics,
+        incarnation: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
     });
 
     let listener = tokio::net::TcpListener::bind(config.http_listen).await?;
