@@ -12,7 +12,6 @@
 //! [`MAX_GAP`] (a pause: what it believed meanwhile is unknown).
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::time::Duration;
 
 use multinode::checker::{Check, Writes, check_writes};
@@ -50,14 +49,24 @@ impl Verdict {
 /// Judges `history`; `bound` is I4's, from the heal.
 pub fn check(history: &RunHistory, bound: Duration) -> Verdict {
     Verdict {
-        i1: exclusive(&history.samples, "an active coordinator", |s| {
-            if s.active { vec![()] } else { vec![] }
-        }),
-        i5: exclusive(&history.samples, "shard", |s| s.hosted.clone()),
+        i1: exclusive(
+            &history.samples,
+            |()| "an active coordinator".into(),
+            active,
+        ),
+        i5: exclusive(&history.samples, |s| format!("shard {s}"), hosted),
         i4: converged(history, bound),
         writes: writes(history),
         faults: exercised(history),
     }
+}
+
+fn active(s: &Status) -> Vec<()> {
+    if s.active { vec![()] } else { vec![] }
+}
+
+fn hosted(s: &Status) -> Vec<u32> {
+    s.hosted.clone()
 }
 
 /// A span over which `node` surely had `key`.
@@ -118,19 +127,19 @@ fn sure_spans<K: Ord + Copy>(samples: &[Sample], keys: impl Fn(&Status) -> Vec<K
 }
 
 /// No two nodes surely had the same key at once.
-fn exclusive<K: Ord + Copy + Debug>(
+fn exclusive<K: Ord + Copy>(
     samples: &[Sample],
-    what: &str,
+    what: impl Fn(K) -> String,
     keys: impl Fn(&Status) -> Vec<K>,
 ) -> Check {
     let mut spans = sure_spans(samples, keys);
-    spans.sort_by(|a, b| (a.key, a.from).cmp(&(b.key, b.from)));
+    spans.sort_by_key(|s| (s.key, s.from));
     for (i, a) in spans.iter().enumerate() {
         for b in spans[i + 1..].iter().take_while(|b| b.key == a.key) {
             if b.node != a.node && b.from < a.to && a.from < b.to {
                 return Check::Violated(format!(
-                    "{what} {:?} on node {} over {:.3}-{:.3} s and on node {} over {:.3}-{:.3} s",
-                    a.key,
+                    "{} on node {} over {:.3}-{:.3} s and on node {} over {:.3}-{:.3} s",
+                    what(a.key),
                     a.node,
                     a.from.as_secs_f64(),
                     a.to.as_secs_f64(),
@@ -243,11 +252,11 @@ mod tests {
         let mut samples = polls(1, 1, 0, 1000, |_| active());
         samples.extend(polls(2, 1, 1200, 2000, |_| active()));
         assert_eq!(
-            exclusive(&samples, "c", |s| if s.active { vec![()] } else { vec![] }),
+            exclusive(&samples, |()| "c".into(), super::active),
             Check::Ok
         );
         samples.extend(polls(3, 1, 500, 800, |_| active()));
-        let c = exclusive(&samples, "c", |s| if s.active { vec![()] } else { vec![] });
+        let c = exclusive(&samples, |()| "c".into(), super::active);
         assert!(c.is_violated(), "{c:?}");
     }
 
@@ -271,7 +280,7 @@ mod tests {
     }
 
     fn check_i1(samples: &[Sample]) -> Check {
-        exclusive(samples, "c", |s| if s.active { vec![()] } else { vec![] })
+        exclusive(samples, |()| "c".into(), super::active)
     }
 
     #[test]
@@ -281,7 +290,7 @@ mod tests {
         let mut samples = polls(1, 1, 0, 1000, |_| hosting(&[3]));
         samples.extend(polls(2, 1, 1000, 1900, |_| hosting(&[3])));
         samples.extend(polls(1, 2, 2000, 3000, |_| hosting(&[3])));
-        let i5 = |s: &[Sample]| exclusive(s, "shard", |st| st.hosted.clone());
+        let i5 = |s: &[Sample]| exclusive(s, |k| format!("shard {k}"), super::hosted);
         assert_eq!(i5(&samples), Check::Ok);
         // The same with no restart but 1 s without answers (SIGSTOP) is fine too.
         for s in samples.iter_mut().filter(|s| s.node == 1) {
@@ -300,7 +309,7 @@ mod tests {
         let mut samples = polls(1, 1, 0, 1000, |_| hosting(&[1, 2]));
         samples.extend(polls(2, 1, 0, 1000, |_| hosting(&[3])));
         assert_eq!(
-            exclusive(&samples, "shard", |s| s.hosted.clone()),
+            exclusive(&samples, |k| format!("shard {k}"), super::hosted),
             Check::Ok
         );
     }
