@@ -178,6 +178,29 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
         "-",
     );
 
+    for rt in ["current_thread", "multi_thread"] {
+        throughput_row(
+            &mut rows,
+            &target,
+            &format!("entity awaiting once per message ({rt})"),
+            &format!("entity_yield_{rt}/yield"),
+            &format!("entity_yield_{rt}/plain"),
+            "plain entity",
+            ">= 0.5",
+        );
+    }
+    if let Some(times) = shard_concurrency() {
+        rows.push(Row {
+            figure: "1000 entities of one shard, 10 ms handler, 10 000 messages (paused time)"
+                .into(),
+            value: times,
+            unit: "handler-times",
+            baseline: "10 messages per entity, one after another".into(),
+            baseline_value: 10.0,
+            ratio: times / 10.0,
+            target: "~ 1 (not 1000)",
+        });
+    }
     if let Some(wall) = idle_cluster_wall(1000) {
         rows.push(Row {
             figure: "1000 in-process nodes, 30 s of idle cluster time (one thread)".into(),
@@ -681,6 +704,25 @@ fn k8s_calls(quick: bool) -> (f64, f64) {
             (after_acquire.get + after_acquire.create) as f64,
         )
     })
+}
+
+/// Handler-times `examples/shard_concurrency` takes (paused time, so exact).
+fn shard_concurrency() -> Option<f64> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "sharding-coordinator",
+            "--example",
+            "shard_concurrency",
+        ])
+        .output()
+        .ok()?;
+    let line = String::from_utf8_lossy(&output.stdout);
+    let json: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    json["handler_times"].as_f64()
 }
 
 /// Wall seconds `examples/idle_cluster` takes for 30 s of an idle cluster of

@@ -1,5 +1,6 @@
 //! Local routing: sharded `tell` and `ask` against raw tokio channels to the
-//! same number of tasks, and against kameo actors, on both runtimes.
+//! same number of tasks, and against kameo actors, on both runtimes; and an
+//! entity whose handler awaits against one that does not.
 //! Ratios are computed by `cargo xtask bench` from the same run.
 
 use std::hint::black_box;
@@ -13,7 +14,7 @@ use kameo::Actor;
 use kameo::actor::{ActorRef, Spawn};
 use kameo::message::{Context, Message};
 use sharding_coordinator::{ClusterSharding, ShardingSettings};
-use sharding_core::{EntityId, ShardRegion};
+use sharding_core::{Entity, EntityId, ShardRegion};
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,6 +31,18 @@ struct KameoSink;
 impl Message<Msg> for KameoSink {
     type Reply = ();
     async fn handle(&mut self, _: Msg, _: &mut Context<Self, Self::Reply>) {
+        PROCESSED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A handler that awaits once per message (as one doing I/O would).
+struct YieldSink;
+
+impl Entity for YieldSink {
+    type Message = Msg;
+    type Reply = ();
+    async fn handle(&mut self, _: Msg) {
+        tokio::task::yield_now().await;
         PROCESSED.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -54,13 +67,19 @@ async fn wait_processed(target: u64) {
 }
 
 /// One node whose shards and entities all exist already.
-struct Sharded {
-    region: ShardRegion<Sink>,
+struct Sharded<E: Entity = Sink> {
+    region: ShardRegion<E>,
     _membership: Membership,
     _sharding: ClusterSharding,
 }
 
 async fn sharded() -> Sharded {
+    sharded_with(|| Sink).await
+}
+
+async fn sharded_with<E: Entity<Message = Msg>>(
+    make: impl Fn() -> E + Send + Sync + 'static,
+) -> Sharded<E> {
     let network = InProcessNetwork::new(1);
     let transport = Arc::new(network.join(NodeId(1)));
     let membership = Membership::start(
@@ -73,7 +92,7 @@ async fn sharded() -> Sharded {
     let mut settings = ShardingSettings::new(
         "bench",
         |m: &Msg| EntityId(m.id.to_string()),
-        |_: &EntityId| Sink,
+        move |_: &EntityId| make(),
     );
     settings.coordinator.recovery_timeout = Duration::from_millis(10);
     let region = sharding.start(settings).expect("start");
@@ -202,5 +221,37 @@ fn local_ask(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, local_tell, local_ask);
+/// `tell`s to entities whose handler yields once, against plain ones.
+fn entity_yield(c: &mut Criterion) {
+    for (name, rt) in runtimes() {
+        let mut group = c.benchmark_group(format!("entity_yield/{name}"));
+        group.throughput(Throughput::Elements(u64::from(MESSAGES)));
+        group.sample_size(10);
+        let plain = rt.block_on(sharded());
+        let yielding = rt.block_on(sharded_with(|| YieldSink));
+        group.bench_function("plain", |b| {
+            b.to_async(&rt)
+                .iter_custom(|iters| tell_all(plain.region.clone(), iters));
+        });
+        group.bench_function("yield", |b| {
+            b.to_async(&rt)
+                .iter_custom(|iters| tell_all(yielding.region.clone(), iters));
+        });
+        group.finish();
+    }
+}
+
+async fn tell_all<E: Entity<Message = Msg>>(region: ShardRegion<E>, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let target = PROCESSED.load(Ordering::Relaxed) + u64::from(MESSAGES);
+        for i in 0..MESSAGES {
+            region.tell(Msg { id: i % ENTITIES }).expect("tell");
+        }
+        wait_processed(target).await;
+    }
+    start.elapsed()
+}
+
+criterion_group!(benches, local_tell, local_ask, entity_yield);
 criterion_main!(benches);

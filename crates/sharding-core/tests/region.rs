@@ -815,3 +815,74 @@ async fn a_shard_restarted_after_a_lapse_keeps_its_allocations_token() {
     };
     assert_eq!(tokens, vec![token, token]);
 }
+
+/// Sleeps `-n` seconds for a negative `n` (a handler waiting on I/O), then adds.
+#[derive(Default)]
+struct Napper(i64);
+
+impl Entity for Napper {
+    type Message = Add;
+    type Reply = i64;
+    async fn handle(&mut self, m: Add) -> i64 {
+        if m.n < 0 {
+            sleep(Duration::from_secs(m.n.unsigned_abs())).await;
+        }
+        self.0 += m.n;
+        self.0
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_handler_holds_up_its_own_entity_only() {
+    let mut rig = Rig::start(
+        "napper",
+        Napper::default,
+        RegionSettings {
+            num_shards: 1, // both entities in one shard
+            ..RegionSettings::default()
+        },
+        None,
+    );
+    let handle = rig.region.clone();
+    let ask = |id: &str, n: i64| {
+        let region = handle.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move { region.ask(Add { id, n }).await })
+    };
+    let slow = ask("slow", -60);
+    rig.answer_home_requests(Epoch(1)).await;
+    let slow_again = ask("slow", 1);
+    sleep(Duration::from_millis(10)).await;
+    // The neighbour answers at once while `slow` waits for its timer...
+    let fast = tokio::time::timeout(Duration::from_secs(1), ask("fast", 2))
+        .await
+        .expect("a busy neighbour held the shard up")
+        .unwrap();
+    assert_eq!(fast.unwrap(), 2);
+    assert!(!slow.is_finished() && !slow_again.is_finished());
+    // ...and `slow` handles its messages one at a time, in order.
+    let slow = slow.await.unwrap();
+    let slow_again = slow_again.await.unwrap();
+    // The ask timeout (5 s by default) answers the waiting callers, but the
+    // entity still handles both messages in order.
+    assert!(
+        matches!(slow, Err(ShardingError::AskTimeout { .. })),
+        "{slow:?}"
+    );
+    assert!(
+        matches!(slow_again, Err(ShardingError::AskTimeout { .. })),
+        "{slow_again:?}"
+    );
+    sleep(Duration::from_secs(61)).await;
+    assert_eq!(
+        rig.region
+            .ask(Add {
+                id: "slow".into(),
+                n: 0
+            })
+            .await
+            .unwrap(),
+        -59
+    );
+    assert_eq!(rig.region.stats().entities_started, 2);
+}

@@ -1,20 +1,32 @@
-//! A shard: the entities of one shard id on this node.
+//! A shard: the entities of one shard id on this node, driven by the shard's
+//! own task.
+//!
+//! An entity is not a task: its state sits in the shard's map and the shard
+//! polls its handlers itself, so a local message crosses one channel (caller
+//! to shard) and an idle entity costs its struct and a map entry. At most one
+//! handler per entity is in flight; messages for a busy entity wait in its
+//! own queue, which allocates nothing until a second message comes while the
+//! first is handled. Entities of one shard run concurrently: a handler that
+//! awaits a timer or I/O only holds up its own entity.
 //!
 //! Single writer per entity is kept here: an entity is restarted only after
-//! its previous incarnation has fully stopped, and messages that arrive while
-//! it stops wait in a buffer.
+//! its previous incarnation's `stopped` has returned, and messages that
+//! arrive meanwhile wait for the next incarnation.
 //!
 //! Passivation is a sweep, not a timer per entity: the shard counts ticks of
-//! half the idle timeout and stops entities that saw no message for three
-//! ticks (idle between 1x and 1.5x the timeout). An idle entity then costs a
-//! task, a mailbox and a map entry, and delivery reads no clock.
+//! half the idle timeout and stops idle entities that saw no message for
+//! three ticks (idle between 1x and 1.5x the timeout); delivery reads no clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use super::RegionStats;
@@ -35,23 +47,34 @@ pub(crate) enum ShardCmd<E: Entity> {
     HandOff,
 }
 
-/// An entity task reports that it has stopped (unbounded: it never blocks).
-struct EntityStopped<E: Entity> {
-    entity: EntityId,
-    /// Messages it did not handle because the shard tenure lapsed (I5).
-    unhandled: Vec<Delivery<E>>,
+/// What one piece of an entity's work gives back to the shard.
+enum Done<E> {
+    /// A message was handled; the entity returns to its slot.
+    Handled(EntityId, E),
+    /// `stopped` returned: the incarnation is over.
+    Stopped(EntityId),
 }
 
-enum Slot<E: Entity> {
-    Running {
-        /// Boxed: a mailbox allocates its slots in blocks of 32, and an idle
-        /// entity's empty block is most of its memory.
-        mailbox: mpsc::UnboundedSender<Box<Delivery<E>>>,
-        /// The sweep tick of the last message.
-        last_tick: u64,
+/// A handler (or `started_in` and the first handler, or `stopped`) in flight.
+type Work<E> = Pin<Box<dyn Future<Output = Done<E>> + Send>>;
+
+struct Slot<E: Entity> {
+    state: State<E>,
+    /// The sweep tick of the last message.
+    last_tick: u64,
+}
+
+enum State<E: Entity> {
+    /// No handler in flight: the user's struct and nothing else.
+    Idle(E),
+    /// A handler owns the entity; later messages wait here, in order.
+    Busy(VecDeque<Delivery<E>>),
+    /// Stopping after the messages in `queue` (already accepted by this
+    /// incarnation); `buffer` waits for the next incarnation.
+    Stopping {
+        queue: VecDeque<Delivery<E>>,
+        buffer: Vec<Delivery<E>>,
     },
-    /// Its mailbox is closed; it is draining and will report it stopped.
-    Stopping { buffer: Vec<Delivery<E>> },
 }
 
 /// What a shard hands back to its region when it has stopped.
@@ -67,13 +90,17 @@ pub(crate) struct Shard<E: Entity> {
     factory: EntityFactory<E>,
     /// Fixed-key hasher: iteration order (handoff, sweep) is the same on every run.
     entities: HashMap<EntityId, Slot<E>, BuildHasherDefault<DefaultHasher>>,
+    work: FuturesUnordered<Work<E>>,
     tick: u64,
-    stopped_tx: mpsc::UnboundedSender<EntityStopped<E>>,
     stats: Arc<RegionStats>,
     /// False once the region's shard tenure lapsed: entities handle nothing more.
     hosting: Arc<AtomicBool>,
-    /// Messages entities gave back unhandled; returned to the region on stop.
+    /// Messages not handled because the tenure lapsed; returned to the
+    /// region on stop, before anything buffered later.
     unhandled: Vec<Delivery<E>>,
+    handing_off: bool,
+    /// During handoff: messages for the next incarnations, returned on stop.
+    undelivered: Vec<Delivery<E>>,
 }
 
 impl<E: Entity> Shard<E> {
@@ -89,68 +116,51 @@ impl<E: Entity> Shard<E> {
         stopped: mpsc::UnboundedSender<Stopped<E>>,
     ) -> mpsc::Sender<ShardCmd<E>> {
         let (tx, rx) = mpsc::channel(inbox_capacity.max(1));
-        let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
         let shard = Shard {
             id,
             token,
             factory,
             entities: HashMap::default(),
+            work: FuturesUnordered::new(),
             tick: 0,
-            stopped_tx,
             stats,
             hosting,
             unhandled: Vec::new(),
+            handing_off: false,
+            undelivered: Vec::new(),
         };
         let sweep_every = (passivate_after / 2).max(Duration::from_millis(1));
-        tokio::spawn(shard.run(rx, stopped_rx, stopped, sweep_every));
+        tokio::spawn(shard.run(rx, stopped, sweep_every));
         tx
     }
 
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<ShardCmd<E>>,
-        mut entity_stopped: mpsc::UnboundedReceiver<EntityStopped<E>>,
         stopped: mpsc::UnboundedSender<Stopped<E>>,
         sweep_every: Duration,
     ) {
         let mut sweep =
             tokio::time::interval_at(tokio::time::Instant::now() + sweep_every, sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut handing_off = false;
-        let mut undelivered = Vec::new();
         loop {
-            if handing_off && self.entities.is_empty() {
+            if self.handing_off && self.entities.is_empty() {
                 break;
             }
             tokio::select! {
                 biased;
-                Some(notice) = entity_stopped.recv() => {
-                    self.unhandled.extend(notice.unhandled);
-                    if let Some(buffer) = self.entity_stopped(&notice.entity, handing_off) {
-                        undelivered.extend(buffer);
-                    }
-                }
-                _ = sweep.tick(), if !handing_off => self.sweep(),
-                cmd = inbox.recv(), if !handing_off => match cmd {
+                Some(done) = self.work.next(), if !self.work.is_empty() => self.done(done),
+                _ = sweep.tick(), if !self.handing_off => self.sweep(),
+                cmd = inbox.recv(), if !self.handing_off => match cmd {
                     Some(ShardCmd::Deliver(d)) => self.deliver(d),
                     // Handed off, or the region dropped us: stop everything.
-                    Some(ShardCmd::HandOff) | None => {
-                        handing_off = true;
-                        for slot in self.entities.values_mut() {
-                            if let Slot::Running { .. } = slot {
-                                *slot = Slot::Stopping { buffer: Vec::new() };
-                            }
-                        }
-                        tracing::debug!(shard = %self.id, entities = self.entities.len(), "stopping all entities");
-                    }
+                    Some(ShardCmd::HandOff) | None => self.hand_off(),
                 },
             }
         }
         // Unhandled messages are older than anything buffered meanwhile.
-        let mut undelivered: Vec<Delivery<E>> = std::mem::take(&mut self.unhandled)
-            .into_iter()
-            .chain(undelivered)
-            .collect();
+        let mut undelivered = std::mem::take(&mut self.unhandled);
+        undelivered.append(&mut self.undelivered);
         // Whatever still sits in the inbox goes back to the region for rerouting.
         inbox.close();
         while let Ok(cmd) = inbox.try_recv() {
@@ -167,128 +177,190 @@ impl<E: Entity> Shard<E> {
 
     fn deliver(&mut self, delivery: Delivery<E>) {
         let tick = self.tick;
-        match self.entities.get_mut(&delivery.entity) {
-            Some(Slot::Running { mailbox, last_tick }) => {
-                *last_tick = tick;
-                if let Err(mpsc::error::SendError(d)) = mailbox.send(Box::new(delivery)) {
-                    if !self.hosting.load(Ordering::Acquire) {
-                        // The entity closed its mailbox at the lapse (I5).
-                        self.unhandled.push(*d);
-                        return;
-                    }
-                    // Unreachable otherwise while the slot is Running (the
-                    // entity owns the receiver until it reports stopped),
-                    // but never lose it.
-                    self.entities.remove(&d.entity);
-                    self.start(*d);
-                }
+        let Some(slot) = self.entities.get_mut(&delivery.entity) else {
+            self.start(delivery);
+            return;
+        };
+        match &mut slot.state {
+            State::Busy(queue) => {
+                slot.last_tick = tick;
+                queue.push_back(delivery);
             }
-            Some(Slot::Stopping { buffer }) => buffer.push(delivery),
-            None => self.start(delivery),
+            State::Stopping { buffer, .. } => buffer.push(delivery),
+            State::Idle(_) => {
+                slot.last_tick = tick;
+                let State::Idle(entity) =
+                    std::mem::replace(&mut slot.state, State::Busy(VecDeque::new()))
+                else {
+                    unreachable!("matched Idle above");
+                };
+                self.handle(entity, delivery);
+            }
         }
     }
 
+    /// Starts a fresh incarnation for `first`; while the tenure has lapsed,
+    /// keeps the message for the region instead (I5).
     fn start(&mut self, first: Delivery<E>) {
+        if !self.hosting.load(Ordering::Acquire) {
+            self.unhandled.push(first);
+            return;
+        }
         let id = first.entity.clone();
-        let (mailbox, rx) = mpsc::unbounded_channel();
-        let entity = (self.factory)(&id);
-        let _ = mailbox.send(Box::new(first));
+        let mut entity = (self.factory)(&id);
         let context = EntityContext {
             id: id.clone(),
             shard: self.id,
             token: self.token,
         };
-        tokio::spawn(run_entity(
-            context,
-            entity,
-            rx,
-            self.stopped_tx.clone(),
-            Arc::clone(&self.hosting),
-        ));
         self.stats.entity_started();
         self.entities.insert(
             id,
-            Slot::Running {
-                mailbox,
+            Slot {
+                state: State::Busy(VecDeque::new()),
                 last_tick: self.tick,
             },
         );
+        self.work.push(Box::pin(async move {
+            entity.started_in(&context).await;
+            answer(context.id, entity, first).await
+        }));
     }
 
-    /// Stops entities idle for `IDLE_TICKS` ticks: dropping the mailbox
-    /// sender lets each drain what it has and stop.
-    fn sweep(&mut self) {
-        self.tick += 1;
-        let tick = self.tick;
-        let mut passivated = 0;
-        for slot in self.entities.values_mut() {
-            if let Slot::Running { last_tick, .. } = slot {
-                if tick - *last_tick >= IDLE_TICKS {
-                    *slot = Slot::Stopping { buffer: Vec::new() };
-                    passivated += 1;
+    /// Runs `delivery` on `entity` (whose slot is Busy or Stopping), unless
+    /// the tenure lapsed: then this and every queued message go back to the
+    /// region and the entity stops (I5).
+    fn handle(&mut self, entity: E, delivery: Delivery<E>) {
+        // An atomic load, not a clock read: the region's lapse timer flips it.
+        if self.hosting.load(Ordering::Acquire) {
+            let id = delivery.entity.clone();
+            self.work.push(Box::pin(answer(id, entity, delivery)));
+            return;
+        }
+        let id = delivery.entity.clone();
+        self.unhandled.push(delivery);
+        if let Some(slot) = self.entities.get_mut(&id) {
+            let buffer = match std::mem::replace(&mut slot.state, State::Busy(VecDeque::new())) {
+                State::Busy(queue) => {
+                    self.unhandled.extend(queue);
+                    Vec::new()
+                }
+                State::Stopping { queue, buffer } => {
+                    self.unhandled.extend(queue);
+                    buffer
+                }
+                State::Idle(_) => Vec::new(),
+            };
+            slot.state = State::Stopping {
+                queue: VecDeque::new(),
+                buffer,
+            };
+        }
+        self.stop(id, entity);
+    }
+
+    fn stop(&mut self, id: EntityId, mut entity: E) {
+        self.work.push(Box::pin(async move {
+            entity.stopped().await;
+            Done::Stopped(id)
+        }));
+    }
+
+    fn done(&mut self, done: Done<E>) {
+        match done {
+            Done::Handled(id, entity) => {
+                let Some(slot) = self.entities.get_mut(&id) else {
+                    return; // unreachable: a slot lives until its entity stopped
+                };
+                let (next, stopping) = match &mut slot.state {
+                    State::Busy(queue) => (queue.pop_front(), false),
+                    State::Stopping { queue, .. } => (queue.pop_front(), true),
+                    State::Idle(_) => (None, false), // unreachable: the handler owned it
+                };
+                match next {
+                    Some(next) => self.handle(entity, next),
+                    None if stopping => self.stop(id, entity),
+                    None => slot.state = State::Idle(entity),
+                }
+            }
+            Done::Stopped(id) => {
+                let Some(Slot {
+                    state: State::Stopping { buffer, .. },
+                    ..
+                }) = self.entities.remove(&id)
+                else {
+                    return;
+                };
+                if self.handing_off {
+                    self.undelivered.extend(buffer);
+                } else if !self.hosting.load(Ordering::Acquire) {
+                    // The tenure lapsed; the region's stop is on its way.
+                    self.unhandled.extend(buffer);
+                } else {
+                    // Messages arrived while it stopped: a fresh incarnation.
+                    for d in buffer {
+                        self.deliver(d);
+                    }
                 }
             }
         }
-        for _ in 0..passivated {
-            self.stats.entity_passivated();
-        }
-        if passivated > 0 {
-            tracing::trace!(shard = %self.id, passivated, "idle entities passivated");
+    }
+
+    /// Stops every entity; each handles what it already accepted first.
+    fn hand_off(&mut self) {
+        self.handing_off = true;
+        let ids: Vec<EntityId> = self.entities.keys().cloned().collect();
+        tracing::debug!(shard = %self.id, entities = ids.len(), "stopping all entities");
+        for id in ids {
+            self.begin_stop(id);
         }
     }
 
-    /// Returns messages that must go back to the region (during handoff).
-    fn entity_stopped(&mut self, entity: &EntityId, handing_off: bool) -> Option<Vec<Delivery<E>>> {
-        let Some(Slot::Stopping { buffer }) = self.entities.remove(entity) else {
-            return None;
+    /// Stops idle entities that saw no message for `IDLE_TICKS` ticks.
+    fn sweep(&mut self) {
+        self.tick += 1;
+        let tick = self.tick;
+        let idle: Vec<EntityId> = self
+            .entities
+            .iter()
+            .filter(|(_, s)| matches!(s.state, State::Idle(_)) && tick - s.last_tick >= IDLE_TICKS)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &idle {
+            self.begin_stop(id.clone());
+            self.stats.entity_passivated();
+        }
+        if !idle.is_empty() {
+            tracing::trace!(shard = %self.id, passivated = idle.len(), "idle entities passivated");
+        }
+    }
+
+    /// Idle: `stopped` starts now. Busy: after its queue.
+    fn begin_stop(&mut self, id: EntityId) {
+        let Some(slot) = self.entities.get_mut(&id) else {
+            return;
         };
-        if handing_off {
-            return Some(buffer);
-        }
-        if !self.hosting.load(Ordering::Acquire) {
-            // The tenure lapsed; the region's stop is on its way.
-            self.unhandled.extend(buffer);
-            return None;
-        }
-        // Messages arrived while it stopped: start a fresh incarnation for them.
-        let mut buffer = buffer.into_iter();
-        if let Some(first) = buffer.next() {
-            self.start(first);
-            for rest in buffer {
-                self.deliver(rest);
+        let stopping = State::Stopping {
+            queue: VecDeque::new(),
+            buffer: Vec::new(),
+        };
+        match std::mem::replace(&mut slot.state, stopping) {
+            State::Idle(entity) => self.stop(id, entity),
+            State::Busy(queue) => {
+                slot.state = State::Stopping {
+                    queue,
+                    buffer: Vec::new(),
+                }
             }
+            already @ State::Stopping { .. } => slot.state = already,
         }
-        None
     }
 }
 
-async fn run_entity<E: Entity>(
-    context: EntityContext,
-    mut entity: E,
-    mut mailbox: mpsc::UnboundedReceiver<Box<Delivery<E>>>,
-    stopped: mpsc::UnboundedSender<EntityStopped<E>>,
-    hosting: Arc<AtomicBool>,
-) {
-    entity.started_in(&context).await;
-    let mut unhandled = Vec::new();
-    while let Some(delivery) = mailbox.recv().await {
-        // An atomic load, not a clock read: the region's lapse timer flips it.
-        if !hosting.load(Ordering::Acquire) {
-            // The shard tenure lapsed: hand this and the rest back (I5).
-            unhandled.push(*delivery);
-            mailbox.close();
-            while let Ok(rest) = mailbox.try_recv() {
-                unhandled.push(*rest);
-            }
-            break;
-        }
-        let Delivery { message, reply, .. } = *delivery;
-        let answer = entity.handle(message).await;
-        reply.send(Ok(answer));
-    }
-    entity.stopped().await;
-    let _ = stopped.send(EntityStopped {
-        entity: context.id,
-        unhandled,
-    });
+/// Handles one message and answers whoever asked.
+async fn answer<E: Entity>(id: EntityId, mut entity: E, delivery: Delivery<E>) -> Done<E> {
+    let Delivery { message, reply, .. } = delivery;
+    let answer = entity.handle(message).await;
+    reply.send(Ok(answer));
+    Done::Handled(id, entity)
 }
