@@ -317,6 +317,7 @@ fn run_one(s: &Setup<'_>) -> Result<RunHistory, String> {
         ),
         ("NUM_SHARDS".into(), "32".into()),
         ("RUST_LOG".into(), "info".into()),
+        ("NO_COLOR".into(), "1".into()),
     ];
     env.push((
         "LEASE".into(),

@@ -64,17 +64,29 @@ struct Slot<E: Entity> {
     last_tick: u64,
 }
 
+/// Boxed queues keep a slot at the entity's size plus a word or two: most
+/// slots are idle, and the map holds one per entity.
 enum State<E: Entity> {
     /// No handler in flight: the user's struct and nothing else.
     Idle(E),
-    /// A handler owns the entity; later messages wait here, in order.
-    Busy(VecDeque<Delivery<E>>),
+    /// A handler owns the entity; later messages wait here, in order
+    /// (allocated on the first one).
+    #[allow(clippy::box_collection)] // one word in every slot instead of four
+    Busy(Option<Box<VecDeque<Delivery<E>>>>),
     /// Stopping after the messages in `queue` (already accepted by this
     /// incarnation); `buffer` waits for the next incarnation.
-    Stopping {
-        queue: VecDeque<Delivery<E>>,
-        buffer: Vec<Delivery<E>>,
-    },
+    Stopping(Box<Stopping<E>>),
+}
+
+struct Stopping<E: Entity> {
+    queue: VecDeque<Delivery<E>>,
+    buffer: Vec<Delivery<E>>,
+}
+
+impl<E: Entity> State<E> {
+    fn stopping(queue: VecDeque<Delivery<E>>, buffer: Vec<Delivery<E>>) -> Self {
+        State::Stopping(Box::new(Stopping { queue, buffer }))
+    }
 }
 
 /// What a shard hands back to its region when it has stopped.
@@ -184,13 +196,12 @@ impl<E: Entity> Shard<E> {
         match &mut slot.state {
             State::Busy(queue) => {
                 slot.last_tick = tick;
-                queue.push_back(delivery);
+                queue.get_or_insert_default().push_back(delivery);
             }
-            State::Stopping { buffer, .. } => buffer.push(delivery),
+            State::Stopping(s) => s.buffer.push(delivery),
             State::Idle(_) => {
                 slot.last_tick = tick;
-                let State::Idle(entity) =
-                    std::mem::replace(&mut slot.state, State::Busy(VecDeque::new()))
+                let State::Idle(entity) = std::mem::replace(&mut slot.state, State::Busy(None))
                 else {
                     unreachable!("matched Idle above");
                 };
@@ -217,7 +228,7 @@ impl<E: Entity> Shard<E> {
         self.entities.insert(
             id,
             Slot {
-                state: State::Busy(VecDeque::new()),
+                state: State::Busy(None),
                 last_tick: self.tick,
             },
         );
@@ -240,21 +251,18 @@ impl<E: Entity> Shard<E> {
         let id = delivery.entity.clone();
         self.unhandled.push(delivery);
         if let Some(slot) = self.entities.get_mut(&id) {
-            let buffer = match std::mem::replace(&mut slot.state, State::Busy(VecDeque::new())) {
+            let buffer = match std::mem::replace(&mut slot.state, State::Busy(None)) {
                 State::Busy(queue) => {
-                    self.unhandled.extend(queue);
+                    self.unhandled.extend(queue.into_iter().flat_map(|q| *q));
                     Vec::new()
                 }
-                State::Stopping { queue, buffer } => {
-                    self.unhandled.extend(queue);
-                    buffer
+                State::Stopping(s) => {
+                    self.unhandled.extend(s.queue);
+                    s.buffer
                 }
                 State::Idle(_) => Vec::new(),
             };
-            slot.state = State::Stopping {
-                queue: VecDeque::new(),
-                buffer,
-            };
+            slot.state = State::stopping(VecDeque::new(), buffer);
         }
         self.stop(id, entity);
     }
@@ -273,8 +281,8 @@ impl<E: Entity> Shard<E> {
                     return; // unreachable: a slot lives until its entity stopped
                 };
                 let (next, stopping) = match &mut slot.state {
-                    State::Busy(queue) => (queue.pop_front(), false),
-                    State::Stopping { queue, .. } => (queue.pop_front(), true),
+                    State::Busy(queue) => (queue.as_mut().and_then(|q| q.pop_front()), false),
+                    State::Stopping(s) => (s.queue.pop_front(), true),
                     State::Idle(_) => (None, false), // unreachable: the handler owned it
                 };
                 match next {
@@ -285,12 +293,13 @@ impl<E: Entity> Shard<E> {
             }
             Done::Stopped(id) => {
                 let Some(Slot {
-                    state: State::Stopping { buffer, .. },
+                    state: State::Stopping(stopping),
                     ..
                 }) = self.entities.remove(&id)
                 else {
                     return;
                 };
+                let buffer = stopping.buffer;
                 if self.handing_off {
                     self.undelivered.extend(buffer);
                 } else if !self.hosting.load(Ordering::Acquire) {
@@ -340,19 +349,15 @@ impl<E: Entity> Shard<E> {
         let Some(slot) = self.entities.get_mut(&id) else {
             return;
         };
-        let stopping = State::Stopping {
-            queue: VecDeque::new(),
-            buffer: Vec::new(),
-        };
-        match std::mem::replace(&mut slot.state, stopping) {
-            State::Idle(entity) => self.stop(id, entity),
-            State::Busy(queue) => {
-                slot.state = State::Stopping {
-                    queue,
-                    buffer: Vec::new(),
-                }
+        match std::mem::replace(&mut slot.state, State::Busy(None)) {
+            State::Idle(entity) => {
+                slot.state = State::stopping(VecDeque::new(), Vec::new());
+                self.stop(id, entity);
             }
-            already @ State::Stopping { .. } => slot.state = already,
+            State::Busy(queue) => {
+                slot.state = State::stopping(queue.map(|q| *q).unwrap_or_default(), Vec::new());
+            }
+            already @ State::Stopping(_) => slot.state = already,
         }
     }
 }
@@ -363,4 +368,27 @@ async fn answer<E: Entity>(id: EntityId, mut entity: E, delivery: Delivery<E>) -
     let answer = entity.handle(message).await;
     reply.send(Ok(answer));
     Done::Handled(id, entity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Word(#[allow(dead_code)] u64);
+
+    impl Entity for Word {
+        type Message = ();
+        type Reply = ();
+        async fn handle(&mut self, _: ()) {}
+    }
+
+    #[test]
+    fn an_idle_slot_is_the_entity_and_two_words() {
+        // State: the entity or a pointer, plus the tag; then the tick.
+        assert!(
+            std::mem::size_of::<Slot<Word>>() <= 24,
+            "{}",
+            std::mem::size_of::<Slot<Word>>()
+        );
+    }
 }
