@@ -101,7 +101,7 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
             &format!("{group}/sharded"),
             &format!("{group}/kameo"),
             "kameo tell",
-            ">= 1.0",
+            ">= 1.5",
         );
         throughput_row(
             &mut rows,
@@ -110,7 +110,7 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
             &format!("local_ask_{rt}/sharded"),
             &format!("local_ask_{rt}/raw_oneshot"),
             "raw oneshot",
-            "-",
+            ">= 0.7",
         );
     }
     throughput_row(
@@ -120,7 +120,7 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
         "remote_tell_multi_thread/sharded_tcp",
         "remote_tell_multi_thread/raw_framed_tcp",
         "raw framed TCP",
-        ">= 0.6",
+        ">= 0.4",
     );
     throughput_row(
         &mut rows,
@@ -272,9 +272,9 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
             figure: format!("memory per idle entity ({entities} entities)"),
             value: bytes,
             unit: "B",
-            baseline: "1 KiB target".into(),
-            baseline_value: 1024.0,
-            ratio: bytes / 1024.0,
+            baseline: "256 B target".into(),
+            baseline_value: 256.0,
+            ratio: bytes / 256.0,
             target: "<= 1.0",
         });
     }

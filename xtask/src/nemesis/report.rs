@@ -20,11 +20,14 @@ pub struct Row {
     adds_ok: usize,
     ops_failed: usize,
     ops_timed_out: usize,
-    i1: String,
-    i5: String,
+    /// I1's cell.
+    pub i1: String,
+    /// I5's cell.
+    pub i5: String,
     i4: String,
     converged_secs: Option<f64>,
-    writes: String,
+    /// The writes check's cell.
+    pub writes: String,
     all_faults: String,
     /// The first evidence of a failure.
     evidence: Option<String>,
@@ -89,11 +92,6 @@ impl Row {
             evidence: Some(format!("aborted: {error}")),
             timeline: String::new(),
         }
-    }
-
-    /// Whether an invariant (not an abort) failed it: what `--break` wants.
-    pub fn caught(&self) -> bool {
-        self.i1 == "FAIL" || self.i5 == "FAIL"
     }
 
     /// One line for the progress log.
