@@ -200,13 +200,16 @@ pub(crate) enum RegionCmd<E: Entity> {
     Stop,
 }
 
+/// Senders to the shards hosted here; foldhash, since every local send looks one up.
+type LocalShards<E> = HashMap<ShardId, mpsc::Sender<ShardCmd<E>>, foldhash::fast::FixedState>;
+
 struct Shared<E: Entity> {
     type_name: TypeName,
     node: NodeId,
     num_shards: u32,
     extractor: Arc<dyn MessageExtractor<E::Message>>,
     /// Shards hosted here, read on every local send.
-    local: RwLock<HashMap<ShardId, mpsc::Sender<ShardCmd<E>>>>,
+    local: RwLock<LocalShards<E>>,
     commands: mpsc::Sender<RegionCmd<E>>,
     settings: RegionSettings,
     stats: Arc<RegionStats>,
@@ -228,7 +231,7 @@ impl<E: Entity> Shared<E> {
         &self.via_region[i]
     }
 
-    fn local(&self) -> RwLockReadGuard<'_, HashMap<ShardId, mpsc::Sender<ShardCmd<E>>>> {
+    fn local(&self) -> RwLockReadGuard<'_, LocalShards<E>> {
         self.local.read().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -262,7 +265,7 @@ impl<E: Entity> ShardRegion<E> {
             node,
             num_shards: config.settings.num_shards.max(1),
             extractor: config.extractor,
-            local: RwLock::new(HashMap::new()),
+            local: RwLock::new(LocalShards::default()),
             commands,
             settings: config.settings.clone(),
             stats: Arc::clone(&stats),
@@ -391,12 +394,9 @@ impl<E: Entity> ShardRegion<E> {
         let shared = &*self.shared;
         let via_region = shared.via_region(delivery.shard);
         let fast = via_region.load(Ordering::Acquire) == 0;
-        let shard = if fast {
-            shared.local().get(&delivery.shard).cloned()
-        } else {
-            None
-        };
-        let mut delivery = match shard {
+        let local = fast.then(|| shared.local());
+        let mut delivery = match local.as_ref().and_then(|l| l.get(&delivery.shard)) {
+            // Sent under the read lock: no sender clone per message.
             Some(shard) => match shard.try_send(ShardCmd::Deliver(delivery)) {
                 Ok(()) => {
                     shared.stats.delivered_local.fetch_add(1, Ordering::Relaxed);
@@ -411,6 +411,7 @@ impl<E: Entity> ShardRegion<E> {
             },
             None => delivery,
         };
+        drop(local);
         let capacity = shared.settings.buffer_size;
         if shared.stats.buffered.load(Ordering::Relaxed) >= capacity {
             return Err(self.full(capacity));

@@ -19,12 +19,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use foldhash::fast::FixedState;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
@@ -39,6 +40,9 @@ pub(crate) type EntityFactory<E> = Arc<dyn Fn(&EntityId) -> E + Send + Sync>;
 
 /// Ticks without a message after which an entity is passivated.
 const IDLE_TICKS: u64 = 3;
+
+/// Commands taken from the inbox per wake-up, at most.
+const INBOX_BATCH: usize = 64;
 
 /// Commands from the region and its handles.
 pub(crate) enum ShardCmd<E: Entity> {
@@ -100,9 +104,12 @@ pub(crate) struct Shard<E: Entity> {
     /// The allocation this shard runs under: every entity's writes carry it.
     token: FencingToken,
     factory: EntityFactory<E>,
-    /// Fixed-key hasher: iteration order (handoff, sweep) is the same on every run.
-    entities: HashMap<EntityId, Slot<E>, BuildHasherDefault<DefaultHasher>>,
+    /// Fixed-seed hasher: iteration order (handoff, sweep) is the same on
+    /// every run; foldhash because hashing the id is on every message.
+    entities: HashMap<EntityId, Slot<E>, FixedState>,
     work: FuturesUnordered<Work<E>>,
+    /// Work not polled yet (see `submit`).
+    fresh: Vec<Work<E>>,
     tick: u64,
     stats: Arc<RegionStats>,
     /// False once the region's shard tenure lapsed: entities handle nothing more.
@@ -134,6 +141,7 @@ impl<E: Entity> Shard<E> {
             factory,
             entities: HashMap::default(),
             work: FuturesUnordered::new(),
+            fresh: Vec::new(),
             tick: 0,
             stats,
             hosting,
@@ -156,6 +164,7 @@ impl<E: Entity> Shard<E> {
             tokio::time::interval_at(tokio::time::Instant::now() + sweep_every, sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.run_fresh();
             if self.handing_off && self.entities.is_empty() {
                 break;
             }
@@ -163,11 +172,20 @@ impl<E: Entity> Shard<E> {
                 biased;
                 Some(done) = self.work.next(), if !self.work.is_empty() => self.done(done),
                 _ = sweep.tick(), if !self.handing_off => self.sweep(),
-                cmd = inbox.recv(), if !self.handing_off => match cmd {
-                    Some(ShardCmd::Deliver(d)) => self.deliver(d),
-                    // Handed off, or the region dropped us: stop everything.
-                    Some(ShardCmd::HandOff) | None => self.hand_off(),
-                },
+                cmd = inbox.recv(), if !self.handing_off => {
+                    self.command(cmd);
+                    // Take what else is waiting without another trip
+                    // through the select.
+                    for _ in 1..INBOX_BATCH {
+                        if self.handing_off {
+                            break;
+                        }
+                        match inbox.try_recv() {
+                            Ok(cmd) => self.command(Some(cmd)),
+                            Err(_) => break,
+                        }
+                    }
+                }
             }
         }
         // Unhandled messages are older than anything buffered meanwhile.
@@ -185,6 +203,31 @@ impl<E: Entity> Shard<E> {
             shard: self.id,
             undelivered,
         });
+    }
+
+    fn command(&mut self, cmd: Option<ShardCmd<E>>) {
+        match cmd {
+            Some(ShardCmd::Deliver(d)) => self.deliver(d),
+            // Handed off, or the region dropped us: stop everything.
+            Some(ShardCmd::HandOff) | None => self.hand_off(),
+        }
+    }
+
+    /// New work is polled once at once: most handlers finish without
+    /// waiting, and then never cost a slot in `work`. One that waits moves
+    /// there, where its next poll registers the waker that counts.
+    fn submit(&mut self, work: Work<E>) {
+        self.fresh.push(work);
+    }
+
+    fn run_fresh(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Some(mut work) = self.fresh.pop() {
+            match work.as_mut().poll(&mut cx) {
+                Poll::Ready(done) => self.done(done),
+                Poll::Pending => self.work.push(work),
+            }
+        }
     }
 
     fn deliver(&mut self, delivery: Delivery<E>) {
@@ -232,7 +275,7 @@ impl<E: Entity> Shard<E> {
                 last_tick: self.tick,
             },
         );
-        self.work.push(Box::pin(async move {
+        self.submit(Box::pin(async move {
             entity.started_in(&context).await;
             answer(context.id, entity, first).await
         }));
@@ -245,7 +288,7 @@ impl<E: Entity> Shard<E> {
         // An atomic load, not a clock read: the region's lapse timer flips it.
         if self.hosting.load(Ordering::Acquire) {
             let id = delivery.entity.clone();
-            self.work.push(Box::pin(answer(id, entity, delivery)));
+            self.submit(Box::pin(answer(id, entity, delivery)));
             return;
         }
         let id = delivery.entity.clone();
@@ -268,7 +311,7 @@ impl<E: Entity> Shard<E> {
     }
 
     fn stop(&mut self, id: EntityId, mut entity: E) {
-        self.work.push(Box::pin(async move {
+        self.submit(Box::pin(async move {
             entity.stopped().await;
             Done::Stopped(id)
         }));
