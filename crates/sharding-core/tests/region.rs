@@ -886,3 +886,69 @@ async fn a_waiting_handler_holds_up_its_own_entity_only() {
     );
     assert_eq!(rig.region.stats().entities_started, 2);
 }
+
+/// Records values like `Recorder`; `n == -2` makes the handler wait a second.
+struct SlowRecorder(Vec<i64>);
+
+impl Entity for SlowRecorder {
+    type Message = Add;
+    type Reply = Vec<i64>;
+    async fn handle(&mut self, m: Add) -> Vec<i64> {
+        match m.n {
+            -2 => sleep(Duration::from_secs(1)).await,
+            n if n >= 0 => self.0.push(n),
+            _ => {}
+        }
+        self.0.clone()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_queue_behind_a_waiting_handler_is_handled_in_order() {
+    let mut rig = Rig::start(
+        "slow-recorder",
+        || SlowRecorder(Vec::new()),
+        RegionSettings {
+            num_shards: 1,
+            ..RegionSettings::default()
+        },
+        None,
+    );
+    let handle = rig.region.clone();
+    let tell = |id: String, n: i64| handle.tell(Add { id, n }).unwrap();
+    tell("one".into(), -2);
+    rig.answer_home_requests(Epoch(1)).await;
+    // 2000 messages queue up behind the waiting handler, more than the
+    // shard polls in a row, and 300 other entities start meanwhile.
+    for n in 0..2000 {
+        tell("one".into(), n);
+        if n < 300 {
+            tell(format!("other-{n}"), n);
+        }
+        if n % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    sleep(Duration::from_secs(2)).await;
+    let seen = rig
+        .region
+        .ask(Add {
+            id: "one".into(),
+            n: -1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, (0..2000).collect::<Vec<_>>());
+    for n in [0, 150, 299] {
+        let other = rig
+            .region
+            .ask(Add {
+                id: format!("other-{n}"),
+                n: -1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(other, vec![n]);
+    }
+    assert_eq!(rig.region.stats().entities_started, 301);
+}

@@ -44,6 +44,9 @@ const IDLE_TICKS: u64 = 3;
 /// Commands taken from the inbox per wake-up, at most.
 const INBOX_BATCH: usize = 64;
 
+/// Fresh work polled in a row before the rest goes to `work`.
+const FRESH_BUDGET: usize = 256;
+
 /// Commands from the region and its handles.
 pub(crate) enum ShardCmd<E: Entity> {
     Deliver(Delivery<E>),
@@ -222,7 +225,16 @@ impl<E: Entity> Shard<E> {
 
     fn run_fresh(&mut self) {
         let mut cx = Context::from_waker(Waker::noop());
+        let mut budget = FRESH_BUDGET;
         while let Some(mut work) = self.fresh.pop() {
+            if budget == 0 {
+                // A long queue of ready handlers: let `work` (which yields
+                // to the runtime now and then) take the rest, so one busy
+                // entity does not hold the thread.
+                self.work.push(work);
+                continue;
+            }
+            budget -= 1;
             match work.as_mut().poll(&mut cx) {
                 Poll::Ready(done) => self.done(done),
                 Poll::Pending => self.work.push(work),
