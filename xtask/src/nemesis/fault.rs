@@ -92,12 +92,13 @@ pub struct Timings {
 pub const WARMUP: Duration = Duration::from_secs(6);
 
 /// The schedule for `seed`: every kind once in a seeded order, then random
-/// kinds while they fit in `window` (faults follow each other, with a gap).
+/// kinds while they fit in `window`. A third of the faults start while the
+/// one before still holds (two at once at most); the others follow a gap.
 pub fn schedule(seed: u64, nodes: u64, window: Duration, t: Timings) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut kinds = FaultKind::ALL.to_vec();
     kinds.shuffle(&mut rng);
-    let mut faults = Vec::new();
+    let mut faults: Vec<Fault> = Vec::new();
     let mut at = WARMUP;
     let mut i = 0;
     loop {
@@ -109,7 +110,15 @@ pub fn schedule(seed: u64, nodes: u64, window: Duration, t: Timings) -> Vec<Faul
         if i >= kinds.len() && fault.end() > window {
             break;
         }
-        at = fault.end() + Duration::from_millis(rng.random_range(1500..3000));
+        // The fault before this one: the next may overlap this one only
+        // once that one has ended.
+        let earlier_end = faults.last().map_or(Duration::ZERO, Fault::end);
+        at = if rng.random_bool(1.0 / 3.0) {
+            let inside = fault.start + fault.duration.mul_f64(rng.random_range(0.3..0.8));
+            inside.max(earlier_end + Duration::from_millis(100))
+        } else {
+            fault.end().max(earlier_end) + Duration::from_millis(rng.random_range(1500..3000))
+        };
         faults.push(fault);
         i += 1;
     }
@@ -178,7 +187,8 @@ mod tests {
     };
 
     #[test]
-    fn every_kind_runs_once_per_seed_and_faults_do_not_overlap() {
+    fn every_kind_runs_once_per_seed_and_at_most_two_faults_overlap() {
+        let mut overlapping = 0;
         for seed in 0..200 {
             let faults = schedule(seed, 5, Duration::from_secs(60), T);
             for kind in FaultKind::ALL {
@@ -187,8 +197,16 @@ mod tests {
                     "seed {seed}: no {kind:?}"
                 );
             }
-            for pair in faults.windows(2) {
-                assert!(pair[0].end() < pair[1].start, "seed {seed}: {pair:?}");
+            for (i, f) in faults.iter().enumerate() {
+                let at_once = faults[..i].iter().filter(|e| e.end() > f.start).count();
+                assert!(
+                    at_once <= 1,
+                    "seed {seed}: three faults at once at {:?}",
+                    f.start
+                );
+            }
+            if faults.windows(2).any(|p| p[0].end() > p[1].start) {
+                overlapping += 1;
             }
             for f in &faults {
                 assert!(
@@ -208,6 +226,10 @@ mod tests {
                 "seed {seed}"
             );
         }
+        assert!(
+            overlapping > 150,
+            "only {overlapping} of 200 schedules overlap faults"
+        );
     }
 
     #[test]

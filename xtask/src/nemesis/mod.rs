@@ -12,6 +12,7 @@
 mod checker;
 mod fault;
 mod history;
+mod inject;
 mod net;
 mod procs;
 mod relay;
@@ -25,11 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args as ClapArgs, ValueEnum};
-use nix::sys::signal::Signal;
 
-use fault::{Fault, FaultKind, Timings};
+use fault::{Fault, Timings};
 use history::{AppliedFault, Probe, RunHistory};
-use net::{Network, node_addr};
+use inject::{Active, Injector};
+use net::Network;
 use procs::Procs;
 use relay::Relay;
 use workload::Recorder;
@@ -381,27 +382,49 @@ fn run_one(s: &Setup<'_>) -> Result<RunHistory, String> {
         down_after: DOWN_AFTER,
     };
     let schedule = fault::schedule(s.seed, s.nodes, s.window, timings);
-    let mut applied = Vec::new();
-    for f in &schedule {
-        sleep_until(&rec, f.start);
-        let victims = victims(f, &rec, s.nodes);
-        let start = rec.now();
-        apply(f.kind, &victims, f, &net, &relays, &mut procs, &rec)?;
-        sleep_until(&rec, start + f.duration);
-        heal(f.kind, &victims, &net, &relays, &mut procs)?;
-        applied.push(AppliedFault {
-            kind: f.kind,
-            victims,
-            start,
-            end: rec.now(),
-        });
-        let crashed = procs.exited();
-        if !crashed.is_empty() {
-            return Err(format!(
-                "process exited on its own: {crashed:?} (see {})",
-                s.dir.display()
-            ));
+    // Every start and end in time order (an end first at a tie).
+    let mut events: Vec<(Duration, bool, usize)> = schedule
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| [(f.start, true, i), (f.end(), false, i)])
+        .collect();
+    events.sort_by_key(|&(at, starts, i)| (at, starts, i));
+    let mut active: Vec<Option<Active>> = vec![None; schedule.len()];
+    let mut applied: Vec<Option<AppliedFault>> = vec![None; schedule.len()];
+    {
+        let mut injector = Injector::new(&net, &relays, &mut procs, s.nodes);
+        for (at, starts, i) in events {
+            sleep_until(&rec, at);
+            let f = &schedule[i];
+            if starts {
+                let victims = victims(f, &rec, s.nodes);
+                applied[i] = Some(AppliedFault {
+                    kind: f.kind,
+                    victims: victims.clone(),
+                    start: rec.now(),
+                    end: rec.now(),
+                });
+                active[i] = Some(Active {
+                    kind: f.kind,
+                    victims,
+                    loss_percent: f.loss_percent,
+                });
+            } else {
+                active[i] = None;
+            }
+            injector.reconcile(active.iter().flatten())?;
+            if !starts && let Some(a) = applied[i].as_mut() {
+                a.end = rec.now();
+            }
         }
+    }
+    let applied: Vec<AppliedFault> = applied.into_iter().flatten().collect();
+    let crashed = procs.exited();
+    if !crashed.is_empty() {
+        return Err(format!(
+            "process exited on its own: {crashed:?} (see {})",
+            s.dir.display()
+        ));
     }
     let healed_at = rec.now();
     stop_clients.store(true, Ordering::Relaxed);
@@ -446,117 +469,6 @@ fn victims(f: &Fault, rec: &Recorder, nodes: u64) -> Vec<u64> {
     }
     v.retain(|n| (1..=nodes).contains(n));
     v
-}
-
-fn addrs(ids: impl Iterator<Item = u64>) -> String {
-    let list: Vec<String> = ids.map(|i| node_addr(i).to_string()).collect();
-    format!("{{ {} }}", list.join(", "))
-}
-
-fn apply(
-    kind: FaultKind,
-    victims: &[u64],
-    f: &Fault,
-    net: &Network,
-    relays: &[Vec<Relay>],
-    procs: &mut Procs,
-    _rec: &Recorder,
-) -> Result<(), String> {
-    let nodes = relays.len() as u64;
-    let others = || (1..=nodes).filter(|n| !victims.contains(n));
-    match kind {
-        FaultKind::Partition => {
-            for id in 1..=nodes {
-                let far = if victims.contains(&id) {
-                    addrs(others())
-                } else {
-                    addrs(victims.iter().copied())
-                };
-                net.set_rules(
-                    id,
-                    &format!(
-                        "add rule inet nemesis input ip saddr {far} drop\n\
-                         add rule inet nemesis output ip daddr {far} drop\n"
-                    ),
-                )?;
-            }
-        }
-        FaultKind::OneWay => {
-            for &id in victims {
-                net.set_rules(
-                    id,
-                    &format!(
-                        "add rule inet nemesis output ip daddr {} drop\n",
-                        addrs(others())
-                    ),
-                )?;
-            }
-        }
-        FaultKind::Loss => {
-            for &id in victims {
-                let peers = addrs((1..=nodes).filter(|n| *n != id));
-                net.set_rules(
-                    id,
-                    &format!(
-                        "add rule inet nemesis input ip saddr {peers} numgen random mod 100 < {} drop\n",
-                        f.loss_percent
-                    ),
-                )?;
-            }
-        }
-        FaultKind::KillFast | FaultKind::KillSlow => {
-            for &id in victims {
-                procs.kill(id);
-            }
-        }
-        FaultKind::Pause => {
-            for &id in victims {
-                if !procs.signal(id, Signal::SIGSTOP) {
-                    return Err(format!("SIGSTOP to node {id}: not running"));
-                }
-            }
-        }
-        FaultKind::StoreCut => {
-            for &id in victims {
-                for r in &relays[id as usize - 1] {
-                    r.set_cut(true);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn heal(
-    kind: FaultKind,
-    victims: &[u64],
-    net: &Network,
-    relays: &[Vec<Relay>],
-    procs: &mut Procs,
-) -> Result<(), String> {
-    match kind {
-        FaultKind::Partition | FaultKind::OneWay | FaultKind::Loss => net.heal(),
-        FaultKind::KillFast | FaultKind::KillSlow => {
-            for &id in victims {
-                procs.spawn(id)?;
-            }
-            Ok(())
-        }
-        FaultKind::Pause => {
-            for &id in victims {
-                procs.signal(id, Signal::SIGCONT);
-            }
-            Ok(())
-        }
-        FaultKind::StoreCut => {
-            for &id in victims {
-                for r in &relays[id as usize - 1] {
-                    r.set_cut(false);
-                }
-            }
-            Ok(())
-        }
-    }
 }
 
 /// Asks every counter through every node until all answer with one value

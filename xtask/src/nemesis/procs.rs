@@ -43,8 +43,13 @@ impl Procs {
         }
     }
 
-    /// Starts node `id` (its log appended to `node-<id>.log`).
+    /// Starts node `id` (its log appended to `node-<id>.log`), unless it runs.
     pub fn spawn(&mut self, id: u64) -> Result<(), String> {
+        if let Some(child) = self.children.get_mut(&id)
+            && matches!(child.try_wait(), Ok(None))
+        {
+            return Ok(());
+        }
         let log_path = self.dir.join(format!("node-{id}.log"));
         let log = OpenOptions::new()
             .create(true)
