@@ -1,6 +1,6 @@
 //! Judges a run's history (see `history.rs`) against the invariants, from
 //! every node's own answers: I1 (one active coordinator), I5 (no shard on two
-//! processes, with tenure), I4 (after the faults every counter answers
+//! processes, with tenure), I7 (one cluster singleton instance), I4 (after the faults every counter answers
 //! through every node, within the bound) and no acknowledged increment lost.
 //!
 //! A status answer is true at some instant between its request and its
@@ -29,6 +29,8 @@ pub struct Verdict {
     pub i1: Check,
     /// No shard hosted by two processes at any instant.
     pub i5: Check,
+    /// At most one cluster singleton instance at any instant.
+    pub i7: Check,
     /// Convergence after the faults, within the bound.
     pub i4: Check,
     /// Every acknowledged increment in the final value (durable counters).
@@ -40,9 +42,16 @@ pub struct Verdict {
 impl Verdict {
     /// Whether anything is broken.
     pub fn failed(&self) -> bool {
-        [&self.i1, &self.i5, &self.i4, &self.writes, &self.faults]
-            .iter()
-            .any(|c| c.is_violated())
+        [
+            &self.i1,
+            &self.i5,
+            &self.i7,
+            &self.i4,
+            &self.writes,
+            &self.faults,
+        ]
+        .iter()
+        .any(|c| c.is_violated())
     }
 }
 
@@ -55,6 +64,7 @@ pub fn check(history: &RunHistory, bound: Duration) -> Verdict {
             active,
         ),
         i5: exclusive(&history.samples, |s| format!("shard {s}"), hosted),
+        i7: exclusive(&history.samples, |()| "the singleton".into(), singleton),
         i4: converged(history, bound),
         writes: writes(history),
         faults: exercised(history),
@@ -63,6 +73,10 @@ pub fn check(history: &RunHistory, bound: Duration) -> Verdict {
 
 fn active(s: &Status) -> Vec<()> {
     if s.active { vec![()] } else { vec![] }
+}
+
+fn singleton(s: &Status) -> Vec<()> {
+    if s.singleton { vec![()] } else { vec![] }
 }
 
 fn hosted(s: &Status) -> Vec<u32> {
@@ -302,6 +316,29 @@ mod tests {
         let c = i5(&samples);
         assert!(c.is_violated(), "{c:?}");
         assert!(format!("{c:?}").contains("shard 3"), "{c:?}");
+    }
+
+    #[test]
+    fn two_singletons_at_once_fail_the_run() {
+        let on = |_| Status {
+            singleton: true,
+            ..Status::default()
+        };
+        let mut h = RunHistory {
+            faults: all_faults(),
+            ..RunHistory::default()
+        };
+        h.probe.converged_at = Some(ms(0));
+        h.samples = polls(1, 1, 0, 1000, on);
+        h.samples.extend(polls(2, 1, 1100, 2000, on));
+        assert_eq!(check(&h, Duration::from_secs(1)).i7, Check::Ok);
+        h.samples.extend(polls(3, 1, 1500, 1800, on));
+        let v = check(&h, Duration::from_secs(1));
+        assert!(
+            matches!(&v.i7, Check::Violated(m) if m.contains("the singleton")),
+            "{v:?}"
+        );
+        assert!(v.failed());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Status {
     pub lease_held: bool,
     /// Shards this node's region hosts.
     pub hosted: Vec<u32>,
+    /// Whether the cluster singleton (top counters) runs here.
+    pub singleton: bool,
 }
 
 impl Status {
@@ -52,6 +54,7 @@ impl Status {
                 .into_iter()
                 .map(|s| s as u32)
                 .collect(),
+            singleton: v.get("singleton_running")?.as_bool()?,
         })
     }
 }

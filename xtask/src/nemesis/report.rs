@@ -24,6 +24,8 @@ pub struct Row {
     pub i1: String,
     /// I5's cell.
     pub i5: String,
+    /// I7's cell.
+    pub i7: String,
     i4: String,
     converged_secs: Option<f64>,
     /// The writes check's cell.
@@ -43,7 +45,7 @@ impl Row {
     /// A run that completed, judged.
     pub fn new(seed: u64, h: &RunHistory, v: &Verdict) -> Self {
         let count = |f: &dyn Fn(&Outcome) -> bool| h.ops.iter().filter(|o| f(&o.outcome)).count();
-        let evidence = [&v.i1, &v.i5, &v.i4, &v.writes, &v.faults]
+        let evidence = [&v.i1, &v.i5, &v.i7, &v.i4, &v.writes, &v.faults]
             .into_iter()
             .find_map(|c| match c {
                 Check::Violated(m) => Some(m.clone()),
@@ -62,6 +64,7 @@ impl Row {
             ops_timed_out: count(&|o| matches!(o, Outcome::TimedOut)),
             i1: cell(&v.i1),
             i5: cell(&v.i5),
+            i7: cell(&v.i7),
             i4: cell(&v.i4),
             converged_secs: h
                 .probe
@@ -85,6 +88,7 @@ impl Row {
             ops_timed_out: 0,
             i1: "-".into(),
             i5: "-".into(),
+            i7: "-".into(),
             i4: "-".into(),
             converged_secs: None,
             writes: "-".into(),
@@ -97,7 +101,7 @@ impl Row {
     /// One line for the progress log.
     pub fn line(&self) -> String {
         format!(
-            "seed {:>3}: {} faults, {} adds ok, {} failed, {} timed out; I1 {} I5 {} I4 {} ({}) writes {} faults {}{}",
+            "seed {:>3}: {} faults, {} adds ok, {} failed, {} timed out; I1 {} I5 {} I7 {} I4 {} ({}) writes {} faults {}{}",
             self.seed,
             self.faults,
             self.adds_ok,
@@ -105,6 +109,7 @@ impl Row {
             self.ops_timed_out,
             self.i1,
             self.i5,
+            self.i7,
             self.i4,
             self.converged_secs
                 .map_or("-".into(), |s| format!("{s:.1} s")),
@@ -120,13 +125,13 @@ impl Row {
 /// The table printed at the end.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| seed | faults | adds ok | failed | timed out | I1 | I5 | I4 | converged s | writes | all kinds |\n\
-         | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- |\n",
+        "| seed | faults | adds ok | failed | timed out | I1 | I5 | I7 | I4 | converged s | writes | all kinds |\n\
+         | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- | --- |\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.seed,
             r.faults,
             r.adds_ok,
@@ -134,6 +139,7 @@ pub fn table(rows: &[Row]) -> String {
             r.ops_timed_out,
             r.i1,
             r.i5,
+            r.i7,
             r.i4,
             r.converged_secs.map_or("-".into(), |s| format!("{s:.1}")),
             r.writes,
@@ -179,6 +185,7 @@ pub fn write(dir: &Path, rows: &[Row], broken: bool) -> std::io::Result<()> {
         "timed out",
         "I1",
         "I5",
+        "I7",
         "I4",
         "converged s",
         "writes",
@@ -191,7 +198,7 @@ pub fn write(dir: &Path, rows: &[Row], broken: bool) -> std::io::Result<()> {
     for r in rows {
         let _ = write!(
             html,
-            "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             if r.failed { " class=\"fail\"" } else { "" },
             r.seed,
             r.faults,
@@ -200,6 +207,7 @@ pub fn write(dir: &Path, rows: &[Row], broken: bool) -> std::io::Result<()> {
             r.ops_timed_out,
             r.i1,
             r.i5,
+            r.i7,
             r.i4,
             r.converged_secs.map_or("-".into(), |s| format!("{s:.1}")),
             r.writes,
