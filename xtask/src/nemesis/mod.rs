@@ -141,7 +141,21 @@ pub fn run(args: Args, target: PathBuf) -> ExitCode {
         else {
             return;
         };
-        if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+        let signalled = rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return tokio::signal::ctrl_c().await.is_ok();
+            };
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r.is_ok(),
+                _ = term.recv() => true,
+                _ = hup.recv() => true,
+            }
+        });
+        if signalled {
             procs::kill_all();
             net::sweep();
             eprintln!("interrupted: processes killed, namespaces removed");

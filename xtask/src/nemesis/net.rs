@@ -140,16 +140,38 @@ pub fn table(rules: &str) -> String {
     )
 }
 
-/// Deletes every namespace and link this suite names; errors are ignored
-/// (there may be nothing to delete).
+/// Kills whatever still runs in this suite's namespaces (a run killed
+/// without its cleanup leaves its nodes behind), then deletes every
+/// namespace and link this suite names; errors are ignored (there may be
+/// nothing to delete).
 pub fn sweep() {
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
             if name.starts_with(PREFIX) {
+                if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                        if let Ok(pid) = pid.parse::<i32>() {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    }
+                }
                 let _ = sh("ip", &["netns", "del", name]);
             }
         }
     }
-    let _ = sh("ip", &["link", "del", BRIDGE]);
+    // A namespace whose processes were still dying lingers, and its veth
+    // with it: delete the root ends (and the bridge) by name.
+    if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().nth(1).unwrap_or("");
+            let name = name.trim_end_matches(':').split('@').next().unwrap_or("");
+            if name.starts_with(PREFIX) {
+                let _ = sh("ip", &["link", "del", name]);
+            }
+        }
+    }
 }
