@@ -379,6 +379,8 @@ fn run_one(s: &Setup<'_>) -> Result<RunHistory, String> {
             .collect(),
     );
     let stop_clients = Arc::new(AtomicBool::new(false));
+    // Threads stop also when the run ends early with an error.
+    let _stop = StopOnDrop(vec![stop_polls.clone(), stop_clients.clone()]);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             workload::client(
@@ -464,6 +466,17 @@ fn run_one(s: &Setup<'_>) -> Result<RunHistory, String> {
         probe,
         durable: s.database_url.is_some() || s.broken == Some(Break::Volatile),
     })
+}
+
+/// Raises every flag when dropped.
+struct StopOnDrop(Vec<Arc<AtomicBool>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for flag in &self.0 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 fn sleep_until(rec: &Recorder, at: Duration) {
