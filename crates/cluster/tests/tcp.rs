@@ -429,3 +429,23 @@ async fn an_idle_outbound_connection_is_closed_and_the_next_frame_reopens_it() {
         Bytes::from_static(b"after a pause")
     );
 }
+
+#[tokio::test]
+async fn a_bad_setting_is_refused_by_name() {
+    for (field, change) in [
+        (
+            "unacked_timeout",
+            (|s: &mut TcpSettings| s.unacked_timeout = Duration::ZERO) as fn(&mut TcpSettings),
+        ),
+        ("idle_timeout", |s| s.idle_timeout = Duration::ZERO),
+        ("send_queue", |s| s.send_queue = 0),
+    ] {
+        let mut settings = TcpSettings::new(CLUSTER, NodeId(1), "127.0.0.1:0".parse().unwrap());
+        change(&mut settings);
+        match TcpTransport::bind(settings).await {
+            Err(cluster::BindError::Setting { field: named, .. }) => assert_eq!(named, field),
+            Err(other) => panic!("{field}: {other}"),
+            Ok(_) => panic!("{field}: accepted"),
+        }
+    }
+}

@@ -191,6 +191,11 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let mut tcp = TcpSettings::new(config.cluster_name.clone(), node, config.cluster_listen);
     tcp.advertise = config.cluster_advertise.clone().map(NodeAddr);
     tcp.tls = config.tls()?;
+    // No connection should stall, or wait to be redialled, longer than the
+    // failure detector waits before declaring a node down.
+    let down_after = Config::ms(config.membership_down_after_ms);
+    tcp.unacked_timeout = tcp.unacked_timeout.min(down_after / 2);
+    tcp.backoff_max = tcp.backoff_max.min(down_after / 2);
     if let Some(warning) = config.plaintext_warning() {
         for _ in 0..3 {
             tracing::warn!("INSECURE: {warning}");

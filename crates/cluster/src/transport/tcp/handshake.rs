@@ -59,6 +59,36 @@ pub(crate) fn reply_from(bytes: &[u8]) -> Result<HelloReply, postcard::Error> {
     postcard::from_bytes(bytes)
 }
 
+/// No Nagle delay; and (Linux) the kernel drops a connection whose sent
+/// data stays unacknowledged for `unacked_timeout`, and probes an idle one
+/// as often. Without the first, a connection that lost its packets for a
+/// while (a one-way cut, loss) keeps its data queued behind TCP's
+/// retransmission backoff for seconds to minutes after the network heals,
+/// while writes still "succeed". Without the probes, the receiving end of a
+/// connection its dialer dropped during a fault stays open until the idle
+/// timeout, and a few of those fill the peer's connection cap: the dialer
+/// is then refused until they idle out (both found by `cargo xtask nemesis`).
+fn tune(stream: &TcpStream, settings: &super::TcpSettings) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let t = settings.unacked_timeout;
+        let socket = socket2::SockRef::from(stream);
+        socket.set_tcp_user_timeout(Some(t))?;
+        // Keepalive counts whole seconds.
+        let second = std::time::Duration::from_secs(1);
+        socket.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time((t / 2).max(second))
+                .with_interval((t / 4).max(second))
+                .with_retries(3),
+        )?;
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = settings;
+    Ok(())
+}
+
 /// An accepted peer, ready to carry envelopes.
 pub(crate) struct Accepted {
     pub(crate) conn: Conn,
@@ -70,7 +100,7 @@ pub(crate) struct Accepted {
 /// The listening side of a handshake. Bounded by the handshake timeout by
 /// the caller.
 pub(crate) async fn accept(inner: &Inner, stream: TcpStream) -> Result<Accepted, ConnectionError> {
-    stream.set_nodelay(true)?;
+    tune(&stream, &inner.settings)?;
     let tls = inner.tls.as_ref();
     let (stream, certificate): (Box<dyn Stream>, _) = match tls {
         Some(tls) => {
@@ -168,7 +198,7 @@ pub(crate) async fn connect(
 ) -> Result<Conn, ConnectionError> {
     let handshake = async {
         let stream = TcpStream::connect(addr.as_str()).await?;
-        stream.set_nodelay(true)?;
+        tune(&stream, &inner.settings)?;
         let stream: Box<dyn Stream> = match &inner.tls {
             Some(tls) => {
                 let (_, connector) = tls.current();
@@ -201,4 +231,36 @@ pub(crate) async fn connect(
     tokio::time::timeout(inner.settings.handshake_timeout, handshake)
         .await
         .map_err(|_| ConnectionError::Handshake("timed out".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    async fn connections_are_dropped_when_unacknowledged_and_probed_when_idle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut settings =
+            super::super::TcpSettings::new("c", crate::NodeId(1), "127.0.0.1:0".parse().unwrap());
+        settings.unacked_timeout = Duration::from_millis(4500);
+        tune(&stream, &settings).unwrap();
+        let socket = socket2::SockRef::from(&stream);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(4500))
+        );
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(1)
+        );
+        assert!(stream.nodelay().unwrap());
+    }
 }

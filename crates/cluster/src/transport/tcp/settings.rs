@@ -40,6 +40,11 @@ pub struct TcpSettings {
     /// outbound one closes itself after half of it without a frame and is
     /// opened again by the next frame (default 60 s).
     pub idle_timeout: Duration,
+    /// A connection whose sent data stays unacknowledged this long is
+    /// dropped by the kernel and dialled again (Linux `TCP_USER_TIMEOUT`;
+    /// default 5 s). Bounds how long traffic stalls behind TCP's
+    /// retransmission backoff after a network fault heals.
+    pub unacked_timeout: Duration,
     /// First reconnect delay, doubled after each failure (default 100 ms).
     pub backoff_min: Duration,
     /// Largest reconnect delay (default 5 s).
@@ -66,6 +71,7 @@ impl TcpSettings {
             max_connections_per_peer: 4,
             max_inbound_connections: 1024,
             idle_timeout: Duration::from_secs(60),
+            unacked_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             advertise: None,
@@ -101,6 +107,7 @@ impl TcpSettings {
         for (field, value) in [
             ("handshake_timeout", self.handshake_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("unacked_timeout", self.unacked_timeout),
             ("backoff_min", self.backoff_min),
         ] {
             if value.is_zero() {
