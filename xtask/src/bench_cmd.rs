@@ -633,6 +633,12 @@ fn idle_renewals() -> (f64, f64) {
 
 /// Runs the release-built example in its own process, so RSS is its alone.
 fn idle_entity_bytes(count: u64) -> Option<f64> {
+    example_json("idle_entities", &[&count.to_string()], "bytes_per_entity")
+}
+
+/// Runs a release-built example of `sharding-coordinator` that prints one
+/// JSON line, and reads `key` from it.
+fn example_json(example: &str, args: &[&str], key: &str) -> Option<f64> {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
             "run",
@@ -641,15 +647,15 @@ fn idle_entity_bytes(count: u64) -> Option<f64> {
             "-p",
             "sharding-coordinator",
             "--example",
-            "idle_entities",
+            example,
             "--",
         ])
-        .arg(count.to_string())
+        .args(args)
         .output()
         .ok()?;
     let line = String::from_utf8_lossy(&output.stdout);
     let json: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
-    json["bytes_per_entity"].as_f64()
+    json[key].as_f64()
 }
 
 /// API calls per renew and per first acquire, from the emulator's counters.
@@ -708,21 +714,7 @@ fn k8s_calls(quick: bool) -> (f64, f64) {
 
 /// Handler-times `examples/shard_concurrency` takes (paused time, so exact).
 fn shard_concurrency() -> Option<f64> {
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "sharding-coordinator",
-            "--example",
-            "shard_concurrency",
-        ])
-        .output()
-        .ok()?;
-    let line = String::from_utf8_lossy(&output.stdout);
-    let json: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
-    json["handler_times"].as_f64()
+    example_json("shard_concurrency", &[], "handler_times")
 }
 
 /// Wall seconds `examples/idle_cluster` takes for 30 s of an idle cluster of

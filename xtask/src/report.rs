@@ -232,7 +232,8 @@ pub fn write(
     Ok(())
 }
 
-fn escape(s: &str) -> String {
+/// Text made safe for HTML.
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

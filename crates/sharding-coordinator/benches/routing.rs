@@ -114,20 +114,8 @@ fn local_tell(c: &mut Criterion) {
 
         let node = rt.block_on(sharded());
         group.bench_function("sharded", |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let region = node.region.clone();
-                async move {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let target = PROCESSED.load(Ordering::Relaxed) + u64::from(MESSAGES);
-                        for i in 0..MESSAGES {
-                            region.tell(Msg { id: i % ENTITIES }).expect("tell");
-                        }
-                        wait_processed(target).await;
-                    }
-                    start.elapsed()
-                }
-            });
+            b.to_async(&rt)
+                .iter_custom(|iters| tell_all(node.region.clone(), iters));
         });
 
         let senders: Vec<mpsc::UnboundedSender<Msg>> = rt.block_on(async {

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::checker::{self, Verdict};
 use super::history::{OpKind, Outcome, RunHistory};
+use crate::report::escape;
 
 /// One run, summarised.
 #[derive(Debug, Serialize)]
@@ -122,29 +123,57 @@ impl Row {
     }
 }
 
+/// The table's columns; the HTML report adds the evidence.
+const COLUMNS: [&str; 12] = [
+    "seed",
+    "faults",
+    "adds ok",
+    "failed",
+    "timed out",
+    "I1",
+    "I5",
+    "I7",
+    "I4",
+    "converged s",
+    "writes",
+    "all kinds",
+];
+
+impl Row {
+    /// The cells under [`COLUMNS`].
+    fn cells(&self) -> [String; 12] {
+        [
+            self.seed.to_string(),
+            self.faults.to_string(),
+            self.adds_ok.to_string(),
+            self.ops_failed.to_string(),
+            self.ops_timed_out.to_string(),
+            self.i1.clone(),
+            self.i5.clone(),
+            self.i7.clone(),
+            self.i4.clone(),
+            self.converged_secs
+                .map_or("-".into(), |s| format!("{s:.1}")),
+            self.writes.clone(),
+            self.all_faults.clone(),
+        ]
+    }
+}
+
 /// The table printed at the end.
 pub fn table(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| seed | faults | adds ok | failed | timed out | I1 | I5 | I7 | I4 | converged s | writes | all kinds |\n\
-         | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- | --- |\n",
-    );
+    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+    let mut out = line(&COLUMNS.map(String::from));
+    out.push_str(&line(&COLUMNS.map(|c| {
+        if c.starts_with('I') || c == "writes" || c == "all kinds" {
+            "---"
+        } else {
+            "---:"
+        }
+        .to_owned()
+    })));
     for r in rows {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.seed,
-            r.faults,
-            r.adds_ok,
-            r.ops_failed,
-            r.ops_timed_out,
-            r.i1,
-            r.i5,
-            r.i7,
-            r.i4,
-            r.converged_secs.map_or("-".into(), |s| format!("{s:.1}")),
-            r.writes,
-            r.all_faults
-        );
+        out.push_str(&line(&r.cells()));
     }
     out
 }
@@ -177,43 +206,21 @@ pub fn write(dir: &Path, rows: &[Row], broken: bool) -> std::io::Result<()> {
             ""
         }
     );
-    for h in [
-        "seed",
-        "faults",
-        "adds ok",
-        "failed",
-        "timed out",
-        "I1",
-        "I5",
-        "I7",
-        "I4",
-        "converged s",
-        "writes",
-        "all kinds",
-        "evidence",
-    ] {
+    for h in COLUMNS.iter().chain(&["evidence"]) {
         let _ = write!(html, "<th>{h}</th>");
     }
     html.push_str("</tr>");
     for r in rows {
         let _ = write!(
             html,
-            "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            if r.failed { " class=\"fail\"" } else { "" },
-            r.seed,
-            r.faults,
-            r.adds_ok,
-            r.ops_failed,
-            r.ops_timed_out,
-            r.i1,
-            r.i5,
-            r.i7,
-            r.i4,
-            r.converged_secs.map_or("-".into(), |s| format!("{s:.1}")),
-            r.writes,
-            r.all_faults,
-            escape(r.evidence.as_deref().unwrap_or("")),
+            "<tr{}>",
+            if r.failed { " class=\"fail\"" } else { "" }
         );
+        for cell in r.cells() {
+            let _ = write!(html, "<td>{cell}</td>");
+        }
+        let evidence = escape(r.evidence.as_deref().unwrap_or(""));
+        let _ = write!(html, "<td>{evidence}</td></tr>");
     }
     html.push_str(
         "</table><p class=\"legend\"><span><i class=\"sw\" style=\"background:#2a2\"></i>active coordinator</span>\
@@ -226,12 +233,6 @@ pub fn write(dir: &Path, rows: &[Row], broken: bool) -> std::io::Result<()> {
     }
     html.push_str("</body></html>");
     std::fs::write(dir.join("report.html"), html)
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// Per node: when it answered, when its coordinator was surely active, and
