@@ -67,20 +67,48 @@ pub enum FrameError {
     },
 }
 
+/// The most bytes a header takes (three varints: two `u64`, one `u16`).
+const HEADER_MAX: usize = 24;
+
+/// Writes a frame's version byte and header into `buf`; the payload goes
+/// right after them, so a payload can be encoded straight into its frame.
+pub(crate) fn put_header(buf: &mut BytesMut, from: NodeId, to: NodeId, channel: Channel) {
+    let mut scratch = [0u8; HEADER_MAX];
+    let header = Header { from, to, channel };
+    // Three varints always fit the scratch space: no allocation per frame.
+    let header = postcard::to_slice(&header, &mut scratch).expect("a header fits 24 bytes");
+    buf.reserve(1 + header.len());
+    buf.put_u8(PROTOCOL_VERSION);
+    buf.extend_from_slice(header);
+}
+
+/// A postcard serializer writing into a `BytesMut`, for payloads encoded in
+/// place: `postcard::serialize_with_flavor(&value, BytesFlavor(buf))`.
+pub struct BytesFlavor<'a>(pub &'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for BytesFlavor<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.put_u8(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 impl Envelope {
     /// Encodes the envelope as one frame.
     pub fn encode(&self) -> Bytes {
-        let header = Header {
-            from: self.from,
-            to: self.to,
-            channel: self.channel,
-        };
-        let mut buf = BytesMut::with_capacity(1 + 16 + self.payload.len());
-        buf.put_u8(PROTOCOL_VERSION);
-        // Writing into a growable buffer cannot fail for these plain fields.
-        let header_bytes =
-            postcard::to_stdvec(&header).expect("a header of integers always encodes");
-        buf.extend_from_slice(&header_bytes);
+        let mut buf = BytesMut::with_capacity(1 + HEADER_MAX + self.payload.len());
+        put_header(&mut buf, self.from, self.to, self.channel);
         buf.extend_from_slice(&self.payload);
         buf.freeze()
     }
@@ -118,6 +146,17 @@ mod tests {
         let frame = e.encode();
         assert_eq!(frame[0], PROTOCOL_VERSION);
         assert_eq!(Envelope::decode(frame).unwrap(), e);
+    }
+
+    #[test]
+    fn the_largest_header_fits() {
+        let e = Envelope {
+            from: NodeId(u64::MAX),
+            to: NodeId(u64::MAX),
+            channel: Channel(u16::MAX),
+            payload: Bytes::from_static(b"x"),
+        };
+        assert_eq!(Envelope::decode(e.encode()).unwrap(), e);
     }
 
     #[test]

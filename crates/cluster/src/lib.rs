@@ -36,12 +36,13 @@ pub mod membership;
 mod node;
 pub mod transport;
 
-pub use envelope::{Channel, Envelope, FrameError, PROTOCOL_VERSION};
+pub use envelope::{BytesFlavor, Channel, Envelope, FrameError, PROTOCOL_VERSION};
 pub use membership::{
     ClusterEvent, ClusterState, ClusterView, Membership, MembershipSettings, ViewChanges,
 };
 pub use node::{NodeAddr, NodeId};
 pub use transport::{
-    BindError, InProcessNetwork, InProcessTransport, LinkFaults, RefusalReason, SendError,
-    TcpSettings, TcpTransport, TlsError, TlsSettings, Transport, TransportStats, node_identity,
+    BindError, EnvelopeHandler, InProcessNetwork, InProcessTransport, LinkFaults, PayloadWriter,
+    RefusalReason, SendError, TcpSettings, TcpTransport, TlsError, TlsSettings, Transport,
+    TransportStats, node_identity,
 };

@@ -449,3 +449,47 @@ async fn a_bad_setting_is_refused_by_name() {
         }
     }
 }
+
+/// Frames encoded in place reach a handler subscriber in the order sent,
+/// whole, through one connection; a payload that fails to encode queues nothing.
+#[tokio::test]
+async fn payloads_written_in_place_reach_a_handler_in_order() {
+    let a = node(1).await;
+    let b = node(2).await;
+    a.learn_address(NodeId(2), &addr_of(&b));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    b.subscribe_handler(
+        CH,
+        Arc::new(move |e: Envelope| {
+            let _ = tx.send(e);
+        }),
+    );
+    for i in 0u32..1000 {
+        a.send_with(NodeId(2), CH, &mut |buf: &mut bytes::BytesMut| {
+            buf.extend_from_slice(&i.to_be_bytes());
+            Ok(())
+        })
+        .unwrap();
+    }
+    let refused = a.send_with(NodeId(2), CH, &mut |buf: &mut bytes::BytesMut| {
+        buf.extend_from_slice(b"half a payload");
+        Err(postcard::Error::SerializeBufferFull)
+    });
+    assert_eq!(
+        refused,
+        Err(cluster::SendError::Encode(
+            postcard::Error::SerializeBufferFull
+        ))
+    );
+    for i in 0u32..1000 {
+        let e = timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("delivered within 5 s")
+            .expect("open");
+        assert_eq!((e.from, e.channel), (NodeId(1), CH));
+        assert_eq!(&e.payload[..], &i.to_be_bytes(), "frame {i}");
+    }
+    sleep(Duration::from_millis(100)).await;
+    assert!(rx.try_recv().is_err(), "the refused payload was sent");
+    assert_eq!(b.stats().bad_frames, 0);
+}

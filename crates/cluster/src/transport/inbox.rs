@@ -1,12 +1,21 @@
 //! Per-channel inboxes of one node, and the node's traffic counters.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 
+use super::EnvelopeHandler;
 use crate::{Channel, Envelope, NodeId};
+
+/// Who gets a channel's envelopes.
+enum Subscriber {
+    /// A task, through a bounded queue.
+    Queue(mpsc::Sender<Envelope>),
+    /// A function called on the receiving task.
+    Handler(EnvelopeHandler),
+}
 
 /// A snapshot of one node's transport counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,7 +40,7 @@ pub struct TransportStats {
 pub(crate) struct Inboxes {
     node: NodeId,
     capacity: usize,
-    subscribers: RwLock<HashMap<Channel, mpsc::Sender<Envelope>>>,
+    subscribers: RwLock<HashMap<Channel, Subscriber>>,
     pub(crate) sent: AtomicU64,
     delivered: AtomicU64,
     pub(crate) dropped_queue_full: AtomicU64,
@@ -62,8 +71,15 @@ impl Inboxes {
         self.subscribers
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(channel, tx);
+            .insert(channel, Subscriber::Queue(tx));
         rx
+    }
+
+    pub(crate) fn subscribe_handler(&self, channel: Channel, handler: EnvelopeHandler) {
+        self.subscribers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(channel, Subscriber::Handler(handler));
     }
 
     /// Hands `envelope` to its channel's subscriber; a drop is counted and logged.
@@ -71,10 +87,21 @@ impl Inboxes {
         let channel = envelope.channel;
         // A read lock and no sender clone: this runs for every received message.
         let subscribers = self.subscribers.read().unwrap_or_else(|e| e.into_inner());
-        let Some(sender) = subscribers.get(&channel) else {
-            self.dropped_no_subscriber.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(node = %self.node, ?channel, from = %envelope.from, "dropped: no subscriber for channel");
-            return;
+        let sender = match subscribers.get(&channel) {
+            Some(Subscriber::Queue(sender)) => sender,
+            Some(Subscriber::Handler(handler)) => {
+                // Called without the lock: a handler may send, and a send
+                // to this node delivers here again.
+                let handler = Arc::clone(handler);
+                drop(subscribers);
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                return handler(envelope);
+            }
+            None => {
+                self.dropped_no_subscriber.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(node = %self.node, ?channel, from = %envelope.from, "dropped: no subscriber for channel");
+                return;
+            }
         };
         match sender.try_send(envelope) {
             Ok(()) => {

@@ -10,12 +10,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
 
-use super::{Inboxes, SendError, Transport, TransportStats};
+use super::{EnvelopeHandler, Inboxes, PayloadWriter, SendError, Transport, TransportStats};
+use crate::envelope::put_header;
 use crate::{Channel, Envelope, NodeAddr, NodeId};
 
 /// Capacity of each channel inbox of an in-process node.
@@ -253,16 +254,25 @@ impl Transport for InProcessTransport {
     }
 
     fn send(&self, to: NodeId, channel: Channel, payload: Bytes) -> Result<(), SendError> {
+        self.send_with(to, channel, &mut |buf: &mut BytesMut| {
+            buf.extend_from_slice(&payload);
+            Ok(())
+        })
+    }
+
+    fn send_with(
+        &self,
+        to: NodeId,
+        channel: Channel,
+        payload: &mut PayloadWriter<'_>,
+    ) -> Result<(), SendError> {
         if !self.attached() {
             return Err(SendError::Closed(self.node));
         }
-        let frame = Envelope {
-            from: self.node,
-            to,
-            channel,
-            payload,
-        }
-        .encode();
+        let mut frame = BytesMut::new();
+        put_header(&mut frame, self.node, to, channel);
+        payload(&mut frame).map_err(SendError::Encode)?;
+        let frame = frame.freeze();
         self.inboxes.sent.fetch_add(1, Ordering::Relaxed);
         let Some(latency) = self.network.route(self.node, to, channel) else {
             return Ok(());
@@ -282,6 +292,10 @@ impl Transport for InProcessTransport {
 
     fn subscribe(&self, channel: Channel) -> mpsc::Receiver<Envelope> {
         self.inboxes.subscribe(channel)
+    }
+
+    fn subscribe_handler(&self, channel: Channel, handler: EnvelopeHandler) {
+        self.inboxes.subscribe_handler(channel, handler);
     }
 
     fn learn_address(&self, _node: NodeId, _addr: &NodeAddr) {}

@@ -10,10 +10,13 @@ pub mod dev_certs;
 pub(crate) mod frame_codec;
 mod inbox;
 pub mod inprocess;
+mod outbox;
 pub mod tcp;
 pub mod tls;
 
-use bytes::Bytes;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use crate::{Channel, Envelope, NodeAddr, NodeId};
@@ -22,6 +25,7 @@ pub use admission::RefusalReason;
 pub(crate) use inbox::Inboxes;
 pub use inbox::TransportStats;
 pub use inprocess::{InProcessNetwork, InProcessTransport, LinkFaults};
+pub(crate) use outbox::Outbox;
 pub use tcp::{BindError, TcpSettings, TcpTransport};
 pub use tls::{TlsError, TlsSettings, node_identity};
 
@@ -38,9 +42,27 @@ pub trait Transport: Send + Sync + 'static {
     /// Queues `payload` for `to` on `channel`.
     fn send(&self, to: NodeId, channel: Channel, payload: Bytes) -> Result<(), SendError>;
 
+    /// Queues a frame for `to` on `channel` whose payload `payload` writes
+    /// straight into it: the bytes are encoded once, into the buffer the
+    /// connection writes from, with no copy on the way. `payload` is called
+    /// once; an error from it queues nothing.
+    fn send_with(
+        &self,
+        to: NodeId,
+        channel: Channel,
+        payload: &mut PayloadWriter<'_>,
+    ) -> Result<(), SendError>;
+
     /// Receives every envelope for `channel` from now on. A second subscription
     /// to the same channel replaces the first.
     fn subscribe(&self, channel: Channel) -> mpsc::Receiver<Envelope>;
+
+    /// Hands every envelope for `channel` to `handler`, on the task that
+    /// received it and in the order each peer sent them, with no queue in
+    /// between: for traffic whose subscriber would only pass it on. The
+    /// handler must return quickly and never block. Replaces any earlier
+    /// subscription to the channel.
+    fn subscribe_handler(&self, channel: Channel, handler: EnvelopeHandler);
 
     /// Tells the transport where `node` listens (membership learns addresses).
     fn learn_address(&self, node: NodeId, addr: &NodeAddr);
@@ -48,6 +70,13 @@ pub trait Transport: Send + Sync + 'static {
     /// Counters of this node's traffic and drops.
     fn stats(&self) -> TransportStats;
 }
+
+/// Writes a payload into the frame being built (see [`Transport::send_with`]).
+pub type PayloadWriter<'a> = dyn FnMut(&mut BytesMut) -> Result<(), postcard::Error> + 'a;
+
+/// Receives envelopes on the transport's own task (see
+/// [`Transport::subscribe_handler`]).
+pub type EnvelopeHandler = Arc<dyn Fn(Envelope) + Send + Sync>;
 
 /// Why a message was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +101,9 @@ pub enum SendError {
         /// Configured maximum.
         max: usize,
     },
+    /// The payload could not be encoded; nothing was queued.
+    #[error("payload could not be encoded: {0}")]
+    Encode(postcard::Error),
     /// This node's transport has been shut down.
     #[error("transport of {0} is closed")]
     Closed(NodeId),

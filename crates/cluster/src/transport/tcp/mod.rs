@@ -15,11 +15,12 @@ mod settings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -28,7 +29,9 @@ pub use self::settings::{BindError, TcpSettings};
 use super::admission::{Admission, RefusalReason};
 use super::frame_codec::FrameCodec;
 use super::tls::TlsContext;
-use super::{Inboxes, SendError, Transport, TransportStats};
+use super::{
+    EnvelopeHandler, Inboxes, Outbox, PayloadWriter, SendError, Transport, TransportStats,
+};
 use crate::envelope::PROTOCOL_VERSION;
 use crate::{Channel, Envelope, FrameError, NodeAddr, NodeId};
 use handshake::{Accepted, Conn, Hello};
@@ -91,13 +94,14 @@ struct Inner {
     tls: Option<TlsContext>,
     admission: Admission,
     inboxes: Inboxes,
-    peers: Mutex<HashMap<NodeId, Peer>>,
+    /// Read on every send; written when an address is learned.
+    peers: RwLock<HashMap<NodeId, Peer>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct Peer {
     addr: NodeAddr,
-    queue: mpsc::Sender<Bytes>,
+    outbox: Arc<Outbox>,
     task: JoinHandle<()>,
 }
 
@@ -129,7 +133,7 @@ impl TcpTransport {
                 settings.max_inbound_connections,
             ),
             settings,
-            peers: Mutex::new(HashMap::new()),
+            peers: RwLock::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         });
         let accept = tokio::spawn(accept_loop(Arc::clone(&inner), listener));
@@ -157,6 +161,27 @@ impl TcpTransport {
     pub fn inbound_connections(&self) -> usize {
         self.inner.admission.established()
     }
+
+    /// A frame to this node itself: same encoding, no socket.
+    fn loopback(&self, channel: Channel, payload: &mut PayloadWriter<'_>) -> Result<(), SendError> {
+        let node = self.inner.settings.node;
+        let mut frame = BytesMut::new();
+        crate::envelope::put_header(&mut frame, node, node, channel);
+        payload(&mut frame).map_err(SendError::Encode)?;
+        let max = self.inner.settings.max_frame_size;
+        if frame.len() > max {
+            return Err(SendError::TooLarge {
+                size: frame.len(),
+                max,
+            });
+        }
+        self.inner.inboxes.sent.fetch_add(1, Ordering::Relaxed);
+        match Envelope::decode(frame.freeze()) {
+            Ok(envelope) => self.inner.inboxes.deliver(envelope),
+            Err(error) => tracing::error!(%error, "own frame undecodable"),
+        }
+        Ok(())
+    }
 }
 
 impl Drop for TcpTransport {
@@ -164,7 +189,7 @@ impl Drop for TcpTransport {
         for task in lock(&self.inner.tasks).drain(..) {
             task.abort();
         }
-        for (_, peer) in lock(&self.inner.peers).drain() {
+        for (_, peer) in self.inner.peers_mut().drain() {
             peer.task.abort();
         }
     }
@@ -174,59 +199,55 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn queue_full(inner: &Inner, to: NodeId, error: SendError) -> SendError {
+    if matches!(error, SendError::QueueFull { .. }) {
+        inner
+            .inboxes
+            .dropped_queue_full
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(node = %inner.settings.node, peer = %to, "send queue full, message dropped");
+    }
+    error
+}
+
 impl Transport for TcpTransport {
     fn local_node(&self) -> NodeId {
         self.inner.settings.node
     }
 
     fn send(&self, to: NodeId, channel: Channel, payload: Bytes) -> Result<(), SendError> {
-        let frame = Envelope {
-            from: self.inner.settings.node,
-            to,
-            channel,
-            payload,
+        self.send_with(to, channel, &mut |buf: &mut BytesMut| {
+            buf.extend_from_slice(&payload);
+            Ok(())
+        })
+    }
+
+    fn send_with(
+        &self,
+        to: NodeId,
+        channel: Channel,
+        payload: &mut PayloadWriter<'_>,
+    ) -> Result<(), SendError> {
+        let inner = &*self.inner;
+        let node = inner.settings.node;
+        if to == node {
+            return self.loopback(channel, payload);
         }
-        .encode();
-        let max = self.inner.settings.max_frame_size;
-        if frame.len() > max {
-            return Err(SendError::TooLarge {
-                size: frame.len(),
-                max,
-            });
-        }
-        if to == self.inner.settings.node {
-            // Loopback: same codec, no socket.
-            self.inner.inboxes.sent.fetch_add(1, Ordering::Relaxed);
-            match Envelope::decode(frame) {
-                Ok(envelope) => self.inner.inboxes.deliver(envelope),
-                Err(error) => tracing::error!(%error, "own frame undecodable"),
-            }
-            return Ok(());
-        }
-        let peers = lock(&self.inner.peers);
+        let peers = inner.peers();
         let peer = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
-        match peer.queue.try_send(frame) {
-            Ok(()) => {
-                self.inner.inboxes.sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.inner
-                    .inboxes
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %self.inner.settings.node, peer = %to, "send queue full, message dropped");
-                Err(SendError::QueueFull {
-                    peer: to,
-                    capacity: self.inner.settings.send_queue,
-                })
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed(to)),
-        }
+        peer.outbox
+            .push(node, to, channel, payload)
+            .map_err(|error| queue_full(inner, to, error))?;
+        inner.inboxes.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn subscribe(&self, channel: Channel) -> mpsc::Receiver<Envelope> {
         self.inner.inboxes.subscribe(channel)
+    }
+
+    fn subscribe_handler(&self, channel: Channel, handler: EnvelopeHandler) {
+        self.inner.inboxes.subscribe_handler(channel, handler);
     }
 
     fn learn_address(&self, node: NodeId, addr: &NodeAddr) {
@@ -239,22 +260,38 @@ impl Transport for TcpTransport {
 }
 
 impl Inner {
+    fn peers(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Peer>> {
+        self.peers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn peers_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, Peer>> {
+        self.peers.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Starts (or re-points) the outbound connection to `node`.
     fn learn(self: &Arc<Self>, node: NodeId, addr: &NodeAddr) {
         if node == self.settings.node {
             return;
         }
-        let mut peers = lock(&self.peers);
+        let mut peers = self.peers_mut();
         if peers.get(&node).is_some_and(|p| &p.addr == addr) {
             return;
         }
-        let (queue, rx) = mpsc::channel(self.settings.send_queue.max(1));
-        let task = tokio::spawn(outbound(Arc::clone(self), node, addr.clone(), rx));
+        let outbox = Arc::new(Outbox::new(
+            self.settings.send_queue,
+            self.settings.max_frame_size,
+        ));
+        let task = tokio::spawn(outbound(
+            Arc::clone(self),
+            node,
+            addr.clone(),
+            Arc::clone(&outbox),
+        ));
         if let Some(old) = peers.insert(
             node,
             Peer {
                 addr: addr.clone(),
-                queue,
+                outbox,
                 task,
             },
         ) {
@@ -264,7 +301,7 @@ impl Inner {
     }
 
     fn learn_if_unknown(self: &Arc<Self>, node: NodeId, addr: &NodeAddr) {
-        if !lock(&self.peers).contains_key(&node) {
+        if !self.peers().contains_key(&node) {
             self.learn(node, addr);
         }
     }
@@ -385,40 +422,32 @@ async fn inbound(inner: &Arc<Inner>, accepted: Accepted) -> Result<(), Connectio
 }
 
 /// Keeps a connection to `peer` while there is something to write, and
-/// writes queued frames to it. A connection with nothing to write for half
-/// the idle timeout is closed by us (before the peer's idle timeout could
-/// close it under a frame) and opened again by the next frame.
-async fn outbound(
-    inner: Arc<Inner>,
-    peer: NodeId,
-    addr: NodeAddr,
-    mut queue: mpsc::Receiver<Bytes>,
-) {
+/// writes what its outbox holds, everything waiting in one write. A
+/// connection with nothing to write for half the idle timeout is closed by
+/// us (before the peer's idle timeout could close it under a frame) and
+/// opened again by the next frame.
+async fn outbound(inner: Arc<Inner>, peer: NodeId, addr: NodeAddr, outbox: Arc<Outbox>) {
     let settings = &inner.settings;
     let quiet = settings.idle_timeout / 2;
     let mut backoff = settings.backoff_min;
-    let mut held: Option<Bytes> = None;
+    // Connect only once there is something to send.
+    let mut held = Some(outbox.wait().await);
     loop {
         match handshake::connect(&inner, peer, &addr).await {
             Ok(mut conn) => {
                 tracing::info!(node = %settings.node, %peer, %addr, "connected to peer");
                 backoff = settings.backoff_min;
-                match write_until_quiet(&mut conn, &mut queue, &mut held, quiet).await {
-                    Written::Quiet => {
+                match write_until_quiet(&mut conn, &outbox, &mut held, quiet).await {
+                    Ok(()) => {
                         let _ = SinkExt::<Bytes>::close(&mut conn).await;
                         drop(conn);
                         tracing::debug!(node = %settings.node, %peer, "outbound connection idle, closed");
-                        match queue.recv().await {
-                            Some(frame) => {
-                                held = Some(frame);
-                                continue;
-                            }
-                            None => return,
-                        }
+                        held = Some(outbox.wait().await);
+                        continue;
                     }
-                    Written::QueueClosed => return,
-                    Written::Failed(error) => {
-                        tracing::warn!(node = %settings.node, %peer, %error, "write failed, reconnecting");
+                    Err((error, lost)) => {
+                        // At most once: what may have been written in part is not sent again.
+                        tracing::warn!(node = %settings.node, %peer, %error, lost, "write failed, frames lost, reconnecting");
                     }
                 }
             }
@@ -431,38 +460,30 @@ async fn outbound(
     }
 }
 
-enum Written {
-    Quiet,
-    QueueClosed,
-    Failed(std::io::Error),
-}
-
+/// Writes batches until none comes for `quiet`; on a failed write, the
+/// error and the number of frames in the batch that failed.
 async fn write_until_quiet(
     conn: &mut Conn,
-    queue: &mut mpsc::Receiver<Bytes>,
-    held: &mut Option<Bytes>,
+    outbox: &Outbox,
+    held: &mut Option<super::outbox::Batch>,
     quiet: Duration,
-) -> Written {
+) -> Result<(), (std::io::Error, usize)> {
+    // The handshake went through the codec; from here on frames go to the
+    // socket as the outbox laid them out.
+    SinkExt::<Bytes>::flush(conn).await.map_err(|e| (e, 0))?;
     loop {
-        let frame = match held.take() {
-            Some(frame) => frame,
-            None => match tokio::time::timeout(quiet, queue.recv()).await {
-                Err(_) => return Written::Quiet,
-                Ok(None) => return Written::QueueClosed,
-                Ok(Some(frame)) => frame,
+        let batch = match held.take() {
+            Some(batch) => batch,
+            None => match outbox.next(quiet).await {
+                Some(batch) => batch,
+                None => return Ok(()),
             },
         };
-        // Batch what is already queued into one flush (one syscall for a
-        // burst instead of one per frame).
-        let mut written = conn.feed(frame).await;
-        while written.is_ok() {
-            match queue.try_recv() {
-                Ok(next) => written = conn.feed(next).await,
-                Err(_) => break,
-            }
-        }
-        if let Err(error) = written.and(SinkExt::<Bytes>::flush(conn).await) {
-            return Written::Failed(error);
-        }
+        let stream = conn.get_mut();
+        let written = async {
+            stream.write_all(&batch.bytes).await?;
+            stream.flush().await
+        };
+        written.await.map_err(|e| (e, batch.frames))?;
     }
 }
