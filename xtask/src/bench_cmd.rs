@@ -13,7 +13,7 @@ use lease_k8s::emulator::ApiServer;
 use multinode::{CounterMsg, HarnessSettings, MultiNode};
 use serde::Serialize;
 use sharding_coordinator::{CoordinatorRecord, Phase};
-use sharding_core::protocol::{RegionMsg, encode};
+use sharding_core::protocol::{DataMsg, encode};
 use sharding_core::{EntityId, ShardId};
 
 /// Options of `cargo xtask bench`.
@@ -396,29 +396,29 @@ fn throughput_row(
     });
 }
 
+#[derive(Serialize)]
+struct BenchMsg {
+    id: u32,
+}
+
 fn postcard_size() -> usize {
-    #[derive(Serialize)]
-    struct Msg {
-        id: u32,
-    }
-    postcard::to_stdvec(&Msg { id: 12_345 }).map_or(0, |v| v.len())
+    postcard::to_stdvec(&BenchMsg { id: 12_345 }).map_or(0, |v| v.len())
 }
 
 /// The frame a forwarded sharded `tell` puts on the wire (with its 4-byte length).
 fn frame_size() -> usize {
-    let payload = vec![0u8; postcard_size()];
-    let msg = RegionMsg::Deliver {
+    let msg = DataMsg::<BenchMsg, ()>::Deliver {
         shard: ShardId(17),
         entity: EntityId("12345".into()),
-        payload,
         reply_to: None,
         hops: 1,
+        message: BenchMsg { id: 12_345 },
     };
     let Ok(bytes) = encode(&msg) else { return 0 };
     let envelope = Envelope {
         from: NodeId(1),
         to: NodeId(2),
-        channel: Channel(1024),
+        channel: Channel(1026),
         payload: bytes,
     };
     4 + envelope.encode().len()

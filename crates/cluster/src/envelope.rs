@@ -11,7 +11,8 @@ use crate::NodeId;
 
 /// The wire protocol version; a peer speaking another one is refused.
 /// 2: allocations carry their number (the fencing token of durable entities).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: user messages between regions on their own channel, encoded inline.
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Which subsystem an envelope is for; each has its own inbox on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,12 +1,14 @@
 //! The sharding protocol's decoders for fuzzing (feature `fuzzing`): every
-//! region and coordinator message, and a user message as the region decodes
-//! it. See `cluster::fuzzing`.
+//! region and coordinator message, the data between regions, and a user
+//! message as the region decodes it. See `cluster::fuzzing`.
 
 use cluster::NodeId;
 use cluster::fuzzing::Decoder;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{CoordinatorMsg, Directive, RegionMsg, decode, encode};
+use crate::protocol::{
+    CoordinatorMsg, DataIn, DataMsg, Directive, RegionMsg, decode, decode_data, encode,
+};
 use crate::{EntityId, Epoch, ShardId};
 
 /// A user message of the usual shape (the region decodes any user type
@@ -38,16 +40,33 @@ pub fn decoders() -> Vec<Decoder> {
                     epoch,
                     shard: ShardId(4),
                 })),
-                sample(&RegionMsg::Deliver {
+                sample(&RegionMsg::RegisterRequest),
+            ],
+        },
+        Decoder {
+            name: "region data",
+            decode: |b| match decode_data::<UserMsg, u64>(b).map_err(|e| e.to_string())? {
+                DataIn::Deliver { message, .. } => message.map(|_| ()).map_err(|e| e.to_string()),
+                DataIn::Reply { result, .. } => result.map(|_| ()).map_err(|e| e.to_string()),
+            },
+            samples: vec![
+                sample(&DataMsg::<UserMsg, u64>::Deliver {
                     shard: ShardId(1),
                     entity: EntityId("counter-17".into()),
-                    payload: vec![1, 2, 3],
                     reply_to: Some((NodeId(2), 99)),
                     hops: 1,
+                    message: UserMsg::Add {
+                        id: "counter-17".into(),
+                        amount: 3,
+                    },
                 }),
-                sample(&RegionMsg::Reply {
+                sample(&DataMsg::<UserMsg, u64>::Reply {
                     request: 5,
                     result: Err("gone".into()),
+                }),
+                sample(&DataMsg::<UserMsg, u64>::Reply {
+                    request: 6,
+                    result: Ok(12),
                 }),
             ],
         },

@@ -211,31 +211,101 @@ impl Directive {
 pub enum RegionMsg {
     /// From the coordinator.
     Directive(Directive),
+    /// A coordinator asks a region to register with it: when it starts
+    /// recovery, when a member it has no registration from joins its view or
+    /// shows a new incarnation, and when an unregistered region asks it
+    /// something. Not a directive: it moves nothing, so it needs no epoch.
+    RegisterRequest,
+}
+
+/// Region to region, on the type's data channel: user messages and the
+/// replies to asks. The user's message or reply is inline, so it is encoded
+/// once, straight into its frame, and decoded once, by the receiving
+/// connection's task, which hands it to its shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataMsg<M, R> {
     /// A user message for an entity, forwarded by another region.
     Deliver {
         /// The entity's shard.
         shard: ShardId,
         /// The entity.
         entity: EntityId,
-        /// The postcard-encoded user message.
-        payload: Vec<u8>,
         /// Set for `ask`: the asking node and its request number.
         reply_to: Option<(NodeId, u64)>,
         /// Forwarding hops so far; bounded to stop loops while tables disagree.
         hops: u8,
+        /// The user message.
+        message: M,
     },
     /// The answer to a forwarded `ask`.
     Reply {
         /// The request number.
         request: u64,
-        /// The postcard-encoded reply, or why there is none.
-        result: Result<Vec<u8>, String>,
+        /// The entity's reply, or why there is none.
+        result: Result<R, String>,
     },
-    /// A coordinator asks a region to register with it: when it starts
-    /// recovery, when a member it has no registration from joins its view or
-    /// shows a new incarnation, and when an unregistered region asks it
-    /// something. Not a directive: it moves nothing, so it needs no epoch.
-    RegisterRequest,
+}
+
+/// A [`DataMsg`] as received: its head decoded first and the user's part
+/// apart, so that an asker whose message does not decode hears why.
+#[derive(Debug)]
+pub(crate) enum DataIn<M, R> {
+    Deliver {
+        shard: ShardId,
+        entity: EntityId,
+        reply_to: Option<(NodeId, u64)>,
+        hops: u8,
+        message: Result<M, ProtocolError>,
+    },
+    Reply {
+        request: u64,
+        result: Result<Result<R, String>, ProtocolError>,
+    },
+}
+
+/// [`DataMsg`] without its last field; the variants in the same order.
+#[derive(Deserialize)]
+enum DataHead {
+    Deliver {
+        shard: ShardId,
+        entity: EntityId,
+        reply_to: Option<(NodeId, u64)>,
+        hops: u8,
+    },
+    Reply {
+        request: u64,
+    },
+}
+
+/// Decodes a [`DataMsg`] in two steps. Postcard writes a variant's fields in
+/// order with nothing between them, so the head decodes on its own and the
+/// user's part is what follows it.
+pub(crate) fn decode_data<M: DeserializeOwned, R: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<DataIn<M, R>, ProtocolError> {
+    let (head, rest) =
+        postcard::take_from_bytes::<DataHead>(bytes).map_err(|source| ProtocolError {
+            what: "region data",
+            source,
+        })?;
+    Ok(match head {
+        DataHead::Deliver {
+            shard,
+            entity,
+            reply_to,
+            hops,
+        } => DataIn::Deliver {
+            shard,
+            entity,
+            reply_to,
+            hops,
+            message: decode("entity message", rest),
+        },
+        DataHead::Reply { request } => DataIn::Reply {
+            request,
+            result: decode("entity reply", rest),
+        },
+    })
 }
 
 /// Bytes that are not a valid protocol message.
@@ -252,12 +322,21 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Bytes, postcard::Error> {
     postcard::to_stdvec(value).map(Bytes::from)
 }
 
+/// Encodes `value` with postcard at the end of `buf` (a frame being built).
+pub fn encode_into<T: Serialize>(
+    value: &T,
+    buf: &mut bytes::BytesMut,
+) -> Result<(), postcard::Error> {
+    postcard::serialize_with_flavor(value, cluster::BytesFlavor(buf))
+}
+
 /// Decodes a protocol or user message; `what` names it in the error.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, ProtocolError> {
     postcard::from_bytes(bytes).map_err(|source| ProtocolError { what, source })
 }
 
-/// The two channels of an entity type: its regions' and its coordinators'.
+/// The three channels of an entity type: its regions' protocol, its
+/// coordinators', and the user messages between regions.
 ///
 /// Derived from a stable hash of the type name so every node agrees without
 /// configuration; [`TypeChannels::of`] is deterministic.
@@ -267,17 +346,106 @@ pub struct TypeChannels {
     pub region: Channel,
     /// Where coordinators listen.
     pub coordinator: Channel,
+    /// User messages and replies between regions ([`DataMsg`]), apart from
+    /// the protocol so the receiving side hands them on without a task hop.
+    pub data: Channel,
 }
 
 impl TypeChannels {
     /// The channels of `type_name` (never the membership channel).
     pub fn of(type_name: &TypeName) -> Self {
-        let hash = crate::shard_of(&EntityId(type_name.0.clone()), 32_000).0;
-        // Even numbers from 1024 upwards: region = n, coordinator = n + 1.
-        let base = 1024 + u16::try_from(hash).unwrap_or(0) * 2;
+        let hash = crate::shard_of(&EntityId(type_name.0.clone()), 21_000).0;
+        // Multiples of three from 1024 upwards (below 64 026): region = n,
+        // coordinator = n + 1, data = n + 2.
+        let base = 1024 + u16::try_from(hash).unwrap_or(0) * 3;
         Self {
             region: Channel(base),
             coordinator: Channel(base + 1),
+            data: Channel(base + 2),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(msg: &DataMsg<&String, &u64>) -> Vec<u8> {
+        let mut buf = bytes::BytesMut::new();
+        encode_into(msg, &mut buf).expect("encodes");
+        buf.to_vec()
+    }
+
+    #[test]
+    fn a_deliver_decodes_in_two_steps_as_it_was_sent() {
+        let message = "hello".to_string();
+        let bytes = sent(&DataMsg::Deliver {
+            shard: ShardId(3),
+            entity: EntityId::from("e-1"),
+            reply_to: Some((NodeId(2), 77)),
+            hops: 1,
+            message: &message,
+        });
+        match decode_data::<String, u64>(&bytes).expect("a head") {
+            DataIn::Deliver {
+                shard,
+                entity,
+                reply_to,
+                hops,
+                message,
+            } => {
+                assert_eq!(
+                    (shard, entity, reply_to, hops),
+                    (ShardId(3), EntityId::from("e-1"), Some((NodeId(2), 77)), 1)
+                );
+                assert_eq!(message.expect("a message"), "hello");
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        // Same bytes as the owned form: what the snapshot pins is what is sent.
+        let owned = DataMsg::<String, u64>::Deliver {
+            shard: ShardId(3),
+            entity: EntityId::from("e-1"),
+            reply_to: Some((NodeId(2), 77)),
+            hops: 1,
+            message,
+        };
+        assert_eq!(encode(&owned).expect("encodes").to_vec(), bytes);
+    }
+
+    #[test]
+    fn replies_decode_and_a_bad_message_keeps_its_head() {
+        for result in [Ok(&42u64), Err("boom".to_string())] {
+            let expected = result.clone().copied();
+            let bytes = sent(&DataMsg::Reply { request: 9, result });
+            match decode_data::<String, u64>(&bytes).expect("a head") {
+                DataIn::Reply { request, result } => {
+                    assert_eq!(request, 9);
+                    assert_eq!(result.expect("decodes"), expected);
+                }
+                other => panic!("decoded as {other:?}"),
+            }
+        }
+        // A message that is not a String (0xff is no valid length): the
+        // head survives, so the asker can be answered.
+        let mut bytes = sent(&DataMsg::Deliver {
+            shard: ShardId(1),
+            entity: EntityId::from("e"),
+            reply_to: Some((NodeId(4), 5)),
+            hops: 1,
+            message: &String::new(),
+        });
+        bytes.pop();
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        match decode_data::<String, u64>(&bytes).expect("a head") {
+            DataIn::Deliver {
+                reply_to, message, ..
+            } => {
+                assert_eq!(reply_to, Some((NodeId(4), 5)));
+                assert!(message.is_err());
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        assert!(decode_data::<String, u64>(&[7]).is_err(), "no such variant");
     }
 }

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use cluster::NodeId;
 use sharding_core::coordinator::{CoordinatorEvent, CoordinatorState, StateError};
-use sharding_core::protocol::{CoordinatorMsg, Directive, RegionMsg, encode};
+use sharding_core::protocol::{CoordinatorMsg, DataMsg, Directive, RegionMsg, encode};
 use sharding_core::{EntityId, Epoch, ShardId, shard_of};
 
 #[test]
@@ -85,18 +85,23 @@ fn protocol_encodings_are_stable() {
         }),
         RegionMsg::Directive(Directive::BeginHandOff { epoch, shard }),
         RegionMsg::Directive(Directive::HandOff { epoch, shard }),
-        RegionMsg::Deliver {
+        RegionMsg::RegisterRequest,
+    ];
+    // Between regions: the user's message and reply inline (here a string
+    // and a u32), each encoded once.
+    let data_msgs: [DataMsg<String, u32>; 3] = [
+        DataMsg::Deliver {
             shard,
             entity: EntityId::from("cart-1"),
-            payload: vec![1, 2, 3],
             reply_to: Some((NodeId(4), 99)),
             hops: 1,
+            message: "add 3".into(),
         },
-        RegionMsg::Reply {
+        DataMsg::Reply {
             request: 99,
-            result: Ok(vec![42]),
+            result: Ok(42),
         },
-        RegionMsg::Reply {
+        DataMsg::Reply {
             request: 100,
             result: Err("boom".into()),
         },
@@ -106,6 +111,9 @@ fn protocol_encodings_are_stable() {
         writeln!(out, "{m:?}\n  {}", hex(&encode(m).unwrap())).unwrap();
     }
     for m in &region_msgs {
+        writeln!(out, "{m:?}\n  {}", hex(&encode(m).unwrap())).unwrap();
+    }
+    for m in &data_msgs {
         writeln!(out, "{m:?}\n  {}", hex(&encode(m).unwrap())).unwrap();
     }
     insta::assert_snapshot!(out);

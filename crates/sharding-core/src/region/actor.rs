@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
-use super::delivery::{Delivery, ReplyLink, ReplyTo};
+use super::delivery::Delivery;
 use super::shard::{EntityFactory, Shard, ShardCmd, Stopped};
-use super::{RegionCmd, RegionEvent, RegionObserver, ShardingError, Shared};
+use super::{RegionCmd, RegionEvent, RegionObserver, Route, ShardingError, Shared};
 use crate::protocol::{
     CoordinatorMsg, Directive, Epoch, FencingToken, RegionMsg, TypeChannels, decode, encode,
 };
@@ -35,10 +35,6 @@ pub(super) struct Parts<E: Entity> {
 
 pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
     let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
-    let link = Arc::new(ReplyLink {
-        transport: Arc::clone(&parts.transport),
-        channel: parts.channels.region,
-    });
     let inbox = parts.transport.subscribe(parts.channels.region);
     let actor = Actor {
         node: parts.shared.node,
@@ -48,7 +44,6 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         view: parts.view,
         channels: parts.channels,
         observer: parts.observer,
-        link,
         locations: BTreeMap::new(),
         hosted: BTreeSet::new(),
         tokens: BTreeMap::new(),
@@ -56,8 +51,6 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         handing_off: BTreeMap::new(),
         pending: BTreeMap::new(),
         held: BTreeMap::new(),
-        asks: BTreeMap::new(),
-        next_request: 0,
         max_epoch: Epoch::default(),
         registered_with: None,
         leader: None,
@@ -77,8 +70,8 @@ struct Actor<E: Entity> {
     view: ClusterView,
     channels: TypeChannels,
     observer: Option<RegionObserver>,
-    link: Arc<ReplyLink>,
-    /// Known homes of shards (this node included).
+    /// Known homes of shards (this node included). Changed only through
+    /// `set_home` and `forget_home`, which keep the direct routes in step.
     locations: BTreeMap<ShardId, NodeId>,
     /// Shards with a running shard task here (handing-off ones included).
     hosted: BTreeSet<ShardId>,
@@ -86,7 +79,7 @@ struct Actor<E: Entity> {
     /// shard's home is here; its entities' writes carry it.
     tokens: BTreeMap<ShardId, FencingToken>,
     /// Inboxes of the shards hosted here and not handing off. Handles see a
-    /// shard (in `shared.local`) only once the messages buffered for it have
+    /// shard (in `shared.routes`) only once the messages buffered for it have
     /// been passed on, so one sender's messages keep their order.
     senders: BTreeMap<ShardId, mpsc::Sender<ShardCmd<E>>>,
     /// Shards being handed off, and the coordinator node that asked (none
@@ -97,9 +90,6 @@ struct Actor<E: Entity> {
     /// Messages for a shard being handed off from here: they wait until the
     /// shard has returned what it had not delivered, so they stay behind it.
     held: BTreeMap<ShardId, VecDeque<Delivery<E>>>,
-    /// Asks forwarded to other nodes, by request number.
-    asks: BTreeMap<u64, oneshot::Sender<Result<E::Reply, ShardingError>>>,
-    next_request: u64,
     /// The highest epoch obeyed (I3).
     max_epoch: Epoch,
     registered_with: Option<NodeId>,
@@ -168,11 +158,7 @@ impl<E: Entity> Actor<E> {
 
     fn stop(&mut self) {
         // Dropping the senders stops every shard.
-        self.shared
-            .local
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.shared.routes_mut().clear();
         self.senders.clear();
         let waiting: Vec<VecDeque<Delivery<E>>> = std::mem::take(&mut self.pending)
             .into_values()
@@ -220,10 +206,11 @@ impl<E: Entity> Actor<E> {
             .collect();
         let before = std::mem::replace(&mut self.incarnations, incarnations);
         let node = self.node;
-        let now = &self.incarnations;
-        self.locations.retain(|_, home| {
-            *home == node || (now.contains_key(home) && before.get(home) == now.get(home))
+        let now = std::mem::take(&mut self.incarnations);
+        self.retain_homes(|home| {
+            home == node || (now.contains_key(&home) && before.get(&home) == now.get(&home))
         });
+        self.incarnations = now;
     }
 
     /// When the tenure lapses, while shards may be hosted under it.
@@ -272,13 +259,9 @@ impl<E: Entity> Actor<E> {
         // Their homes are the coordinator's to say again: it may have moved
         // them by the time we are granted a tenure again.
         let node = self.node;
-        self.locations.retain(|_, home| *home != node);
+        self.retain_homes(|home| home != node);
         tracing::warn!(node = %self.node, type_name = %self.shared.type_name, shards = shards.len(), "shard tenure lapsed; stopping every shard until the coordinator renews it");
-        self.shared
-            .local
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        (self.shared.routes_mut()).retain(|_, route| matches!(route, Route::Remote(_)));
         for shard in shards {
             if let Some(sender) = self.senders.remove(&shard) {
                 self.handing_off.insert(shard, None);
@@ -370,7 +353,7 @@ impl<E: Entity> Actor<E> {
         if self.shutting_down.is_some() {
             self.request_shutdown();
         }
-        self.asks.retain(|_, tx| !tx.is_closed());
+        self.shared.asks().retain(|_, tx| !tx.is_closed());
     }
 
     fn to_coordinator(&self, node: NodeId, msg: &CoordinatorMsg) {
@@ -433,7 +416,7 @@ impl<E: Entity> Actor<E> {
             Some(_) if d.hops > 0 && !d.rehomed => {
                 let mut d = d;
                 d.rehomed = true;
-                self.locations.remove(&d.shard);
+                self.forget_home(d.shard);
                 self.buffer(d);
             }
             Some(home) => self.forward(home, d),
@@ -489,62 +472,14 @@ impl<E: Entity> Actor<E> {
             let why = format!("dropped after {} hops (shard tables disagree)", d.hops);
             return self.drop_delivery(d, ShardingError::Undeliverable(why), false);
         }
-        let payload = match encode(&d.message) {
-            Ok(p) => p.to_vec(),
-            Err(e) => return self.drop_delivery(d, ShardingError::Codec(e.to_string()), false),
-        };
-        let Delivery {
-            shard,
-            entity,
-            reply,
-            hops,
-            counted,
-            ..
-        } = d;
-        let (reply_to, local_ask) = match reply {
-            ReplyTo::Nobody => (None, None),
-            ReplyTo::Local(tx) => {
-                let request = self.next_request;
-                self.next_request += 1;
-                self.asks.insert(request, tx);
-                (Some((self.node, request)), Some(request))
-            }
-            ReplyTo::Remote {
-                origin, request, ..
-            } => (Some((origin, request)), None),
-        };
-        let msg = RegionMsg::Deliver {
-            shard,
-            entity,
-            payload,
-            reply_to,
-            hops: hops.saturating_add(1),
-        };
-        let sent = encode(&msg)
-            .map_err(|e| ShardingError::Codec(e.to_string()))
-            .and_then(|bytes| {
-                self.transport
-                    .send(home, self.channels.region, bytes)
-                    .map_err(|e| ShardingError::Undeliverable(e.to_string()))
-            });
+        let (shard, counted) = (d.shard, d.counted);
+        let sent = self.shared.send_to(home, d);
+        // Only now: the message is in the peer's outbox ahead of anything a
+        // handle sends there next.
         if counted {
             self.shared.via_region(shard).fetch_sub(1, Ordering::AcqRel);
         }
-        match sent {
-            Ok(()) => {
-                self.shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(error) => {
-                self.shared
-                    .stats
-                    .dropped_undeliverable
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %self.node, %home, %shard, %error, "forward failed, message dropped");
-                if let Some(tx) = local_ask.and_then(|r| self.asks.remove(&r)) {
-                    let _ = tx.send(Err(error));
-                }
-            }
-        }
+        let _ = self.shared.count_forward(home, sent);
     }
 
     /// Keeps `d` until its handed-off shard has returned its backlog.
@@ -611,15 +546,59 @@ impl<E: Entity> Actor<E> {
         self.publish(shard);
     }
 
-    /// Lets handles deliver to `shard` directly (after its backlog went in).
+    /// Lets handles send to `shard` directly, once nothing for it waits
+    /// here (its backlog went first): into its inbox if hosted here, to its
+    /// node if elsewhere.
     fn publish(&self, shard: ShardId) {
         if let Some(sender) = self.senders.get(&shard) {
-            self.shared
-                .local
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(shard)
-                .or_insert_with(|| sender.clone());
+            let route = Route::Local(sender.clone());
+            self.shared.routes_mut().insert(shard, route);
+            return;
+        }
+        let Some(&home) = self.locations.get(&shard) else {
+            return;
+        };
+        let waiting = self.pending.contains_key(&shard)
+            || self.held.contains_key(&shard)
+            || self.handing_off.contains_key(&shard);
+        if home != self.node && !waiting {
+            let mut routes = self.shared.routes_mut();
+            // A shard still running here keeps its inbox route until handed off.
+            if !matches!(routes.get(&shard), Some(Route::Local(_))) {
+                routes.insert(shard, Route::Remote(home));
+            }
+        }
+    }
+
+    /// Records `shard`'s home; a changed home withdraws the direct route
+    /// to the old one (re-published by `publish` when due).
+    fn set_home(&mut self, shard: ShardId, home: NodeId) {
+        if self.locations.insert(shard, home) != Some(home) {
+            self.withdraw_remote(shard);
+        }
+    }
+
+    /// Forgets `shard`'s home and any direct route to it.
+    fn forget_home(&mut self, shard: ShardId) {
+        if self.locations.remove(&shard).is_some() {
+            self.withdraw_remote(shard);
+        }
+    }
+
+    fn retain_homes(&mut self, keep: impl Fn(NodeId) -> bool) {
+        let gone: Vec<ShardId> = (self.locations.iter())
+            .filter(|(_, home)| !keep(**home))
+            .map(|(shard, _)| *shard)
+            .collect();
+        for shard in gone {
+            self.forget_home(shard);
+        }
+    }
+
+    fn withdraw_remote(&self, shard: ShardId) {
+        let mut routes = self.shared.routes_mut();
+        if matches!(routes.get(&shard), Some(Route::Remote(_))) {
+            routes.remove(&shard);
         }
     }
 
@@ -642,7 +621,7 @@ impl<E: Entity> Actor<E> {
         );
         self.senders.insert(shard, sender);
         self.hosted.insert(shard);
-        self.locations.insert(shard, self.node);
+        self.set_home(shard, self.node);
         tracing::debug!(node = %self.node, %shard, "shard started");
         self.observe(RegionEvent::ShardStarted(shard));
         // Whatever started it, our coordinator hears of it: one it homed
@@ -684,55 +663,9 @@ impl<E: Entity> Actor<E> {
         };
         match msg {
             RegionMsg::Directive(directive) => self.on_directive(envelope.from, directive),
-            RegionMsg::Deliver {
-                shard,
-                entity,
-                payload,
-                reply_to,
-                hops,
-            } => {
-                let reply = match reply_to {
-                    None => ReplyTo::Nobody,
-                    Some((origin, request)) => ReplyTo::Remote {
-                        origin,
-                        request,
-                        link: Arc::clone(&self.link),
-                    },
-                };
-                match decode::<E::Message>("entity message", &payload) {
-                    Ok(message) => self.route(Delivery {
-                        shard,
-                        entity,
-                        message,
-                        reply,
-                        hops,
-                        counted: false,
-                        rehomed: false,
-                    }),
-                    Err(error) => {
-                        self.shared
-                            .stats
-                            .dropped_undeliverable
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(node = %self.node, from = %envelope.from, %entity, %error, "undecodable entity message dropped");
-                        reply.send(Err(ShardingError::Codec(error.to_string())));
-                    }
-                }
-            }
             RegionMsg::RegisterRequest => {
                 self.registered_with = None;
                 self.register_with(envelope.from);
-            }
-            RegionMsg::Reply { request, result } => {
-                let Some(tx) = self.asks.remove(&request) else {
-                    return; // the asker timed out already
-                };
-                let answer = match result {
-                    Ok(bytes) => decode::<E::Reply>("entity reply", &bytes)
-                        .map_err(|e| ShardingError::Codec(e.to_string())),
-                    Err(remote) => Err(ShardingError::Remote(remote)),
-                };
-                let _ = tx.send(answer);
             }
         }
     }
@@ -782,9 +715,14 @@ impl<E: Entity> Actor<E> {
                 self.registered_with = Some(from);
                 // Homes here that nothing runs are hearsay from before this
                 // registration; ask again rather than start them.
-                let (node, hosted) = (self.node, &self.hosted);
-                self.locations
-                    .retain(|shard, home| *home != node || hosted.contains(shard));
+                let node = self.node;
+                let stale: Vec<ShardId> = (self.locations.iter())
+                    .filter(|(shard, home)| **home == node && !self.hosted.contains(shard))
+                    .map(|(shard, _)| *shard)
+                    .collect();
+                for shard in stale {
+                    self.forget_home(shard);
+                }
                 self.renew();
                 let waiting: Vec<ShardId> = self.pending.keys().copied().collect();
                 for shard in waiting {
@@ -797,7 +735,7 @@ impl<E: Entity> Actor<E> {
                 allocation,
                 ..
             } => {
-                self.locations.insert(shard, region);
+                self.set_home(shard, region);
                 if region != self.node {
                     self.tokens.remove(&shard);
                 } else if !self.hosted.contains(&shard) {
@@ -821,7 +759,7 @@ impl<E: Entity> Actor<E> {
                     if !self.may_host() {
                         // Not acknowledged: the coordinator asks again, and
                         // by then the grant has come (I5).
-                        self.locations.insert(shard, self.node);
+                        self.set_home(shard, self.node);
                         return self.renew();
                     }
                     self.start_shard(shard);
@@ -832,18 +770,16 @@ impl<E: Entity> Actor<E> {
             }
             Directive::BeginHandOff { shard, .. } => {
                 if !self.hosted.contains(&shard) {
-                    self.locations.remove(&shard);
+                    // Withdraws the direct route too: handles send nothing
+                    // more to the old home once this is acknowledged.
+                    self.forget_home(shard);
                 }
                 self.to_coordinator(from, &CoordinatorMsg::BeginHandOffAck { shard });
             }
             Directive::HandOff { shard, .. } => {
-                self.locations.remove(&shard);
+                self.forget_home(shard);
                 self.tokens.remove(&shard);
-                self.shared
-                    .local
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&shard);
+                self.shared.routes_mut().remove(&shard);
                 match self.senders.remove(&shard) {
                     Some(sender) => {
                         self.handing_off.insert(shard, Some(from));

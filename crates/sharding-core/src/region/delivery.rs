@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cluster::{Channel, NodeId, Transport};
 use tokio::sync::oneshot;
 
-use crate::protocol::{RegionMsg, encode};
+use crate::protocol::{DataMsg, encode_into};
 use crate::{Entity, EntityId, ShardId, ShardingError};
 
 /// Where an entity's reply goes.
@@ -22,7 +22,7 @@ pub(crate) enum ReplyTo<E: Entity> {
     },
 }
 
-/// What a remote reply needs to travel back.
+/// What a remote reply needs to travel back: the type's data channel.
 pub(crate) struct ReplyLink {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) channel: Channel,
@@ -56,18 +56,13 @@ impl<E: Entity> ReplyTo<E> {
                 request,
                 link,
             } => {
-                let result = result.map_err(|e| e.to_string()).and_then(|reply| {
-                    encode(&reply)
-                        .map(|b| b.to_vec())
-                        .map_err(|e| e.to_string())
-                });
-                let sent = encode(&RegionMsg::Reply { request, result })
-                    .map_err(|e| e.to_string())
-                    .and_then(|bytes| {
-                        link.transport
-                            .send(origin, link.channel, bytes)
-                            .map_err(|e| e.to_string())
-                    });
+                let msg = DataMsg::<&E::Message, &E::Reply>::Reply {
+                    request,
+                    result: result.as_ref().map_err(|e| e.to_string()),
+                };
+                let sent = link
+                    .transport
+                    .send_with(origin, link.channel, &mut |buf| encode_into(&msg, buf));
                 if let Err(error) = sent {
                     tracing::warn!(%origin, request, %error, "reply to a remote ask lost");
                 }

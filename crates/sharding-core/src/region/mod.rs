@@ -1,9 +1,12 @@
 //! The shard region: one per entity type per node; routes every message to
 //! the one place its entity lives.
 //!
-//! Routing a message to a shard hosted on this node is a map read and a
-//! channel send from the caller's task (the hot path); everything else
-//! (remote shards, unknown shards, directives) goes through the region task.
+//! Routing a message is a map read from the caller's task (the hot path):
+//! to a shard hosted on this node, a channel send; to a shard on another
+//! node, the message encoded straight into the frame for that node. Messages
+//! arriving from other nodes take the same path from the connection's task.
+//! Everything else (unknown homes, handoffs, directives) goes through the
+//! region task.
 
 mod actor;
 mod delivery;
@@ -11,16 +14,16 @@ mod shard;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use cluster::{ClusterView, NodeId, Transport};
+use cluster::{ClusterView, Envelope, NodeId, SendError, Transport};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{Epoch, TypeChannels};
+use crate::protocol::{DataIn, DataMsg, Epoch, TypeChannels, decode_data, encode_into};
 use crate::{Entity, EntityId, MessageExtractor, ShardId, TypeName};
 
-use delivery::{Delivery, ReplyTo};
+use delivery::{Delivery, ReplyLink, ReplyTo};
 use shard::ShardCmd;
 
 /// Tunables of a region. Defaults follow DESIGN.md section 10.
@@ -200,16 +203,28 @@ pub(crate) enum RegionCmd<E: Entity> {
     Stop,
 }
 
-/// Senders to the shards hosted here; foldhash, since every local send looks one up.
-type LocalShards<E> = HashMap<ShardId, mpsc::Sender<ShardCmd<E>>, foldhash::fast::FixedState>;
+/// Where a handle sends a shard's messages without the region task.
+enum Route<E: Entity> {
+    /// Hosted here: the shard's inbox.
+    Local(mpsc::Sender<ShardCmd<E>>),
+    /// Hosted on that node, and nothing for the shard waits in the region.
+    Remote(NodeId),
+}
+
+/// Routes of the shards whose home is settled; foldhash, since every send
+/// looks one up.
+type Routes<E> = HashMap<ShardId, Route<E>, foldhash::fast::FixedState>;
+
+/// Who waits for the reply to an ask sent to another node.
+type Asker<E> = oneshot::Sender<Result<<E as Entity>::Reply, ShardingError>>;
 
 struct Shared<E: Entity> {
     type_name: TypeName,
     node: NodeId,
     num_shards: u32,
     extractor: Arc<dyn MessageExtractor<E::Message>>,
-    /// Shards hosted here, read on every local send.
-    local: RwLock<LocalShards<E>>,
+    /// Read on every send.
+    routes: RwLock<Routes<E>>,
     commands: mpsc::Sender<RegionCmd<E>>,
     settings: RegionSettings,
     stats: Arc<RegionStats>,
@@ -218,11 +233,18 @@ struct Shared<E: Entity> {
     /// shard tenure lapses until it is granted again (I5). An atomic flag,
     /// so that delivery never reads a clock.
     hosting: Arc<AtomicBool>,
-    /// Per shard (modulo the array length): messages from local handles still
-    /// inside the region task. While non-zero, handles do not take the fast
-    /// path for that shard, so one sender's messages never overtake each
-    /// other on the two paths.
+    /// Per shard (modulo the array length): messages from handles (and
+    /// from other nodes) still inside the region task. While non-zero,
+    /// nothing takes the direct route for that shard, so one sender's
+    /// messages never overtake each other on the two paths.
     via_region: Box<[AtomicU64]>,
+    transport: Arc<dyn Transport>,
+    channels: TypeChannels,
+    /// How replies to asks from other nodes go back.
+    link: Arc<ReplyLink>,
+    /// Asks sent to other nodes, by request number.
+    asks: Mutex<HashMap<u64, Asker<E>>>,
+    next_request: AtomicU64,
 }
 
 impl<E: Entity> Shared<E> {
@@ -231,8 +253,204 @@ impl<E: Entity> Shared<E> {
         &self.via_region[i]
     }
 
-    fn local(&self) -> RwLockReadGuard<'_, LocalShards<E>> {
-        self.local.read().unwrap_or_else(|e| e.into_inner())
+    fn routes(&self) -> RwLockReadGuard<'_, Routes<E>> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn routes_mut(&self) -> RwLockWriteGuard<'_, Routes<E>> {
+        self.routes.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn asks(&self) -> MutexGuard<'_, HashMap<u64, Asker<E>>> {
+        self.asks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The hot path: straight to the shard's inbox or its node when the
+    /// route is settled, else through the region task. A refused delivery
+    /// is counted, and its asker (here or remote) told why.
+    fn route(&self, mut delivery: Delivery<E>) -> Result<(), ShardingError> {
+        let via_region = self.via_region(delivery.shard);
+        if via_region.load(Ordering::Acquire) == 0 {
+            let routes = self.routes();
+            match routes.get(&delivery.shard) {
+                // Sent under the read lock: no sender clone per message.
+                Some(Route::Local(shard)) => match shard.try_send(ShardCmd::Deliver(delivery)) {
+                    Ok(()) => {
+                        self.stats.delivered_local.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err(mpsc::error::TrySendError::Full(ShardCmd::Deliver(d))) => {
+                        return Err(self.full(d, self.settings.shard_inbox));
+                    }
+                    // The shard is stopping; let the region task reroute.
+                    Err(mpsc::error::TrySendError::Closed(ShardCmd::Deliver(d))) => delivery = d,
+                    Err(_) => return Ok(()),
+                },
+                // Only first hops: a message forwarded here for a shard we
+                // think is elsewhere goes to the region task, which asks the
+                // coordinator rather than bounce it on. Sent under the read
+                // lock: once the region task has removed the route (before it
+                // acknowledges a handoff), nothing more goes to the old home.
+                Some(Route::Remote(home)) if delivery.hops == 0 => {
+                    let home = *home;
+                    let sent = self.send_to(home, delivery);
+                    drop(routes);
+                    return self.count_forward(home, sent);
+                }
+                _ => {}
+            }
+        }
+        let capacity = self.settings.buffer_size;
+        if self.stats.buffered.load(Ordering::Relaxed) >= capacity {
+            return Err(self.full(delivery, capacity));
+        }
+        delivery.counted = true;
+        via_region.fetch_add(1, Ordering::AcqRel);
+        let (error, d) = match self.commands.try_send(RegionCmd::Route(delivery)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(RegionCmd::Route(d))) => {
+                via_region.fetch_sub(1, Ordering::AcqRel);
+                return Err(self.full(d, capacity));
+            }
+            Err(mpsc::error::TrySendError::Closed(RegionCmd::Route(d))) => {
+                (ShardingError::RegionStopped, d)
+            }
+            Err(_) => return Ok(()), // only deliveries are sent here
+        };
+        via_region.fetch_sub(1, Ordering::AcqRel);
+        d.fail(error.clone());
+        Err(error)
+    }
+
+    fn full(&self, d: Delivery<E>, capacity: usize) -> ShardingError {
+        self.stats
+            .dropped_buffer_full
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(type_name = %self.type_name, capacity, "buffer full, message dropped");
+        let error = ShardingError::BufferFull { capacity };
+        d.fail(error.clone());
+        error
+    }
+
+    /// Encodes `d` straight into a frame for `home`. On failure an ask
+    /// from here is forgotten and told why; the caller counts.
+    fn send_to(&self, home: NodeId, d: Delivery<E>) -> Result<(), ShardingError> {
+        let Delivery {
+            shard,
+            entity,
+            message,
+            reply,
+            hops,
+            ..
+        } = d;
+        let (reply_to, asked_here) = match reply {
+            ReplyTo::Nobody => (None, None),
+            ReplyTo::Local(tx) => {
+                let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+                self.asks().insert(request, tx);
+                (Some((self.node, request)), Some(request))
+            }
+            ReplyTo::Remote {
+                origin, request, ..
+            } => (Some((origin, request)), None),
+        };
+        let msg = DataMsg::<&E::Message, &E::Reply>::Deliver {
+            shard,
+            entity,
+            reply_to,
+            hops: hops.saturating_add(1),
+            message: &message,
+        };
+        let sent = self
+            .transport
+            .send_with(home, self.channels.data, &mut |buf| encode_into(&msg, buf));
+        sent.map_err(|error| {
+            let error = match error {
+                SendError::Encode(e) => ShardingError::Codec(e.to_string()),
+                e => ShardingError::Undeliverable(e.to_string()),
+            };
+            if let Some(tx) = asked_here.and_then(|r| self.asks().remove(&r)) {
+                let _ = tx.send(Err(error.clone()));
+            }
+            error
+        })
+    }
+
+    /// Counts a forward's outcome.
+    fn count_forward(
+        &self,
+        home: NodeId,
+        sent: Result<(), ShardingError>,
+    ) -> Result<(), ShardingError> {
+        match &sent {
+            Ok(()) => self.stats.forwarded.fetch_add(1, Ordering::Relaxed),
+            Err(error) => {
+                tracing::warn!(node = %self.node, %home, %error, "forward failed, message dropped");
+                self.stats
+                    .dropped_undeliverable
+                    .fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        sent
+    }
+
+    /// A user message or reply from another region, on the receiving
+    /// connection's task: decoded once and routed like a local send.
+    fn on_data(&self, envelope: Envelope) {
+        let from = envelope.from;
+        let undeliverable = |what: &str, error: &dyn std::fmt::Display| {
+            self.stats
+                .dropped_undeliverable
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node = %self.node, %from, %error, "{what} dropped");
+        };
+        match decode_data::<E::Message, E::Reply>(&envelope.payload) {
+            Err(error) => undeliverable("undecodable region data", &error),
+            Ok(DataIn::Deliver {
+                shard,
+                entity,
+                reply_to,
+                hops,
+                message,
+            }) => {
+                let reply = match reply_to {
+                    None => ReplyTo::Nobody,
+                    Some((origin, request)) => ReplyTo::Remote {
+                        origin,
+                        request,
+                        link: Arc::clone(&self.link),
+                    },
+                };
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        undeliverable("undecodable entity message", &error);
+                        return reply.send(Err(ShardingError::Codec(error.to_string())));
+                    }
+                };
+                // A refusal is counted, logged and answered inside.
+                let _ = self.route(Delivery {
+                    shard,
+                    entity,
+                    message,
+                    reply,
+                    hops,
+                    counted: false,
+                    rehomed: false,
+                });
+            }
+            Ok(DataIn::Reply { request, result }) => {
+                let Some(tx) = self.asks().remove(&request) else {
+                    return; // the asker timed out already
+                };
+                let answer = match result {
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(remote)) => Err(ShardingError::Remote(remote)),
+                    Err(error) => Err(ShardingError::Codec(error.to_string())),
+                };
+                let _ = tx.send(answer);
+            }
+        }
     }
 }
 
@@ -265,7 +483,7 @@ impl<E: Entity> ShardRegion<E> {
             node,
             num_shards: config.settings.num_shards.max(1),
             extractor: config.extractor,
-            local: RwLock::new(LocalShards::default()),
+            routes: RwLock::new(Routes::default()),
             commands,
             settings: config.settings.clone(),
             stats: Arc::clone(&stats),
@@ -274,7 +492,25 @@ impl<E: Entity> ShardRegion<E> {
             via_region: (0..config.settings.num_shards.clamp(1, 65_536))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            transport: Arc::clone(&transport),
+            channels,
+            link: Arc::new(ReplyLink {
+                transport: Arc::clone(&transport),
+                channel: channels.data,
+            }),
+            asks: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(0),
         });
+        // Weak: the transport outlives a stopped region.
+        let weak = Arc::downgrade(&shared);
+        transport.subscribe_handler(
+            channels.data,
+            Arc::new(move |envelope| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.on_data(envelope);
+                }
+            }),
+        );
         actor::spawn(actor::Parts {
             shared: Arc::clone(&shared),
             factory: config.factory,
@@ -295,7 +531,7 @@ impl<E: Entity> ShardRegion<E> {
     /// including across a handoff of their shard.
     pub fn tell(&self, message: E::Message) -> Result<(), ShardingError> {
         let delivery = self.delivery(message, ReplyTo::Nobody);
-        self.route(delivery)
+        self.shared.route(delivery)
     }
 
     /// Sends `message` and waits for the entity's reply, up to the ask timeout.
@@ -303,7 +539,7 @@ impl<E: Entity> ShardRegion<E> {
         let (tx, rx) = oneshot::channel();
         let delivery = self.delivery(message, ReplyTo::Local(tx));
         let entity = delivery.entity.clone();
-        self.route(delivery)?;
+        self.shared.route(delivery)?;
         let after = self.shared.settings.ask_timeout;
         match tokio::time::timeout(after, rx).await {
             Ok(Ok(result)) => result,
@@ -316,7 +552,10 @@ impl<E: Entity> ShardRegion<E> {
 
     /// The shards hosted on this node now.
     pub fn hosted_shards(&self) -> Vec<ShardId> {
-        let mut shards: Vec<_> = self.shared.local().keys().copied().collect();
+        let mut shards: Vec<_> = (self.shared.routes().iter())
+            .filter(|(_, route)| matches!(route, Route::Local(_)))
+            .map(|(shard, _)| *shard)
+            .collect();
         shards.sort();
         shards
     }
@@ -387,52 +626,5 @@ impl<E: Entity> ShardRegion<E> {
             counted: false,
             rehomed: false,
         }
-    }
-
-    /// The hot path: straight to a local shard when there is one.
-    fn route(&self, delivery: Delivery<E>) -> Result<(), ShardingError> {
-        let shared = &*self.shared;
-        let via_region = shared.via_region(delivery.shard);
-        let fast = via_region.load(Ordering::Acquire) == 0;
-        let local = fast.then(|| shared.local());
-        let mut delivery = match local.as_ref().and_then(|l| l.get(&delivery.shard)) {
-            // Sent under the read lock: no sender clone per message.
-            Some(shard) => match shard.try_send(ShardCmd::Deliver(delivery)) {
-                Ok(()) => {
-                    shared.stats.delivered_local.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(self.full(shared.settings.shard_inbox));
-                }
-                // The shard is stopping; let the region task reroute.
-                Err(mpsc::error::TrySendError::Closed(ShardCmd::Deliver(d))) => d,
-                Err(mpsc::error::TrySendError::Closed(ShardCmd::HandOff)) => return Ok(()),
-            },
-            None => delivery,
-        };
-        drop(local);
-        let capacity = shared.settings.buffer_size;
-        if shared.stats.buffered.load(Ordering::Relaxed) >= capacity {
-            return Err(self.full(capacity));
-        }
-        delivery.counted = true;
-        via_region.fetch_add(1, Ordering::AcqRel);
-        let refused = match shared.commands.try_send(RegionCmd::Route(delivery)) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => self.full(capacity),
-            Err(mpsc::error::TrySendError::Closed(_)) => ShardingError::RegionStopped,
-        };
-        via_region.fetch_sub(1, Ordering::AcqRel);
-        Err(refused)
-    }
-
-    fn full(&self, capacity: usize) -> ShardingError {
-        self.shared
-            .stats
-            .dropped_buffer_full
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(type_name = %self.shared.type_name, capacity, "buffer full, message dropped");
-        ShardingError::BufferFull { capacity }
     }
 }
