@@ -27,9 +27,9 @@ async fn a_write_paused_past_its_tenure_is_refused_by_the_store() {
     let region = harness.region(id(1)).clone();
     let counter = (0..64)
         .map(entity)
-        .find(|e| hosts.get(&region.shard_of(&EntityId(e.clone()))) == Some(&vec![id(3)]))
+        .find(|e| hosts.get(&region.shard_of(&EntityId::from(e.as_str()))) == Some(&vec![id(3)]))
         .expect("a counter on node 3");
-    let key = EntityId(counter.clone());
+    let key = EntityId::from(&counter);
     let states = harness.states().clone();
 
     // Node 3's incarnation is on its way to the store when node 3 pauses

@@ -409,7 +409,7 @@ fn postcard_size() -> usize {
 fn frame_size() -> usize {
     let msg = DataMsg::<BenchMsg, ()>::Deliver {
         shard: ShardId(17),
-        entity: EntityId("12345".into()),
+        entity: EntityId::from("12345"),
         reply_to: None,
         hops: 1,
         message: BenchMsg { id: 12_345 },
@@ -458,7 +458,7 @@ fn failover() -> (f64, f64) {
             let region = h.region(NodeId(4)).clone();
             let victim = (0..200)
                 .map(|i| format!("e{i}"))
-                .find(|e| on_one.contains(&region.shard_of(&EntityId(e.clone()))))
+                .find(|e| on_one.contains(&region.shard_of(&EntityId::from(e.as_str()))))
                 .unwrap_or_else(|| "e0".into());
             let t0 = tokio::time::Instant::now();
             if partition {

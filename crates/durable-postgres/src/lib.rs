@@ -178,7 +178,7 @@ impl PgStateStore {
             "SELECT token_epoch, token_allocation FROM {} WHERE entity_id = $1",
             self.table
         );
-        match client.query_opt(&sql, &[&entity.0]).await {
+        match client.query_opt(&sql, &[&entity.as_str()]).await {
             Ok(Some(row)) => {
                 let (epoch, allocation): (i64, i64) = (row.get(0), row.get(1));
                 format!("epoch-{epoch}/{allocation}")
@@ -221,7 +221,7 @@ impl StateStore for PgStateStore {
         let (epoch, allocation) = columns(entity, token)?;
         let client = self.client().await?;
         let row = client
-            .query_opt(&self.claim_sql, &[&entity.0, &epoch, &allocation])
+            .query_opt(&self.claim_sql, &[&entity.as_str(), &epoch, &allocation])
             .await
             .map_err(|e| unavailable(&self.table, e))?;
         match row {
@@ -248,7 +248,10 @@ impl StateStore for PgStateStore {
         let (epoch, allocation) = columns(entity, token)?;
         let client = self.client().await?;
         let written = client
-            .execute(&self.save_sql, &[&entity.0, &epoch, &allocation, &state])
+            .execute(
+                &self.save_sql,
+                &[&entity.as_str(), &epoch, &allocation, &state],
+            )
             .await
             .map_err(|e| unavailable(&self.table, e))?;
         if written == 1 {

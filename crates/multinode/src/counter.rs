@@ -41,7 +41,7 @@ impl CounterMsg {
 
     /// The entity id extractor for counters.
     pub fn entity_id(&self) -> EntityId {
-        EntityId(self.id.clone())
+        EntityId::from(&self.id)
     }
 }
 

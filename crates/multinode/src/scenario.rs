@@ -425,7 +425,7 @@ impl Run {
         };
         let region = self.harness.region(via);
         let asks = self.probes.iter().map(|entity| {
-            let shard = shard_of(&EntityId(entity.clone()), PROBE_SHARDS);
+            let shard = shard_of(&EntityId::from(entity.as_str()), PROBE_SHARDS);
             let ask = region.ask(CounterMsg::get(entity.clone()));
             async move { (shard, matches!(timeout(tick, ask).await, Ok(Ok(_)))) }
         });
@@ -902,7 +902,7 @@ impl Run {
                     self.asks_ok += 1;
                 } else {
                     self.asks_failed += 1;
-                    let shard = shard_of(&EntityId(entity.clone()), PROBE_SHARDS);
+                    let shard = shard_of(&EntityId::from(entity.as_str()), PROBE_SHARDS);
                     unreachable.push((shard, via));
                 }
             }
@@ -922,7 +922,7 @@ impl Run {
             .attempted
             .keys()
             .filter_map(|counter| {
-                let bytes = states.state(&EntityId(counter.clone()))?;
+                let bytes = states.state(&EntityId::from(counter.as_str()))?;
                 let value = postcard::from_bytes::<i64>(&bytes).ok()?;
                 Some((counter.clone(), value))
             })
@@ -1034,7 +1034,7 @@ fn probe_entities(num_shards: u32) -> Vec<String> {
     while by_shard.len() < num_shards as usize {
         let id = format!("probe-{i}");
         by_shard
-            .entry(shard_of(&EntityId(id.clone()), num_shards))
+            .entry(shard_of(&EntityId::from(&id), num_shards))
             .or_insert(id);
         i += 1;
     }

@@ -60,7 +60,7 @@ async fn node(store: PgStateStore) -> Node {
     let mut settings = ShardingSettings::new(
         "durable-bench",
         |m: &Op| match m {
-            Op::Add(id) | Op::Get(id) => EntityId(id.to_string()),
+            Op::Add(id) | Op::Get(id) => EntityId::from(*id),
         },
         move |_: &EntityId| DurableCounter::new(Counter, store.clone()),
     );

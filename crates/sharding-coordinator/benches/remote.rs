@@ -59,11 +59,8 @@ async fn two_nodes(certs: Option<&std::path::Path>) -> Pair {
         let membership =
             Membership::start(t.clone(), NodeAddr::from(t.local_addr()), ms).expect("membership");
         let sharding = ClusterSharding::new(t.clone(), membership.view());
-        let mut settings = ShardingSettings::new(
-            "bench",
-            |m: &Msg| EntityId(m.id.to_string()),
-            |_: &EntityId| Sink,
-        );
+        let mut settings =
+            ShardingSettings::new("bench", |m: &Msg| EntityId::from(m.id), |_: &EntityId| Sink);
         settings.coordinator.recovery_timeout = Duration::from_millis(200);
         settings.region.retry_interval = Duration::from_millis(100);
         regions.push(sharding.start(settings).expect("start"));
@@ -78,7 +75,7 @@ async fn two_nodes(certs: Option<&std::path::Path>) -> Pair {
     }
     let remote_shards = regions[1].hosted_shards();
     let remote_ids: Vec<u32> = (0..2_000u32)
-        .filter(|id| remote_shards.contains(&regions[0].shard_of(&EntityId(id.to_string()))))
+        .filter(|id| remote_shards.contains(&regions[0].shard_of(&EntityId::from(*id))))
         .collect();
     assert!(!remote_ids.is_empty(), "no shard on node 2");
     Pair {

@@ -91,7 +91,7 @@ async fn sharded_with<E: Entity<Message = Msg>>(
     let sharding = ClusterSharding::new(transport, membership.view());
     let mut settings = ShardingSettings::new(
         "bench",
-        |m: &Msg| EntityId(m.id.to_string()),
+        |m: &Msg| EntityId::from(m.id),
         move |_: &EntityId| make(),
     );
     settings.coordinator.recovery_timeout = Duration::from_millis(10);

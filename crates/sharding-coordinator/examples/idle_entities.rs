@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sharding = ClusterSharding::new(transport, membership.view());
     let mut settings = ShardingSettings::new(
         "idle",
-        |m: &Touch| EntityId(m.id.to_string()),
+        |m: &Touch| EntityId::from(m.id),
         |_: &EntityId| Idle { _value: 0 },
     );
     settings.coordinator.recovery_timeout = Duration::from_millis(10);

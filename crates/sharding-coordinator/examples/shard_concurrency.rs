@@ -61,7 +61,7 @@ fn main() -> std::process::ExitCode {
         let sharding = ClusterSharding::new(transport, membership.view());
         let mut settings = ShardingSettings::new(
             "concurrency",
-            |m: &Work| EntityId(m.id.to_string()),
+            |m: &Work| EntityId::from(m.id),
             |_: &EntityId| Sleeper,
         );
         settings.region.num_shards = 1; // every entity in one shard

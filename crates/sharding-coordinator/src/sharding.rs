@@ -78,7 +78,7 @@ struct Started {
 /// let counters = sharding
 ///     .start(ShardingSettings::new(
 ///         "counter",
-///         |m: &Add| EntityId(m.id.clone()),
+///         |m: &Add| EntityId::from(&m.id),
 ///         |_id: &EntityId| Counter(0),
 ///     ))
 ///     .unwrap();

@@ -97,7 +97,7 @@ impl Cluster {
             let sharding = ClusterSharding::new(transport.clone(), membership.view());
             let mut settings = ShardingSettings::new(
                 TYPE,
-                |m: &Add| EntityId(m.id.to_string()),
+                |m: &Add| EntityId::from(m.id),
                 |_: &EntityId| Counter::default(),
             );
             settings.region.num_shards = SHARDS;

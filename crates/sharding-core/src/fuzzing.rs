@@ -52,7 +52,7 @@ pub fn decoders() -> Vec<Decoder> {
             samples: vec![
                 sample(&DataMsg::<UserMsg, u64>::Deliver {
                     shard: ShardId(1),
-                    entity: EntityId("counter-17".into()),
+                    entity: EntityId::from("counter-17"),
                     reply_to: Some((NodeId(2), 99)),
                     hops: 1,
                     message: UserMsg::Add {

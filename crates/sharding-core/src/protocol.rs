@@ -354,7 +354,7 @@ pub struct TypeChannels {
 impl TypeChannels {
     /// The channels of `type_name` (never the membership channel).
     pub fn of(type_name: &TypeName) -> Self {
-        let hash = crate::shard_of(&EntityId(type_name.0.clone()), 21_000).0;
+        let hash = crate::shard_of(&EntityId::from(&type_name.0), 21_000).0;
         // Multiples of three from 1024 upwards (below 64 026): region = n,
         // coordinator = n + 1, data = n + 2.
         let base = 1024 + u16::try_from(hash).unwrap_or(0) * 3;

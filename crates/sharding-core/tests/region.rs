@@ -84,7 +84,7 @@ impl<E: Entity<Message = Add>> Rig<E> {
         let region = ShardRegion::start(
             RegionConfig {
                 type_name,
-                extractor: Arc::new(|m: &Add| EntityId(m.id.clone())),
+                extractor: Arc::new(|m: &Add| EntityId::from(&m.id)),
                 factory: Arc::new(move |_: &EntityId| make()),
                 settings,
                 observer: Some(Arc::new(move |_, _, e: &RegionEvent| {
@@ -624,7 +624,7 @@ async fn with_tenure_a_region_hosts_only_while_granted_and_stops_at_the_lapse() 
     let entity = "e".to_string();
     let id = (0..)
         .map(|i| format!("{entity}{i}"))
-        .find(|id| rig.region.shard_of(&EntityId(id.clone())) == shard)
+        .find(|id| rig.region.shard_of(&EntityId::from(id.as_str())) == shard)
         .unwrap();
     assert_eq!(
         rig.region
@@ -685,7 +685,7 @@ async fn an_entity_runs_under_the_token_of_its_shards_allocation() {
     let shard = ShardId(3);
     let id = (0..)
         .map(|i| format!("w{i}"))
-        .find(|id| rig.region.shard_of(&EntityId(id.clone())) == shard)
+        .find(|id| rig.region.shard_of(&EntityId::from(id.as_str())) == shard)
         .unwrap();
     rig.direct(Directive::HostShard {
         epoch: Epoch(5),
@@ -741,7 +741,7 @@ async fn an_entity_runs_under_the_token_of_its_shards_allocation() {
             .lock()
             .unwrap()
             .iter()
-            .all(|c| c.shard == shard && c.id.0 == id)
+            .all(|c| c.shard == shard && c.id.as_str() == id)
     );
 }
 
@@ -772,7 +772,7 @@ async fn a_shard_restarted_after_a_lapse_keeps_its_allocations_token() {
     rig.allocation = 7;
     let id = (0..)
         .map(|i| format!("l{i}"))
-        .find(|id| rig.region.shard_of(&EntityId(id.clone())) == shard)
+        .find(|id| rig.region.shard_of(&EntityId::from(id.as_str())) == shard)
         .unwrap();
     sleep(Duration::from_secs(2)).await;
     rig.grant_renewals(epoch).await;

@@ -44,7 +44,7 @@ fn shard_hash_is_stable() {
 fn shards_spread_evenly() {
     let mut counts = [0u32; 64];
     for i in 0..64_000 {
-        counts[shard_of(&EntityId(format!("entity-{i}")), 64).0 as usize] += 1;
+        counts[shard_of(&EntityId::from(format!("entity-{i}")), 64).0 as usize] += 1;
     }
     let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
     assert!(*min > 850 && *max < 1150, "min {min} max {max}");

@@ -236,11 +236,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let sharding = ClusterSharding::new(transport.clone(), membership.view());
-    let mut settings =
-        ShardingSettings::new("counter", |m: &CounterMsg| EntityId(m.id().to_owned()), {
-            let store = store.clone();
-            move |_: &EntityId| DurableCounter::new(Counter, store.clone())
-        });
+    let mut settings = ShardingSettings::new("counter", |m: &CounterMsg| EntityId::from(m.id()), {
+        let store = store.clone();
+        move |_: &EntityId| DurableCounter::new(Counter, store.clone())
+    });
     settings.region.num_shards = config.num_shards;
     settings.lease = lease.clone();
     if config.membership_down_after_ms < 10_000 {

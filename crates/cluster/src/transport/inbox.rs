@@ -40,7 +40,8 @@ pub struct TransportStats {
 pub(crate) struct Inboxes {
     node: NodeId,
     capacity: usize,
-    subscribers: RwLock<HashMap<Channel, Subscriber>>,
+    /// Read for every envelope received; foldhash, not SipHash, for that.
+    subscribers: RwLock<HashMap<Channel, Subscriber, foldhash::fast::FixedState>>,
     pub(crate) sent: AtomicU64,
     delivered: AtomicU64,
     pub(crate) dropped_queue_full: AtomicU64,
@@ -55,7 +56,7 @@ impl Inboxes {
         Self {
             node,
             capacity: capacity.max(1),
-            subscribers: RwLock::new(HashMap::new()),
+            subscribers: RwLock::new(HashMap::default()),
             sent: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped_queue_full: AtomicU64::new(0),
