@@ -493,3 +493,25 @@ async fn payloads_written_in_place_reach_a_handler_in_order() {
     assert!(rx.try_recv().is_err(), "the refused payload was sent");
     assert_eq!(b.stats().bad_frames, 0);
 }
+
+/// Frames in a write that fails (the peer died under the connection) are
+/// counted as lost, not dropped silently, and the sender keeps working.
+#[tokio::test]
+async fn frames_lost_in_a_failed_write_are_counted() {
+    let a = node(1).await;
+    let b = node(2).await;
+    a.learn_address(NodeId(2), &addr_of(&b));
+    let mut inbox = b.subscribe(CH);
+    send_until_delivered(&a, NodeId(2), &mut inbox).await;
+    drop(inbox);
+    drop(b);
+    let mut sent = 0;
+    while a.stats().lost_in_failed_writes == 0 {
+        assert!(sent < 500, "no failed write counted after {sent} sends");
+        a.send(NodeId(2), CH, Bytes::from_static(b"into the void"))
+            .unwrap();
+        sent += 1;
+        sleep(Duration::from_millis(10)).await;
+    }
+    assert!(a.stats().lost_in_failed_writes <= sent);
+}

@@ -131,6 +131,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
             "sent": transport.sent,
             "delivered": transport.delivered,
             "dropped_queue_full": transport.dropped_queue_full,
+            "lost_in_failed_writes": transport.lost_in_failed_writes,
             "dropped_inbox_full": transport.dropped_inbox_full,
             "bad_frames": transport.bad_frames,
             "refused_handshakes": transport.refused_handshakes,

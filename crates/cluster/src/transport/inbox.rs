@@ -26,6 +26,9 @@ pub struct TransportStats {
     pub delivered: u64,
     /// Sends refused because a peer queue was full.
     pub dropped_queue_full: u64,
+    /// Frames lost in a write that failed (the connection broke under
+    /// them; at most once, so they are not sent again).
+    pub lost_in_failed_writes: u64,
     /// Received envelopes for a channel nobody subscribed to.
     pub dropped_no_subscriber: u64,
     /// Received envelopes whose subscriber's inbox was full.
@@ -45,6 +48,7 @@ pub(crate) struct Inboxes {
     pub(crate) sent: AtomicU64,
     delivered: AtomicU64,
     pub(crate) dropped_queue_full: AtomicU64,
+    pub(crate) lost_in_failed_writes: AtomicU64,
     dropped_no_subscriber: AtomicU64,
     dropped_inbox_full: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
@@ -60,6 +64,7 @@ impl Inboxes {
             sent: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped_queue_full: AtomicU64::new(0),
+            lost_in_failed_writes: AtomicU64::new(0),
             dropped_no_subscriber: AtomicU64::new(0),
             dropped_inbox_full: AtomicU64::new(0),
             bad_frames: AtomicU64::new(0),
@@ -125,6 +130,7 @@ impl Inboxes {
             sent: get(&self.sent),
             delivered: get(&self.delivered),
             dropped_queue_full: get(&self.dropped_queue_full),
+            lost_in_failed_writes: get(&self.lost_in_failed_writes),
             dropped_no_subscriber: get(&self.dropped_no_subscriber),
             dropped_inbox_full: get(&self.dropped_inbox_full),
             bad_frames: get(&self.bad_frames),

@@ -465,6 +465,10 @@ async fn outbound(inner: Arc<Inner>, peer: NodeId, addr: NodeAddr, outbox: Arc<O
                     }
                     Err((error, lost)) => {
                         // At most once: what may have been written in part is not sent again.
+                        inner
+                            .inboxes
+                            .lost_in_failed_writes
+                            .fetch_add(lost as u64, Ordering::Relaxed);
                         tracing::warn!(node = %settings.node, %peer, %error, lost, "write failed, frames lost, reconnecting");
                     }
                 }
