@@ -42,7 +42,7 @@ pub use membership::{
 };
 pub use node::{NodeAddr, NodeId};
 pub use transport::{
-    BindError, EnvelopeHandler, InProcessNetwork, InProcessTransport, LinkFaults, PayloadWriter,
-    RefusalReason, SendError, TcpSettings, TcpTransport, TlsError, TlsSettings, Transport,
-    TransportStats, node_identity,
+    BindError, EnvelopeHandler, HANDLER_BATCH, InProcessNetwork, InProcessTransport, LinkFaults,
+    PayloadWriter, RefusalReason, SendError, TcpSettings, TcpTransport, TlsError, TlsSettings,
+    Transport, TransportStats, node_identity,
 };

@@ -460,8 +460,11 @@ async fn payloads_written_in_place_reach_a_handler_in_order() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     b.subscribe_handler(
         CH,
-        Arc::new(move |e: Envelope| {
-            let _ = tx.send(e);
+        Arc::new(move |batch: &mut Vec<Envelope>| {
+            assert!(batch.len() <= cluster::HANDLER_BATCH);
+            for e in batch.drain(..) {
+                let _ = tx.send(e);
+            }
         }),
     );
     for i in 0u32..1000 {
@@ -514,4 +517,47 @@ async fn frames_lost_in_a_failed_write_are_counted() {
         sleep(Duration::from_millis(10)).await;
     }
     assert!(a.stats().lost_in_failed_writes <= sent);
+}
+
+/// A live connection keeps its handler lookups between batches; a new
+/// subscription to the channel takes over from the next envelope on.
+#[tokio::test]
+async fn a_replaced_handler_takes_over_on_a_live_connection() {
+    let a = node(1).await;
+    let b = node(2).await;
+    a.learn_address(NodeId(2), &addr_of(&b));
+    let handler = |tx: mpsc::UnboundedSender<Envelope>| -> cluster::EnvelopeHandler {
+        Arc::new(move |batch: &mut Vec<Envelope>| {
+            for e in batch.drain(..) {
+                let _ = tx.send(e);
+            }
+        })
+    };
+    let (first_tx, mut first) = mpsc::unbounded_channel();
+    b.subscribe_handler(CH, handler(first_tx));
+    let mut delivered = false;
+    for _ in 0..100 {
+        a.send(NodeId(2), CH, Bytes::from_static(b"one")).unwrap();
+        if timeout(Duration::from_millis(100), first.recv())
+            .await
+            .is_ok()
+        {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "the first handler got nothing");
+    let (second_tx, mut second) = mpsc::unbounded_channel();
+    b.subscribe_handler(CH, handler(second_tx));
+    while first.try_recv().is_ok() {}
+    a.send(NodeId(2), CH, Bytes::from_static(b"two")).unwrap();
+    let e = timeout(Duration::from_secs(5), second.recv())
+        .await
+        .expect("the second handler gets it")
+        .expect("open");
+    assert_eq!(&e.payload[..], b"two");
+    assert!(
+        first.try_recv().is_err(),
+        "the replaced handler still receives"
+    );
 }

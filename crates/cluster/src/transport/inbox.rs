@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 
-use super::EnvelopeHandler;
+use super::{EnvelopeHandler, HANDLER_BATCH};
 use crate::{Channel, Envelope, NodeId};
 
 /// Who gets a channel's envelopes.
@@ -39,12 +39,31 @@ pub struct TransportStats {
     pub refused_handshakes: u64,
 }
 
+/// Envelopes for handlers, read together from one connection and not yet
+/// handed over; one group per channel, in arrival order.
+/// The groups (and their buffers) stay from one batch to the next, until a
+/// subscription changes.
+#[derive(Default)]
+pub(crate) struct Gathered {
+    groups: Vec<(Channel, EnvelopeHandler, Vec<Envelope>)>,
+    /// `Inboxes::generation` when the groups were looked up.
+    generation: u64,
+}
+
+impl Gathered {
+    fn position(&self, channel: Channel) -> Option<usize> {
+        self.groups.iter().position(|(c, _, _)| *c == channel)
+    }
+}
+
 /// Routes received envelopes to the subscriber of their channel.
 pub(crate) struct Inboxes {
     node: NodeId,
     capacity: usize,
     /// Read for every envelope received; foldhash, not SipHash, for that.
     subscribers: RwLock<HashMap<Channel, Subscriber, foldhash::fast::FixedState>>,
+    /// Raised by every subscription, so gathered groups are looked up again.
+    generation: AtomicU64,
     pub(crate) sent: AtomicU64,
     delivered: AtomicU64,
     pub(crate) dropped_queue_full: AtomicU64,
@@ -61,6 +80,7 @@ impl Inboxes {
             node,
             capacity: capacity.max(1),
             subscribers: RwLock::new(HashMap::default()),
+            generation: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped_queue_full: AtomicU64::new(0),
@@ -78,6 +98,7 @@ impl Inboxes {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(channel, Subscriber::Queue(tx));
+        self.generation.fetch_add(1, Ordering::Release);
         rx
     }
 
@@ -86,22 +107,47 @@ impl Inboxes {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(channel, Subscriber::Handler(handler));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Hands `envelope` to its channel's subscriber; a drop is counted and logged.
     pub(crate) fn deliver(&self, envelope: Envelope) {
+        let mut one = Gathered {
+            generation: self.generation.load(Ordering::Acquire),
+            ..Gathered::default()
+        };
+        self.gather(envelope, &mut one);
+        self.flush(&mut one);
+    }
+
+    /// Like [`deliver`](Self::deliver), except that envelopes for a handler
+    /// wait in `gathered` for [`flush`](Self::flush), which the caller runs
+    /// before it awaits anything.
+    pub(crate) fn gather(&self, envelope: Envelope, gathered: &mut Gathered) {
         let channel = envelope.channel;
+        let generation = self.generation.load(Ordering::Acquire);
+        if gathered.generation != generation {
+            self.flush(gathered);
+            gathered.groups.clear();
+            gathered.generation = generation;
+        }
+        // Looked up before: no lock, no lookup.
+        if let Some(i) = gathered.position(channel) {
+            gathered.groups[i].2.push(envelope);
+            if gathered.groups[i].2.len() >= HANDLER_BATCH {
+                self.flush(gathered);
+            }
+            return;
+        }
         // A read lock and no sender clone: this runs for every received message.
         let subscribers = self.subscribers.read().unwrap_or_else(|e| e.into_inner());
         let sender = match subscribers.get(&channel) {
             Some(Subscriber::Queue(sender)) => sender,
             Some(Subscriber::Handler(handler)) => {
-                // Called without the lock: a handler may send, and a send
-                // to this node delivers here again.
                 let handler = Arc::clone(handler);
                 drop(subscribers);
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-                return handler(envelope);
+                gathered.groups.push((channel, handler, vec![envelope]));
+                return;
             }
             None => {
                 self.dropped_no_subscriber.fetch_add(1, Ordering::Relaxed);
@@ -120,6 +166,19 @@ impl Inboxes {
             Err(mpsc::error::TrySendError::Closed(e)) => {
                 self.dropped_no_subscriber.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(node = %self.node, ?channel, from = %e.from, "dropped: subscriber gone");
+            }
+        }
+    }
+
+    /// Calls each handler with what was gathered for it. Handlers run
+    /// without the lock: one may send, and a send to this node delivers here.
+    pub(crate) fn flush(&self, gathered: &mut Gathered) {
+        for (_, handler, batch) in &mut gathered.groups {
+            if !batch.is_empty() {
+                self.delivered
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                handler(batch);
+                batch.clear();
             }
         }
     }

@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use crate::{Channel, Envelope, NodeAddr, NodeId};
 
 pub use admission::RefusalReason;
-pub(crate) use inbox::Inboxes;
 pub use inbox::TransportStats;
+pub(crate) use inbox::{Gathered, Inboxes};
 pub use inprocess::{InProcessNetwork, InProcessTransport, LinkFaults};
 pub(crate) use outbox::Outbox;
 pub use tcp::{BindError, TcpSettings, TcpTransport};
@@ -59,9 +59,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Hands every envelope for `channel` to `handler`, on the task that
     /// received it and in the order each peer sent them, with no queue in
-    /// between: for traffic whose subscriber would only pass it on. The
-    /// handler must return quickly and never block. Replaces any earlier
-    /// subscription to the channel.
+    /// between: for traffic whose subscriber would only pass it on. Envelopes
+    /// read together from one connection come in one call (at most
+    /// [`HANDLER_BATCH`]), so the handler can pass them on in groups. The
+    /// handler must take them all, return quickly and never block. Replaces
+    /// any earlier subscription to the channel.
     fn subscribe_handler(&self, channel: Channel, handler: EnvelopeHandler);
 
     /// Tells the transport where `node` listens (membership learns addresses).
@@ -74,9 +76,12 @@ pub trait Transport: Send + Sync + 'static {
 /// Writes a payload into the frame being built (see [`Transport::send_with`]).
 pub type PayloadWriter<'a> = dyn FnMut(&mut BytesMut) -> Result<(), postcard::Error> + 'a;
 
-/// Receives envelopes on the transport's own task (see
-/// [`Transport::subscribe_handler`]).
-pub type EnvelopeHandler = Arc<dyn Fn(Envelope) + Send + Sync>;
+/// Receives envelopes on the transport's own task, a batch at a time, and
+/// takes them out of the `Vec` (see [`Transport::subscribe_handler`]).
+pub type EnvelopeHandler = Arc<dyn Fn(&mut Vec<Envelope>) + Send + Sync>;
+
+/// The most envelopes a handler gets in one call.
+pub const HANDLER_BATCH: usize = 256;
 
 /// Why a message was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

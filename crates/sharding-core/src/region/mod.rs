@@ -39,7 +39,9 @@ pub struct RegionSettings {
     pub passivate_after: Duration,
     /// How long `ask` waits for a reply (default 5 s).
     pub ask_timeout: Duration,
-    /// Capacity of each hosted shard's inbox (default 100 000).
+    /// Capacity of each hosted shard's inbox, in commands (default 100 000):
+    /// a command is one message, or the messages for the shard read together
+    /// from one connection (at most `cluster::HANDLER_BATCH`).
     pub shard_inbox: usize,
 }
 
@@ -394,9 +396,62 @@ impl<E: Entity> Shared<E> {
         sent
     }
 
-    /// A user message or reply from another region, on the receiving
-    /// connection's task: decoded once and routed like a local send.
-    fn on_data(&self, envelope: Envelope) {
+    /// User messages and replies from other regions, read together on the
+    /// receiving connection's task: each decoded once; the messages for one
+    /// shard routed together (one push into its inbox), in arrival order.
+    fn on_data(&self, batch: &mut Vec<Envelope>) {
+        let mut per_shard: HashMap<ShardId, Vec<Delivery<E>>, foldhash::fast::FixedState> =
+            HashMap::default();
+        for envelope in batch.drain(..) {
+            if let Some(d) = self.receive(envelope) {
+                (per_shard.entry(d.shard))
+                    .or_insert_with(|| Vec::with_capacity(16))
+                    .push(d);
+            }
+        }
+        for (_, deliveries) in per_shard {
+            self.route_many(deliveries);
+        }
+    }
+
+    /// Routes messages for one shard: all in one command when the shard is
+    /// hosted here and nothing for it is inside the region task, else one
+    /// by one.
+    fn route_many(&self, mut deliveries: Vec<Delivery<E>>) {
+        if let [first, _, ..] = deliveries.as_slice()
+            && self.via_region(first.shard).load(Ordering::Acquire) == 0
+        {
+            let routes = self.routes();
+            if let Some(Route::Local(shard)) = routes.get(&first.shard) {
+                let n = deliveries.len() as u64;
+                match shard.try_send(ShardCmd::DeliverMany(deliveries)) {
+                    Ok(()) => {
+                        self.stats.delivered_local.fetch_add(n, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(mpsc::error::TrySendError::Full(ShardCmd::DeliverMany(back))) => {
+                        for d in back {
+                            self.full(d, self.settings.shard_inbox);
+                        }
+                        return;
+                    }
+                    // The shard is stopping; one by one through the region task.
+                    Err(mpsc::error::TrySendError::Closed(ShardCmd::DeliverMany(back))) => {
+                        deliveries = back;
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+        for d in deliveries {
+            // A refusal is counted, logged and answered inside.
+            let _ = self.route(d);
+        }
+    }
+
+    /// One envelope from another region: a message to route (returned), or
+    /// a reply, which completes its ask here.
+    fn receive(&self, envelope: Envelope) -> Option<Delivery<E>> {
         let from = envelope.from;
         let undeliverable = |what: &str, error: &dyn std::fmt::Display| {
             self.stats
@@ -405,7 +460,10 @@ impl<E: Entity> Shared<E> {
             tracing::warn!(node = %self.node, %from, %error, "{what} dropped");
         };
         match decode_data::<E::Message, E::Reply>(&envelope.payload) {
-            Err(error) => undeliverable("undecodable region data", &error),
+            Err(error) => {
+                undeliverable("undecodable region data", &error);
+                None
+            }
             Ok(DataIn::Deliver {
                 shard,
                 entity,
@@ -425,11 +483,11 @@ impl<E: Entity> Shared<E> {
                     Ok(message) => message,
                     Err(error) => {
                         undeliverable("undecodable entity message", &error);
-                        return reply.send(Err(ShardingError::Codec(error.to_string())));
+                        reply.send(Err(ShardingError::Codec(error.to_string())));
+                        return None;
                     }
                 };
-                // A refusal is counted, logged and answered inside.
-                let _ = self.route(Delivery {
+                Some(Delivery {
                     shard,
                     entity,
                     message,
@@ -437,18 +495,19 @@ impl<E: Entity> Shared<E> {
                     hops,
                     counted: false,
                     rehomed: false,
-                });
+                })
             }
             Ok(DataIn::Reply { request, result }) => {
-                let Some(tx) = self.asks().remove(&request) else {
-                    return; // the asker timed out already
-                };
-                let answer = match result {
-                    Ok(Ok(reply)) => Ok(reply),
-                    Ok(Err(remote)) => Err(ShardingError::Remote(remote)),
-                    Err(error) => Err(ShardingError::Codec(error.to_string())),
-                };
-                let _ = tx.send(answer);
+                // None: the asker timed out already.
+                if let Some(tx) = self.asks().remove(&request) {
+                    let answer = match result {
+                        Ok(Ok(reply)) => Ok(reply),
+                        Ok(Err(remote)) => Err(ShardingError::Remote(remote)),
+                        Err(error) => Err(ShardingError::Codec(error.to_string())),
+                    };
+                    let _ = tx.send(answer);
+                }
+                None
             }
         }
     }
@@ -505,10 +564,9 @@ impl<E: Entity> ShardRegion<E> {
         let weak = Arc::downgrade(&shared);
         transport.subscribe_handler(
             channels.data,
-            Arc::new(move |envelope| {
-                if let Some(shared) = weak.upgrade() {
-                    shared.on_data(envelope);
-                }
+            Arc::new(move |batch: &mut Vec<Envelope>| match weak.upgrade() {
+                Some(shared) => shared.on_data(batch),
+                None => batch.clear(),
             }),
         );
         actor::spawn(actor::Parts {

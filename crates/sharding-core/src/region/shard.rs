@@ -50,8 +50,22 @@ const FRESH_BUDGET: usize = 256;
 /// Commands from the region and its handles.
 pub(crate) enum ShardCmd<E: Entity> {
     Deliver(Delivery<E>),
+    /// Messages for this shard read together from one connection, in order:
+    /// one push and one wake-up for all of them.
+    DeliverMany(Vec<Delivery<E>>),
     /// Stop every entity, then return undelivered messages to the region.
     HandOff,
+}
+
+impl<E: Entity> ShardCmd<E> {
+    /// Moves the messages this command carries to the end of `out`.
+    fn give_back(self, out: &mut Vec<Delivery<E>>) {
+        match self {
+            ShardCmd::Deliver(d) => out.push(d),
+            ShardCmd::DeliverMany(mut ds) => out.append(&mut ds),
+            ShardCmd::HandOff => {}
+        }
+    }
 }
 
 /// What one piece of an entity's work gives back to the shard.
@@ -193,10 +207,9 @@ impl<E: Entity> Shard<E> {
                             break;
                         }
                     }
-                    self.after_handoff.extend(cmds.filter_map(|cmd| match cmd {
-                        ShardCmd::Deliver(d) => Some(d),
-                        ShardCmd::HandOff => None,
-                    }));
+                    for cmd in cmds {
+                        cmd.give_back(&mut self.after_handoff);
+                    }
                 }
             }
         }
@@ -207,9 +220,7 @@ impl<E: Entity> Shard<E> {
         // Whatever still sits in the inbox goes back to the region for rerouting.
         inbox.close();
         while let Ok(cmd) = inbox.try_recv() {
-            if let ShardCmd::Deliver(d) = cmd {
-                undelivered.push(d);
-            }
+            cmd.give_back(&mut undelivered);
         }
         tracing::debug!(shard = %self.id, returned = undelivered.len(), "shard stopped");
         let _ = stopped.send(Stopped {
@@ -221,6 +232,11 @@ impl<E: Entity> Shard<E> {
     fn command(&mut self, cmd: Option<ShardCmd<E>>) {
         match cmd {
             Some(ShardCmd::Deliver(d)) => self.deliver(d),
+            Some(ShardCmd::DeliverMany(ds)) => {
+                for d in ds {
+                    self.deliver(d);
+                }
+            }
             // Handed off, or the region dropped us: stop everything.
             Some(ShardCmd::HandOff) | None => self.hand_off(),
         }
@@ -503,7 +519,9 @@ mod tests {
             assert!(inbox.try_send(ShardCmd::Deliver(delivery(n))).is_ok());
         }
         assert!(inbox.try_send(ShardCmd::HandOff).is_ok());
-        for n in 3..(3 + INBOX_BATCH as u32 * 2) {
+        let many = (3..6).map(delivery).collect();
+        assert!(inbox.try_send(ShardCmd::DeliverMany(many)).is_ok());
+        for n in 6..(3 + INBOX_BATCH as u32 * 2) {
             assert!(inbox.try_send(ShardCmd::Deliver(delivery(n))).is_ok());
         }
         let back = stopped.recv().await.expect("the shard stops");

@@ -30,7 +30,7 @@ use super::admission::{Admission, RefusalReason};
 use super::frame_codec::FrameCodec;
 use super::tls::TlsContext;
 use super::{
-    EnvelopeHandler, Inboxes, Outbox, PayloadWriter, SendError, Transport, TransportStats,
+    EnvelopeHandler, Gathered, Inboxes, Outbox, PayloadWriter, SendError, Transport, TransportStats,
 };
 use crate::envelope::PROTOCOL_VERSION;
 use crate::{Channel, Envelope, FrameError, NodeAddr, NodeId};
@@ -398,29 +398,43 @@ async fn inbound(inner: &Arc<Inner>, accepted: Accepted) -> Result<(), Connectio
     // Only for a peer we know nothing about: membership's address wins.
     inner.learn_if_unknown(peer, &listen);
     let idle = inner.settings.idle_timeout;
+    let mut gathered = Gathered::default();
     loop {
         let frame = match tokio::time::timeout(idle, conn.next()).await {
             Err(_) => return Err(ConnectionError::Idle(idle)),
             Ok(None) => return Ok(()),
             Ok(Some(frame)) => frame,
         };
-        receive(inner, peer, frame)?;
         // Frames already read need no timer (a clock read each): take them
         // as they are, and wait with the timeout only when none is left.
-        while let Some(next) = conn.next().now_or_never() {
-            match next {
-                Some(frame) => receive(inner, peer, frame)?,
-                None => return Ok(()),
+        // Handlers get them in one call per channel, before any await.
+        let mut closed = false;
+        let mut result = receive(inner, peer, frame, &mut gathered);
+        while result.is_ok() {
+            match conn.next().now_or_never() {
+                None => break, // nothing more read yet
+                Some(None) => {
+                    closed = true; // what was read is still handed over
+                    break;
+                }
+                Some(Some(frame)) => result = receive(inner, peer, frame, &mut gathered),
             }
+        }
+        inner.inboxes.flush(&mut gathered);
+        result?;
+        if closed {
+            return Ok(());
         }
     }
 }
 
-/// One frame off an inbound connection: decoded, checked, delivered.
+/// One frame off an inbound connection: decoded, checked, gathered for
+/// its subscriber.
 fn receive(
     inner: &Inner,
     peer: NodeId,
     frame: Result<BytesMut, std::io::Error>,
+    gathered: &mut Gathered,
 ) -> Result<(), ConnectionError> {
     let frame = frame.inspect_err(|_| {
         inner.inboxes.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -435,7 +449,7 @@ fn receive(
             claimed: envelope.from,
         });
     }
-    inner.inboxes.deliver(envelope);
+    inner.inboxes.gather(envelope, gathered);
     Ok(())
 }
 
