@@ -594,11 +594,24 @@ impl<E: Entity> ShardRegion<E> {
 
     /// Sends `message` and waits for the entity's reply, up to the ask timeout.
     pub async fn ask(&self, message: E::Message) -> Result<E::Reply, ShardingError> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let delivery = self.delivery(message, ReplyTo::Local(tx));
         let entity = delivery.entity.clone();
         self.shared.route(delivery)?;
         let after = self.shared.settings.ask_timeout;
+        // Most replies come within one turn of the scheduler: give the shard
+        // that turn before arming a timer (a clock read and a timer entry
+        // per ask otherwise). The timeout still bounds the wait.
+        tokio::task::yield_now().await;
+        let rx = match rx.try_recv() {
+            Ok(result) => return result,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                return Err(ShardingError::Undeliverable(format!(
+                    "message to `{entity}` was dropped"
+                )));
+            }
+            Err(oneshot::error::TryRecvError::Empty) => rx,
+        };
         match tokio::time::timeout(after, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ShardingError::Undeliverable(format!(
