@@ -253,13 +253,6 @@ impl Transport for InProcessTransport {
         self.node
     }
 
-    fn send(&self, to: NodeId, channel: Channel, payload: Bytes) -> Result<(), SendError> {
-        self.send_with(to, channel, &mut |buf: &mut BytesMut| {
-            buf.extend_from_slice(&payload);
-            Ok(())
-        })
-    }
-
     fn send_with(
         &self,
         to: NodeId,

@@ -40,7 +40,12 @@ pub trait Transport: Send + Sync + 'static {
     fn local_node(&self) -> NodeId;
 
     /// Queues `payload` for `to` on `channel`.
-    fn send(&self, to: NodeId, channel: Channel, payload: Bytes) -> Result<(), SendError>;
+    fn send(&self, to: NodeId, channel: Channel, payload: Bytes) -> Result<(), SendError> {
+        self.send_with(to, channel, &mut |buf: &mut BytesMut| {
+            buf.extend_from_slice(&payload);
+            Ok(())
+        })
+    }
 
     /// Queues a frame for `to` on `channel` whose payload `payload` writes
     /// straight into it: the bytes are encoded once, into the buffer the

@@ -215,13 +215,6 @@ impl Transport for TcpTransport {
         self.inner.settings.node
     }
 
-    fn send(&self, to: NodeId, channel: Channel, payload: Bytes) -> Result<(), SendError> {
-        self.send_with(to, channel, &mut |buf: &mut BytesMut| {
-            buf.extend_from_slice(&payload);
-            Ok(())
-        })
-    }
-
     fn send_with(
         &self,
         to: NodeId,
