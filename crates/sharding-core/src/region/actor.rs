@@ -11,8 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::delivery::Delivery;
+use super::routes::Route;
 use super::shard::{EntityFactory, Shard, ShardCmd, Stopped};
-use super::{RegionCmd, RegionEvent, RegionObserver, Route, ShardingError, Shared};
+use super::{RegionCmd, RegionEvent, RegionObserver, ShardingError, Shared};
 use crate::protocol::{
     CoordinatorMsg, Directive, Epoch, FencingToken, RegionMsg, TypeChannels, decode, encode,
 };
@@ -261,7 +262,7 @@ impl<E: Entity> Actor<E> {
         let node = self.node;
         self.retain_homes(|home| home != node);
         tracing::warn!(node = %self.node, type_name = %self.shared.type_name, shards = shards.len(), "shard tenure lapsed; stopping every shard until the coordinator renews it");
-        (self.shared.routes_mut()).retain(|_, route| matches!(route, Route::Remote(_)));
+        (self.shared.routes_mut()).retain(|route| matches!(route, Route::Remote(_)));
         for shard in shards {
             if let Some(sender) = self.senders.remove(&shard) {
                 self.handing_off.insert(shard, None);
@@ -444,12 +445,7 @@ impl<E: Entity> Actor<E> {
         let sent = sender.try_send(ShardCmd::Deliver(d));
         self.publish(shard);
         match sent {
-            Ok(()) => {
-                self.shared
-                    .stats
-                    .delivered_local
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(ShardCmd::Deliver(d))) => {
                 let capacity = self.shared.settings.shard_inbox;
                 self.drop_delivery(d, ShardingError::BufferFull { capacity }, true);
@@ -564,7 +560,7 @@ impl<E: Entity> Actor<E> {
         if home != self.node && !waiting {
             let mut routes = self.shared.routes_mut();
             // A shard still running here keeps its inbox route until handed off.
-            if !matches!(routes.get(&shard), Some(Route::Local(_))) {
+            if !matches!(routes.get(shard), Some(Route::Local(_))) {
                 routes.insert(shard, Route::Remote(home));
             }
         }
@@ -597,8 +593,8 @@ impl<E: Entity> Actor<E> {
 
     fn withdraw_remote(&self, shard: ShardId) {
         let mut routes = self.shared.routes_mut();
-        if matches!(routes.get(&shard), Some(Route::Remote(_))) {
-            routes.remove(&shard);
+        if matches!(routes.get(shard), Some(Route::Remote(_))) {
+            routes.remove(shard);
         }
     }
 
@@ -779,7 +775,7 @@ impl<E: Entity> Actor<E> {
             Directive::HandOff { shard, .. } => {
                 self.forget_home(shard);
                 self.tokens.remove(&shard);
-                self.shared.routes_mut().remove(&shard);
+                self.shared.routes_mut().remove(shard);
                 match self.senders.remove(&shard) {
                     Some(sender) => {
                         self.handing_off.insert(shard, Some(from));

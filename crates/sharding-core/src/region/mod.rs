@@ -10,6 +10,8 @@
 
 mod actor;
 mod delivery;
+mod recycle;
+mod routes;
 mod shard;
 
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ use crate::protocol::{DataIn, DataMsg, Epoch, TypeChannels, decode_data, encode_
 use crate::{Entity, EntityId, MessageExtractor, ShardId, TypeName};
 
 use delivery::{Delivery, ReplyLink, ReplyTo};
+use routes::{Route, Routes};
 use shard::ShardCmd;
 
 /// Tunables of a region. Defaults follow DESIGN.md section 10.
@@ -106,7 +109,8 @@ pub struct RegionStats {
 /// A snapshot of [`RegionStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RegionStatsSnapshot {
-    /// Messages handed to a local shard.
+    /// Messages a local shard took from its inbox (counted by the shard, a
+    /// batch at a time; one returned at a handoff counts again where it lands).
     pub delivered_local: u64,
     /// Messages forwarded to another node.
     pub forwarded: u64,
@@ -136,6 +140,12 @@ impl RegionStats {
             refused_directives: get(&self.refused_directives),
             entities_started: get(&self.entities_started),
             entities_passivated: get(&self.entities_passivated),
+        }
+    }
+
+    fn delivered_local(&self, messages: u64) {
+        if messages > 0 {
+            self.delivered_local.fetch_add(messages, Ordering::Relaxed);
         }
     }
 
@@ -205,18 +215,6 @@ pub(crate) enum RegionCmd<E: Entity> {
     Stop,
 }
 
-/// Where a handle sends a shard's messages without the region task.
-enum Route<E: Entity> {
-    /// Hosted here: the shard's inbox.
-    Local(mpsc::Sender<ShardCmd<E>>),
-    /// Hosted on that node, and nothing for the shard waits in the region.
-    Remote(NodeId),
-}
-
-/// Routes of the shards whose home is settled; foldhash, since every send
-/// looks one up.
-type Routes<E> = HashMap<ShardId, Route<E>, foldhash::fast::FixedState>;
-
 /// Who waits for the reply to an ask sent to another node.
 type Asker<E> = oneshot::Sender<Result<<E as Entity>::Reply, ShardingError>>;
 
@@ -274,13 +272,10 @@ impl<E: Entity> Shared<E> {
         let via_region = self.via_region(delivery.shard);
         if via_region.load(Ordering::Acquire) == 0 {
             let routes = self.routes();
-            match routes.get(&delivery.shard) {
+            match routes.get(delivery.shard) {
                 // Sent under the read lock: no sender clone per message.
                 Some(Route::Local(shard)) => match shard.try_send(ShardCmd::Deliver(delivery)) {
-                    Ok(()) => {
-                        self.stats.delivered_local.fetch_add(1, Ordering::Relaxed);
-                        return Ok(());
-                    }
+                    Ok(()) => return Ok(()),
                     Err(mpsc::error::TrySendError::Full(ShardCmd::Deliver(d))) => {
                         return Err(self.full(d, self.settings.shard_inbox));
                     }
@@ -422,13 +417,9 @@ impl<E: Entity> Shared<E> {
             && self.via_region(first.shard).load(Ordering::Acquire) == 0
         {
             let routes = self.routes();
-            if let Some(Route::Local(shard)) = routes.get(&first.shard) {
-                let n = deliveries.len() as u64;
+            if let Some(Route::Local(shard)) = routes.get(first.shard) {
                 match shard.try_send(ShardCmd::DeliverMany(deliveries)) {
-                    Ok(()) => {
-                        self.stats.delivered_local.fetch_add(n, Ordering::Relaxed);
-                        return;
-                    }
+                    Ok(()) => return,
                     Err(mpsc::error::TrySendError::Full(ShardCmd::DeliverMany(back))) => {
                         for d in back {
                             self.full(d, self.settings.shard_inbox);
@@ -542,7 +533,7 @@ impl<E: Entity> ShardRegion<E> {
             node,
             num_shards: config.settings.num_shards.max(1),
             extractor: config.extractor,
-            routes: RwLock::new(Routes::default()),
+            routes: RwLock::new(Routes::new(config.settings.num_shards.max(1))),
             commands,
             settings: config.settings.clone(),
             stats: Arc::clone(&stats),
@@ -625,7 +616,7 @@ impl<E: Entity> ShardRegion<E> {
     pub fn hosted_shards(&self) -> Vec<ShardId> {
         let mut shards: Vec<_> = (self.shared.routes().iter())
             .filter(|(_, route)| matches!(route, Route::Local(_)))
-            .map(|(shard, _)| *shard)
+            .map(|(shard, _)| shard)
             .collect();
         shards.sort();
         shards

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 
 use super::RegionStats;
 use super::delivery::Delivery;
+use super::recycle::Recycler;
 use crate::entity::EntityContext;
 use crate::{Entity, EntityId, FencingToken, ShardId};
 
@@ -44,8 +45,9 @@ const IDLE_TICKS: u64 = 3;
 /// Commands taken from the inbox per wake-up, at most.
 const INBOX_BATCH: usize = 64;
 
-/// Fresh work polled in a row before the rest goes to `work`.
-const FRESH_BUDGET: usize = 256;
+/// Handlers polled in a row (per trip through the loop) before the rest
+/// goes to `work`.
+const POLL_BUDGET: usize = 256;
 
 /// Commands from the region and its handles.
 pub(crate) enum ShardCmd<E: Entity> {
@@ -58,6 +60,15 @@ pub(crate) enum ShardCmd<E: Entity> {
 }
 
 impl<E: Entity> ShardCmd<E> {
+    /// How many messages this command carries.
+    fn messages(&self) -> u64 {
+        match self {
+            ShardCmd::Deliver(_) => 1,
+            ShardCmd::DeliverMany(ds) => ds.len() as u64,
+            ShardCmd::HandOff => 0,
+        }
+    }
+
     /// Moves the messages this command carries to the end of `out`.
     fn give_back(self, out: &mut Vec<Delivery<E>>) {
         match self {
@@ -78,6 +89,52 @@ enum Done<E> {
 
 /// A handler (or `started_in` and the first handler, or `stopped`) in flight.
 type Work<E> = Pin<Box<dyn Future<Output = Done<E>> + Send>>;
+
+/// Work not polled yet. A handler is kept as its inputs until then, so it
+/// can be written into a reused box (see `recycle`).
+enum Fresh<E: Entity> {
+    Handle(EntityId, E, Delivery<E>),
+    Work(Work<E>),
+}
+
+/// Runs handlers in reused boxes; a trait object, so that `Shard<E>` need
+/// not name the handler's future type.
+trait Handlers<E: Entity>: Send {
+    /// Polls the handler of `delivery` once: done, or the work still waiting.
+    fn poll_once(
+        &mut self,
+        id: EntityId,
+        entity: E,
+        delivery: Delivery<E>,
+        cx: &mut Context<'_>,
+    ) -> Result<Done<E>, Work<E>>;
+}
+
+/// `make` is `answer::<E>`: naming it here names its future type `F`.
+struct Answers<M, F> {
+    make: M,
+    boxes: Recycler<F>,
+}
+
+impl<E, M, F> Handlers<E> for Answers<M, F>
+where
+    E: Entity,
+    M: Fn(EntityId, E, Delivery<E>) -> F + Send,
+    F: Future<Output = Done<E>> + Send + 'static,
+{
+    fn poll_once(
+        &mut self,
+        id: EntityId,
+        entity: E,
+        delivery: Delivery<E>,
+        cx: &mut Context<'_>,
+    ) -> Result<Done<E>, Work<E>> {
+        let handler = (self.make)(id, entity, delivery);
+        self.boxes
+            .poll_once(handler, cx)
+            .map_err(|waiting| Box::pin(waiting) as Work<E>)
+    }
+}
 
 struct Slot<E: Entity> {
     state: State<E>,
@@ -126,7 +183,10 @@ pub(crate) struct Shard<E: Entity> {
     entities: HashMap<EntityId, Slot<E>, FixedState>,
     work: FuturesUnordered<Work<E>>,
     /// Work not polled yet (see `submit`).
-    fresh: Vec<Work<E>>,
+    fresh: Vec<Fresh<E>>,
+    handlers: Box<dyn Handlers<E>>,
+    /// Handlers this trip through the loop may still poll (`POLL_BUDGET`).
+    budget: usize,
     tick: u64,
     stats: Arc<RegionStats>,
     /// False once the region's shard tenure lapsed: entities handle nothing more.
@@ -162,6 +222,11 @@ impl<E: Entity> Shard<E> {
             entities: HashMap::default(),
             work: FuturesUnordered::new(),
             fresh: Vec::new(),
+            handlers: Box::new(Answers {
+                make: answer::<E>,
+                boxes: Recycler::new(),
+            }),
+            budget: POLL_BUDGET,
             tick: 0,
             stats,
             hosting,
@@ -186,6 +251,7 @@ impl<E: Entity> Shard<E> {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(INBOX_BATCH);
         loop {
+            self.budget = POLL_BUDGET;
             self.run_fresh();
             if self.handing_off && self.entities.is_empty() {
                 break;
@@ -201,7 +267,9 @@ impl<E: Entity> Shard<E> {
                         self.command(None);
                     }
                     let mut cmds = batch.drain(..);
+                    let mut taken = 0;
                     for cmd in cmds.by_ref() {
+                        taken += cmd.messages();
                         self.command(Some(cmd));
                         if self.handing_off {
                             break;
@@ -210,6 +278,8 @@ impl<E: Entity> Shard<E> {
                     for cmd in cmds {
                         cmd.give_back(&mut self.after_handoff);
                     }
+                    // One count per batch, not an atomic add per send.
+                    self.stats.delivered_local(taken);
                 }
             }
         }
@@ -245,25 +315,34 @@ impl<E: Entity> Shard<E> {
     /// New work is polled once at once: most handlers finish without
     /// waiting, and then never cost a slot in `work`. One that waits moves
     /// there, where its next poll registers the waker that counts.
-    fn submit(&mut self, work: Work<E>) {
-        self.fresh.push(work);
+    fn submit(&mut self, fresh: Fresh<E>) {
+        self.fresh.push(fresh);
     }
 
     fn run_fresh(&mut self) {
         let mut cx = Context::from_waker(Waker::noop());
-        let mut budget = FRESH_BUDGET;
-        while let Some(mut work) = self.fresh.pop() {
-            if budget == 0 {
+        while let Some(fresh) = self.fresh.pop() {
+            if self.budget == 0 {
                 // A long queue of ready handlers: let `work` (which yields
                 // to the runtime now and then) take the rest, so one busy
                 // entity does not hold the thread.
-                self.work.push(work);
+                self.work.push(match fresh {
+                    Fresh::Handle(id, entity, d) => Box::pin(answer(id, entity, d)),
+                    Fresh::Work(work) => work,
+                });
                 continue;
             }
-            budget -= 1;
-            match work.as_mut().poll(&mut cx) {
-                Poll::Ready(done) => self.done(done),
-                Poll::Pending => self.work.push(work),
+            self.budget -= 1;
+            let polled = match fresh {
+                Fresh::Handle(id, entity, d) => self.handlers.poll_once(id, entity, d, &mut cx),
+                Fresh::Work(mut work) => match work.as_mut().poll(&mut cx) {
+                    Poll::Ready(done) => Ok(done),
+                    Poll::Pending => Err(work),
+                },
+            };
+            match polled {
+                Ok(done) => self.done(done),
+                Err(waiting) => self.work.push(waiting),
             }
         }
     }
@@ -286,7 +365,20 @@ impl<E: Entity> Shard<E> {
                 else {
                     unreachable!("matched Idle above");
                 };
-                self.handle(entity, delivery);
+                if self.budget == 0 || !self.hosting.load(Ordering::Acquire) {
+                    self.handle(entity, delivery);
+                    return;
+                }
+                // The common case, polled here: a handler that finishes
+                // puts its entity straight back, with no second lookup.
+                self.budget -= 1;
+                let id = delivery.entity.clone();
+                let mut cx = Context::from_waker(Waker::noop());
+                match self.handlers.poll_once(id, entity, delivery, &mut cx) {
+                    Ok(Done::Handled(_, entity)) => slot.state = State::Idle(entity),
+                    Ok(done) => self.done(done),
+                    Err(waiting) => self.work.push(waiting),
+                }
             }
         }
     }
@@ -313,10 +405,10 @@ impl<E: Entity> Shard<E> {
                 last_tick: self.tick,
             },
         );
-        self.submit(Box::pin(async move {
+        self.submit(Fresh::Work(Box::pin(async move {
             entity.started_in(&context).await;
             answer(context.id, entity, first).await
-        }));
+        })));
     }
 
     /// Runs `delivery` on `entity` (whose slot is Busy or Stopping), unless
@@ -326,7 +418,7 @@ impl<E: Entity> Shard<E> {
         // An atomic load, not a clock read: the region's lapse timer flips it.
         if self.hosting.load(Ordering::Acquire) {
             let id = delivery.entity.clone();
-            self.submit(Box::pin(answer(id, entity, delivery)));
+            self.submit(Fresh::Handle(id, entity, delivery));
             return;
         }
         let id = delivery.entity.clone();
@@ -349,10 +441,10 @@ impl<E: Entity> Shard<E> {
     }
 
     fn stop(&mut self, id: EntityId, mut entity: E) {
-        self.submit(Box::pin(async move {
+        self.submit(Fresh::Work(Box::pin(async move {
             entity.stopped().await;
             Done::Stopped(id)
-        }));
+        })));
     }
 
     fn done(&mut self, done: Done<E>) {
