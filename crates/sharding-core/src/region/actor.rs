@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::delivery::Delivery;
+use super::inbox::{self, TrySendError};
 use super::routes::Route;
 use super::shard::{EntityFactory, Shard, ShardCmd, Stopped};
 use super::{RegionCmd, RegionEvent, RegionObserver, ShardingError, Shared};
@@ -82,7 +83,7 @@ struct Actor<E: Entity> {
     /// Inboxes of the shards hosted here and not handing off. Handles see a
     /// shard (in `shared.routes`) only once the messages buffered for it have
     /// been passed on, so one sender's messages keep their order.
-    senders: BTreeMap<ShardId, mpsc::Sender<ShardCmd<E>>>,
+    senders: BTreeMap<ShardId, inbox::Sender<ShardCmd<E>>>,
     /// Shards being handed off, and the coordinator node that asked (none
     /// when the region stops them itself because its tenure lapsed).
     handing_off: BTreeMap<ShardId, Option<NodeId>>,
@@ -266,7 +267,7 @@ impl<E: Entity> Actor<E> {
         for shard in shards {
             if let Some(sender) = self.senders.remove(&shard) {
                 self.handing_off.insert(shard, None);
-                let _ = sender.try_send(ShardCmd::HandOff);
+                let _ = sender.send_over_capacity(ShardCmd::HandOff);
             }
         }
         self.renew();
@@ -446,11 +447,11 @@ impl<E: Entity> Actor<E> {
         self.publish(shard);
         match sent {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(ShardCmd::Deliver(d))) => {
+            Err(TrySendError::Full(ShardCmd::Deliver(d))) => {
                 let capacity = self.shared.settings.shard_inbox;
                 self.drop_delivery(d, ShardingError::BufferFull { capacity }, true);
             }
-            Err(mpsc::error::TrySendError::Closed(ShardCmd::Deliver(mut d))) => {
+            Err(TrySendError::Closed(ShardCmd::Deliver(mut d))) => {
                 d.counted = counted;
                 return self.buffer(d);
             }
@@ -781,7 +782,7 @@ impl<E: Entity> Actor<E> {
                         self.handing_off.insert(shard, Some(from));
                         // If the shard already stopped on its own, the Stopped
                         // notice is on its way and answers the coordinator.
-                        let _ = sender.try_send(ShardCmd::HandOff);
+                        let _ = sender.send_over_capacity(ShardCmd::HandOff);
                     }
                     None if self.handing_off.contains_key(&shard) => {
                         self.handing_off.insert(shard, Some(from));

@@ -10,6 +10,7 @@
 
 mod actor;
 mod delivery;
+mod inbox;
 mod recycle;
 mod routes;
 mod shard;
@@ -276,11 +277,11 @@ impl<E: Entity> Shared<E> {
                 // Sent under the read lock: no sender clone per message.
                 Some(Route::Local(shard)) => match shard.try_send(ShardCmd::Deliver(delivery)) {
                     Ok(()) => return Ok(()),
-                    Err(mpsc::error::TrySendError::Full(ShardCmd::Deliver(d))) => {
+                    Err(inbox::TrySendError::Full(ShardCmd::Deliver(d))) => {
                         return Err(self.full(d, self.settings.shard_inbox));
                     }
                     // The shard is stopping; let the region task reroute.
-                    Err(mpsc::error::TrySendError::Closed(ShardCmd::Deliver(d))) => delivery = d,
+                    Err(inbox::TrySendError::Closed(ShardCmd::Deliver(d))) => delivery = d,
                     Err(_) => return Ok(()),
                 },
                 // Only first hops: a message forwarded here for a shard we
@@ -420,14 +421,14 @@ impl<E: Entity> Shared<E> {
             if let Some(Route::Local(shard)) = routes.get(first.shard) {
                 match shard.try_send(ShardCmd::DeliverMany(deliveries)) {
                     Ok(()) => return,
-                    Err(mpsc::error::TrySendError::Full(ShardCmd::DeliverMany(back))) => {
+                    Err(inbox::TrySendError::Full(ShardCmd::DeliverMany(back))) => {
                         for d in back {
                             self.full(d, self.settings.shard_inbox);
                         }
                         return;
                     }
                     // The shard is stopping; one by one through the region task.
-                    Err(mpsc::error::TrySendError::Closed(ShardCmd::DeliverMany(back))) => {
+                    Err(inbox::TrySendError::Closed(ShardCmd::DeliverMany(back))) => {
                         deliveries = back;
                     }
                     Err(_) => return,

@@ -5,11 +5,10 @@
 
 use std::collections::HashMap;
 
-use cluster::NodeId;
-use tokio::sync::mpsc;
-
+use super::inbox::Sender;
 use super::shard::ShardCmd;
 use crate::{Entity, ShardId};
+use cluster::NodeId;
 
 /// Array slots at most; the rest of the ids use the map.
 const DENSE_MAX: u32 = 65_536;
@@ -17,7 +16,7 @@ const DENSE_MAX: u32 = 65_536;
 /// Where a handle sends a shard's messages.
 pub(crate) enum Route<E: Entity> {
     /// Hosted here: the shard's inbox.
-    Local(mpsc::Sender<ShardCmd<E>>),
+    Local(Sender<ShardCmd<E>>),
     /// Hosted on that node, and nothing for the shard waits in the region.
     Remote(NodeId),
 }

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 
 use super::RegionStats;
 use super::delivery::Delivery;
+use super::inbox::{self, Receiver, Sender};
 use super::recycle::Recycler;
 use crate::entity::EntityContext;
 use crate::{Entity, EntityId, FencingToken, ShardId};
@@ -213,8 +214,8 @@ impl<E: Entity> Shard<E> {
         inbox_capacity: usize,
         stats: Arc<RegionStats>,
         stopped: mpsc::UnboundedSender<Stopped<E>>,
-    ) -> mpsc::Sender<ShardCmd<E>> {
-        let (tx, rx) = mpsc::channel(inbox_capacity.max(1));
+    ) -> Sender<ShardCmd<E>> {
+        let (tx, rx) = inbox::inbox(inbox_capacity);
         let shard = Shard {
             id,
             token,
@@ -242,7 +243,7 @@ impl<E: Entity> Shard<E> {
 
     async fn run(
         mut self,
-        mut inbox: mpsc::Receiver<ShardCmd<E>>,
+        mut inbox: Receiver<ShardCmd<E>>,
         stopped: mpsc::UnboundedSender<Stopped<E>>,
         sweep_every: Duration,
     ) {
@@ -289,7 +290,7 @@ impl<E: Entity> Shard<E> {
         undelivered.append(&mut self.after_handoff);
         // Whatever still sits in the inbox goes back to the region for rerouting.
         inbox.close();
-        while let Ok(cmd) = inbox.try_recv() {
+        while let Some(cmd) = inbox.try_recv() {
             cmd.give_back(&mut undelivered);
         }
         tracing::debug!(shard = %self.id, returned = undelivered.len(), "shard stopped");
