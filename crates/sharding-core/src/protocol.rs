@@ -308,6 +308,20 @@ pub(crate) fn decode_data<M: DeserializeOwned, R: DeserializeOwned>(
     })
 }
 
+/// The shard of a [`DataMsg::Deliver`], read from its first bytes alone
+/// (postcard writes the variant's index, then the shard, as varints); `None`
+/// for a reply or bytes that do not start a message. Lets the receiving
+/// connection route a message and leave its decoding to the shard's task.
+pub(crate) fn deliver_shard(bytes: &[u8]) -> Option<ShardId> {
+    const DELIVER: u32 = 0;
+    let (variant, rest) = postcard::take_from_bytes::<u32>(bytes).ok()?;
+    if variant != DELIVER {
+        return None;
+    }
+    let (shard, _) = postcard::take_from_bytes::<ShardId>(rest).ok()?;
+    Some(shard)
+}
+
 /// Bytes that are not a valid protocol message.
 #[derive(Debug, thiserror::Error)]
 #[error("undecodable {what}: {source}")]
@@ -447,5 +461,27 @@ mod tests {
             other => panic!("decoded as {other:?}"),
         }
         assert!(decode_data::<String, u64>(&[7]).is_err(), "no such variant");
+    }
+
+    #[test]
+    fn the_shard_of_a_deliver_reads_from_its_first_bytes() {
+        let message = "m".to_string();
+        for shard in [0, 1, 127, 128, 70_000, u32::MAX] {
+            let bytes = sent(&DataMsg::Deliver {
+                shard: ShardId(shard),
+                entity: EntityId::from("e"),
+                reply_to: None,
+                hops: 1,
+                message: &message,
+            });
+            assert_eq!(deliver_shard(&bytes), Some(ShardId(shard)));
+        }
+        let reply = sent(&DataMsg::Reply {
+            request: 0,
+            result: Ok(&1),
+        });
+        assert_eq!(deliver_shard(&reply), None, "a reply has no shard");
+        assert_eq!(deliver_shard(&[]), None);
+        assert_eq!(deliver_shard(&[0, 0xff]), None, "a cut varint");
     }
 }

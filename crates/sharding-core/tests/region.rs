@@ -11,7 +11,9 @@ use cluster::{
     NodeId, Transport,
 };
 use serde::{Deserialize, Serialize};
-use sharding_core::protocol::{CoordinatorMsg, Directive, RegionMsg, TypeChannels, decode, encode};
+use sharding_core::protocol::{
+    CoordinatorMsg, DataMsg, Directive, RegionMsg, TypeChannels, decode, encode,
+};
 use sharding_core::{
     Entity, EntityId, Epoch, RegionConfig, RegionEvent, RegionSettings, ShardId, ShardRegion,
     ShardingError, TenureSettings, TypeName,
@@ -951,4 +953,66 @@ async fn a_long_queue_behind_a_waiting_handler_is_handled_in_order() {
         assert_eq!(other, vec![n]);
     }
     assert_eq!(rig.region.stats().entities_started, 301);
+}
+
+/// What another node sends a region on the type's data channel.
+fn from_another_node<M: Serialize>(rig: &Rig<Counter>, shard: ShardId, request: u64, message: &M) {
+    let msg = DataMsg::<&M, &i64>::Deliver {
+        shard,
+        entity: EntityId::from("a"),
+        reply_to: Some((COORDINATOR, request)),
+        hops: 1,
+        message,
+    };
+    let bytes = encode(&msg).unwrap();
+    rig.coordinator
+        .send(REGION, rig.channels.data, bytes)
+        .unwrap();
+}
+
+/// Messages from another node for a shard hosted here are decoded by the
+/// shard's task: each good one is handled and answered over the wire; one
+/// that does not decode is counted, and its asker hears why.
+#[tokio::test(start_paused = true)]
+async fn a_message_from_another_node_is_answered_and_a_bad_one_is_refused_with_the_reason() {
+    let rig = rig(RegionSettings::default());
+    let mut answers = rig.coordinator.subscribe(rig.channels.data);
+    let shard = rig.region.shard_of(&EntityId::from("a"));
+    rig.direct(Directive::HostShard {
+        epoch: Epoch(1),
+        shard,
+        allocation: 1,
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.hosted_shards(), vec![shard]);
+
+    let good = Add {
+        id: "a".into(),
+        n: 5,
+    };
+    from_another_node(&rig, shard, 1, &good);
+    // `true` is no `Add`: its head decodes, its message does not.
+    from_another_node(&rig, shard, 2, &true);
+    from_another_node(&rig, shard, 3, &good);
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        let e = tokio::time::timeout(Duration::from_secs(1), answers.recv())
+            .await
+            .expect("an answer")
+            .unwrap();
+        match decode::<DataMsg<Add, i64>>("reply", &e.payload).unwrap() {
+            DataMsg::Reply { request, result } => replies.push((request, result)),
+            other => panic!("not a reply: {other:?}"),
+        }
+    }
+    replies.sort_by_key(|(request, _)| *request);
+    assert_eq!(replies[0], (1, Ok(5)));
+    assert_eq!(replies[2], (3, Ok(10)));
+    let (request, refused) = &replies[1];
+    assert_eq!(*request, 2);
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("undecodable")),
+        "{refused:?}"
+    );
+    assert_eq!(rig.region.stats().dropped_undeliverable, 1);
 }

@@ -614,6 +614,7 @@ impl<E: Entity> Actor<E> {
             self.shared.settings.passivate_after,
             self.shared.settings.shard_inbox,
             Arc::clone(&self.shared.stats),
+            Arc::clone(&self.shared.link),
             self.stopped_tx.clone(),
         );
         self.senders.insert(shard, sender);

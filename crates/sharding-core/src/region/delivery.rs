@@ -1,11 +1,14 @@
 //! A user message on its way to an entity, and where its reply goes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use cluster::{Channel, NodeId, Transport};
 use tokio::sync::oneshot;
 
-use crate::protocol::{DataMsg, encode_into};
+use super::RegionStats;
+use crate::protocol::{DataIn, DataMsg, decode_data, encode_into};
 use crate::{Entity, EntityId, ShardId, ShardingError};
 
 /// Where an entity's reply goes.
@@ -71,7 +74,100 @@ impl<E: Entity> ReplyTo<E> {
     }
 }
 
+/// A message from another node, still encoded: the receiving connection
+/// read only its shard, and the shard's task decodes the rest, so the
+/// connection's task (one per peer) is not the whole cost of every message.
+pub(crate) struct Encoded {
+    pub(crate) from: NodeId,
+    pub(crate) payload: Bytes,
+}
+
+/// What another region sent on the data channel.
+pub(crate) enum Incoming<E: Entity> {
+    Deliver(Delivery<E>),
+    Reply {
+        request: u64,
+        result: Result<E::Reply, ShardingError>,
+    },
+    /// Did not decode: counted, logged, and an asker answered.
+    Dropped,
+}
+
+impl<E: Entity> Incoming<E> {
+    /// Decodes what `from` sent; replies to remote asks go through `link`.
+    pub(crate) fn decode(
+        from: NodeId,
+        payload: &[u8],
+        link: &Arc<ReplyLink>,
+        stats: &RegionStats,
+    ) -> Self {
+        let undeliverable = |what: &str, error: &dyn std::fmt::Display| {
+            stats.dropped_undeliverable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%from, %error, "{what} dropped");
+        };
+        match decode_data::<E::Message, E::Reply>(payload) {
+            Err(error) => {
+                undeliverable("undecodable region data", &error);
+                Incoming::Dropped
+            }
+            Ok(DataIn::Deliver {
+                shard,
+                entity,
+                reply_to,
+                hops,
+                message,
+            }) => {
+                let reply = match reply_to {
+                    None => ReplyTo::Nobody,
+                    Some((origin, request)) => ReplyTo::Remote {
+                        origin,
+                        request,
+                        link: Arc::clone(link),
+                    },
+                };
+                match message {
+                    Ok(message) => Incoming::Deliver(Delivery {
+                        shard,
+                        entity,
+                        message,
+                        reply,
+                        hops,
+                        counted: false,
+                        rehomed: false,
+                    }),
+                    Err(error) => {
+                        undeliverable("undecodable entity message", &error);
+                        reply.send(Err(ShardingError::Codec(error.to_string())));
+                        Incoming::Dropped
+                    }
+                }
+            }
+            Ok(DataIn::Reply { request, result }) => Incoming::Reply {
+                request,
+                result: match result {
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(remote)) => Err(ShardingError::Remote(remote)),
+                    Err(error) => Err(ShardingError::Codec(error.to_string())),
+                },
+            },
+        }
+    }
+}
+
 impl<E: Entity> Delivery<E> {
+    /// Decodes a message a connection queued for its shard (see [`Encoded`]).
+    pub(crate) fn decode(
+        encoded: &Encoded,
+        link: &Arc<ReplyLink>,
+        stats: &RegionStats,
+    ) -> Option<Self> {
+        match Incoming::decode(encoded.from, &encoded.payload, link, stats) {
+            Incoming::Deliver(delivery) => Some(delivery),
+            // Only messages with a shard are queued as encoded.
+            Incoming::Reply { .. } | Incoming::Dropped => None,
+        }
+    }
+
     /// Gives up on this delivery, telling an asker why.
     pub(crate) fn fail(self, error: ShardingError) {
         self.reply.send(Err(error));

@@ -23,10 +23,10 @@ use std::time::Duration;
 use cluster::{ClusterView, Envelope, NodeId, SendError, Transport};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{DataIn, DataMsg, Epoch, TypeChannels, decode_data, encode_into};
+use crate::protocol::{DataMsg, Epoch, TypeChannels, deliver_shard, encode_into};
 use crate::{Entity, EntityId, MessageExtractor, ShardId, TypeName};
 
-use delivery::{Delivery, ReplyLink, ReplyTo};
+use delivery::{Delivery, Encoded, Incoming, ReplyLink, ReplyTo};
 use routes::{Route, Routes};
 use shard::ShardCmd;
 
@@ -393,114 +393,71 @@ impl<E: Entity> Shared<E> {
     }
 
     /// User messages and replies from other regions, read together on the
-    /// receiving connection's task: each decoded once; the messages for one
-    /// shard routed together (one push into its inbox), in arrival order.
+    /// receiving connection's task. A message for a shard hosted here goes
+    /// to its inbox still encoded (its shard's task decodes it); the routes
+    /// are read under one lock for the whole batch. Everything else is
+    /// decoded here and takes the path of a local send. Arrival order is
+    /// kept: each envelope is done before the next.
     fn on_data(&self, batch: &mut Vec<Envelope>) {
-        let mut per_shard: HashMap<ShardId, Vec<Delivery<E>>, foldhash::fast::FixedState> =
-            HashMap::default();
+        let mut routes = None;
         for envelope in batch.drain(..) {
-            if let Some(d) = self.receive(envelope) {
-                (per_shard.entry(d.shard))
-                    .or_insert_with(|| Vec::with_capacity(16))
-                    .push(d);
-            }
-        }
-        for (_, deliveries) in per_shard {
-            self.route_many(deliveries);
-        }
-    }
-
-    /// Routes messages for one shard: all in one command when the shard is
-    /// hosted here and nothing for it is inside the region task, else one
-    /// by one.
-    fn route_many(&self, mut deliveries: Vec<Delivery<E>>) {
-        if let [first, _, ..] = deliveries.as_slice()
-            && self.via_region(first.shard).load(Ordering::Acquire) == 0
-        {
-            let routes = self.routes();
-            if let Some(Route::Local(shard)) = routes.get(first.shard) {
-                match shard.try_send(ShardCmd::DeliverMany(deliveries)) {
-                    Ok(()) => return,
-                    Err(inbox::TrySendError::Full(ShardCmd::DeliverMany(back))) => {
-                        for d in back {
-                            self.full(d, self.settings.shard_inbox);
-                        }
-                        return;
+            let routes_now = routes.get_or_insert_with(|| self.routes());
+            let Some(envelope) = self.queue_encoded(routes_now, envelope) else {
+                continue;
+            };
+            // The slow path may lock the routes itself.
+            routes = None;
+            match Incoming::decode(envelope.from, &envelope.payload, &self.link, &self.stats) {
+                // A refusal is counted, logged and answered inside.
+                Incoming::Deliver(d) => drop(self.route(d)),
+                // None: the asker timed out already.
+                Incoming::Reply { request, result } => {
+                    if let Some(tx) = self.asks().remove(&request) {
+                        let _ = tx.send(result);
                     }
-                    // The shard is stopping; one by one through the region task.
-                    Err(inbox::TrySendError::Closed(ShardCmd::DeliverMany(back))) => {
-                        deliveries = back;
-                    }
-                    Err(_) => return,
                 }
+                Incoming::Dropped => {}
             }
-        }
-        for d in deliveries {
-            // A refusal is counted, logged and answered inside.
-            let _ = self.route(d);
         }
     }
 
-    /// One envelope from another region: a message to route (returned), or
-    /// a reply, which completes its ask here.
-    fn receive(&self, envelope: Envelope) -> Option<Delivery<E>> {
-        let from = envelope.from;
-        let undeliverable = |what: &str, error: &dyn std::fmt::Display| {
-            self.stats
-                .dropped_undeliverable
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node = %self.node, %from, %error, "{what} dropped");
+    /// Queues a message for a shard hosted here, still encoded, when it may
+    /// take the direct route (as `route` decides for a local send); else
+    /// gives the envelope back.
+    fn queue_encoded(&self, routes: &Routes<E>, envelope: Envelope) -> Option<Envelope> {
+        let Some(shard) = deliver_shard(&envelope.payload) else {
+            return Some(envelope);
         };
-        match decode_data::<E::Message, E::Reply>(&envelope.payload) {
-            Err(error) => {
-                undeliverable("undecodable region data", &error);
+        if self.via_region(shard).load(Ordering::Acquire) != 0 {
+            return Some(envelope);
+        }
+        let Some(Route::Local(inbox)) = routes.get(shard) else {
+            return Some(envelope);
+        };
+        let Envelope {
+            from,
+            to,
+            channel,
+            payload,
+        } = envelope;
+        match inbox.try_send(ShardCmd::Encoded(Encoded { from, payload })) {
+            Ok(()) => None,
+            Err(inbox::TrySendError::Full(ShardCmd::Encoded(encoded))) => {
+                if let Some(d) = Delivery::decode(&encoded, &self.link, &self.stats) {
+                    self.full(d, self.settings.shard_inbox);
+                }
                 None
             }
-            Ok(DataIn::Deliver {
-                shard,
-                entity,
-                reply_to,
-                hops,
-                message,
-            }) => {
-                let reply = match reply_to {
-                    None => ReplyTo::Nobody,
-                    Some((origin, request)) => ReplyTo::Remote {
-                        origin,
-                        request,
-                        link: Arc::clone(&self.link),
-                    },
-                };
-                let message = match message {
-                    Ok(message) => message,
-                    Err(error) => {
-                        undeliverable("undecodable entity message", &error);
-                        reply.send(Err(ShardingError::Codec(error.to_string())));
-                        return None;
-                    }
-                };
-                Some(Delivery {
-                    shard,
-                    entity,
-                    message,
-                    reply,
-                    hops,
-                    counted: false,
-                    rehomed: false,
+            // The shard is stopping: the slow path reroutes it.
+            Err(inbox::TrySendError::Closed(ShardCmd::Encoded(Encoded { from, payload }))) => {
+                Some(Envelope {
+                    from,
+                    to,
+                    channel,
+                    payload,
                 })
             }
-            Ok(DataIn::Reply { request, result }) => {
-                // None: the asker timed out already.
-                if let Some(tx) = self.asks().remove(&request) {
-                    let answer = match result {
-                        Ok(Ok(reply)) => Ok(reply),
-                        Ok(Err(remote)) => Err(ShardingError::Remote(remote)),
-                        Err(error) => Err(ShardingError::Codec(error.to_string())),
-                    };
-                    let _ = tx.send(answer);
-                }
-                None
-            }
+            Err(_) => None, // only encoded messages are sent here
         }
     }
 }

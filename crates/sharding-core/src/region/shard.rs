@@ -31,7 +31,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use super::RegionStats;
-use super::delivery::Delivery;
+use super::delivery::{Delivery, Encoded, ReplyLink};
 use super::inbox::{self, Receiver, Sender};
 use super::recycle::Recycler;
 use crate::entity::EntityContext;
@@ -53,9 +53,8 @@ const POLL_BUDGET: usize = 256;
 /// Commands from the region and its handles.
 pub(crate) enum ShardCmd<E: Entity> {
     Deliver(Delivery<E>),
-    /// Messages for this shard read together from one connection, in order:
-    /// one push and one wake-up for all of them.
-    DeliverMany(Vec<Delivery<E>>),
+    /// A message from another node, decoded here.
+    Encoded(Encoded),
     /// Stop every entity, then return undelivered messages to the region.
     HandOff,
 }
@@ -64,17 +63,17 @@ impl<E: Entity> ShardCmd<E> {
     /// How many messages this command carries.
     fn messages(&self) -> u64 {
         match self {
-            ShardCmd::Deliver(_) => 1,
-            ShardCmd::DeliverMany(ds) => ds.len() as u64,
+            ShardCmd::Deliver(_) | ShardCmd::Encoded(_) => 1,
             ShardCmd::HandOff => 0,
         }
     }
 
-    /// Moves the messages this command carries to the end of `out`.
-    fn give_back(self, out: &mut Vec<Delivery<E>>) {
+    /// Moves the message this command carries (decoded, if it came
+    /// encoded) to the end of `out`.
+    fn give_back(self, link: &Arc<ReplyLink>, stats: &RegionStats, out: &mut Vec<Delivery<E>>) {
         match self {
             ShardCmd::Deliver(d) => out.push(d),
-            ShardCmd::DeliverMany(mut ds) => out.append(&mut ds),
+            ShardCmd::Encoded(encoded) => out.extend(Delivery::decode(&encoded, link, stats)),
             ShardCmd::HandOff => {}
         }
     }
@@ -190,6 +189,8 @@ pub(crate) struct Shard<E: Entity> {
     budget: usize,
     tick: u64,
     stats: Arc<RegionStats>,
+    /// Where replies to asks from other nodes go (for encoded messages).
+    link: Arc<ReplyLink>,
     /// False once the region's shard tenure lapsed: entities handle nothing more.
     hosting: Arc<AtomicBool>,
     /// Messages not handled because the tenure lapsed; returned to the
@@ -213,6 +214,7 @@ impl<E: Entity> Shard<E> {
         passivate_after: Duration,
         inbox_capacity: usize,
         stats: Arc<RegionStats>,
+        link: Arc<ReplyLink>,
         stopped: mpsc::UnboundedSender<Stopped<E>>,
     ) -> Sender<ShardCmd<E>> {
         let (tx, rx) = inbox::inbox(inbox_capacity);
@@ -230,6 +232,7 @@ impl<E: Entity> Shard<E> {
             budget: POLL_BUDGET,
             tick: 0,
             stats,
+            link,
             hosting,
             unhandled: Vec::new(),
             handing_off: false,
@@ -277,7 +280,7 @@ impl<E: Entity> Shard<E> {
                         }
                     }
                     for cmd in cmds {
-                        cmd.give_back(&mut self.after_handoff);
+                        cmd.give_back(&self.link, &self.stats, &mut self.after_handoff);
                     }
                     // One count per batch, not an atomic add per send.
                     self.stats.delivered_local(taken);
@@ -291,7 +294,7 @@ impl<E: Entity> Shard<E> {
         // Whatever still sits in the inbox goes back to the region for rerouting.
         inbox.close();
         while let Some(cmd) = inbox.try_recv() {
-            cmd.give_back(&mut undelivered);
+            cmd.give_back(&self.link, &self.stats, &mut undelivered);
         }
         tracing::debug!(shard = %self.id, returned = undelivered.len(), "shard stopped");
         let _ = stopped.send(Stopped {
@@ -303,8 +306,9 @@ impl<E: Entity> Shard<E> {
     fn command(&mut self, cmd: Option<ShardCmd<E>>) {
         match cmd {
             Some(ShardCmd::Deliver(d)) => self.deliver(d),
-            Some(ShardCmd::DeliverMany(ds)) => {
-                for d in ds {
+            Some(ShardCmd::Encoded(encoded)) => {
+                // Not decodable: counted, logged and answered inside.
+                if let Some(d) = Delivery::decode(&encoded, &self.link, &self.stats) {
                     self.deliver(d);
                 }
             }
@@ -589,8 +593,34 @@ mod tests {
         }
     }
 
+    /// `n` as it comes from another node: encoded, for the shard to decode.
+    fn encoded(n: u32) -> Encoded {
+        let msg = crate::protocol::DataMsg::<&u32, &()>::Deliver {
+            shard: ShardId(0),
+            entity: EntityId::from(u64::from(n % 2)),
+            reply_to: None,
+            hops: 1,
+            message: &n,
+        };
+        let mut payload = bytes::BytesMut::new();
+        crate::protocol::encode_into(&msg, &mut payload).expect("encodes");
+        Encoded {
+            from: cluster::NodeId(2),
+            payload: payload.freeze(),
+        }
+    }
+
+    fn link() -> Arc<ReplyLink> {
+        let network = cluster::InProcessNetwork::new(1);
+        Arc::new(ReplyLink {
+            transport: Arc::new(network.join(cluster::NodeId(1))),
+            channel: cluster::Channel(5000),
+        })
+    }
+
     /// Messages taken from the inbox in the same batch as the handoff, and
-    /// those left in the inbox, go back after it, in the order sent.
+    /// those left in the inbox, go back after it, in the order sent; those
+    /// that came encoded are decoded on the way.
     #[tokio::test(flavor = "current_thread")]
     async fn what_follows_a_handoff_in_one_batch_goes_back_in_order() {
         let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -604,6 +634,7 @@ mod tests {
             Duration::from_secs(60),
             1000,
             Arc::new(RegionStats::default()),
+            link(),
             stopped_tx,
         );
         // All queued before the shard first runs: one batch of 64 holds
@@ -612,10 +643,12 @@ mod tests {
             assert!(inbox.try_send(ShardCmd::Deliver(delivery(n))).is_ok());
         }
         assert!(inbox.try_send(ShardCmd::HandOff).is_ok());
-        let many = (3..6).map(delivery).collect();
-        assert!(inbox.try_send(ShardCmd::DeliverMany(many)).is_ok());
-        for n in 6..(3 + INBOX_BATCH as u32 * 2) {
-            assert!(inbox.try_send(ShardCmd::Deliver(delivery(n))).is_ok());
+        for n in 3..(3 + INBOX_BATCH as u32 * 2) {
+            let cmd = match n % 3 {
+                0 => ShardCmd::Encoded(encoded(n)),
+                _ => ShardCmd::Deliver(delivery(n)),
+            };
+            assert!(inbox.try_send(cmd).is_ok());
         }
         let back = stopped.recv().await.expect("the shard stops");
         let returned: Vec<u32> = back.undelivered.iter().map(|d| d.message).collect();
