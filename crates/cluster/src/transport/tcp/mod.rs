@@ -95,9 +95,12 @@ struct Inner {
     admission: Admission,
     inboxes: Inboxes,
     /// Read on every send; written when an address is learned.
-    peers: RwLock<HashMap<NodeId, Peer>>,
+    /// foldhash (seeded per process): looked up on every send.
+    peers: RwLock<Peers>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
+
+type Peers = HashMap<NodeId, Peer, foldhash::fast::RandomState>;
 
 struct Peer {
     addr: NodeAddr,
@@ -133,7 +136,7 @@ impl TcpTransport {
                 settings.max_inbound_connections,
             ),
             settings,
-            peers: RwLock::new(HashMap::new()),
+            peers: RwLock::new(Peers::default()),
             tasks: Mutex::new(Vec::new()),
         });
         let accept = tokio::spawn(accept_loop(Arc::clone(&inner), listener));
@@ -253,11 +256,11 @@ impl Transport for TcpTransport {
 }
 
 impl Inner {
-    fn peers(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Peer>> {
+    fn peers(&self) -> std::sync::RwLockReadGuard<'_, Peers> {
         self.peers.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn peers_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, Peer>> {
+    fn peers_mut(&self) -> std::sync::RwLockWriteGuard<'_, Peers> {
         self.peers.write().unwrap_or_else(|e| e.into_inner())
     }
 
