@@ -253,10 +253,34 @@ async fn a_full_send_queue_is_an_error_and_counted() {
     }
     assert!(refused >= 15, "{refused}");
     assert_eq!(a.stats().dropped_queue_full, refused);
+    assert_eq!(a.stats().sent, 20 - refused, "accepted sends are counted");
+    // A re-pointed peer gets a new queue, which takes over the waiting
+    // frames (still full); what the old one accepted still counts.
+    a.learn_address(NodeId(2), &NodeAddr::from("127.0.0.1:10"));
+    assert!(a.send(NodeId(2), CH, Bytes::from_static(b"x")).is_err());
+    assert_eq!(a.stats().sent, 20 - refused);
     assert_eq!(
         a.send(NodeId(3), CH, Bytes::new()),
         Err(cluster::SendError::UnknownPeer(NodeId(3)))
     );
+}
+
+/// Frames queued for a peer's old address are sent to its new one.
+#[tokio::test]
+async fn frames_waiting_for_a_re_pointed_peer_go_to_its_new_address() {
+    let a = node(1).await;
+    let b = node(2).await;
+    let mut inbox = b.subscribe(CH);
+    // Nobody listens there: the frames wait in the queue.
+    a.learn_address(NodeId(2), &NodeAddr::from("127.0.0.1:9"));
+    for payload in [&b"one"[..], b"two", b"three"] {
+        a.send(NodeId(2), CH, Bytes::from_static(payload)).unwrap();
+    }
+    a.learn_address(NodeId(2), &addr_of(&b));
+    for payload in [&b"one"[..], b"two", b"three"] {
+        assert_eq!(&recv(&mut inbox).await.payload[..], payload);
+    }
+    assert_eq!(a.stats().sent, 3, "counted once");
 }
 
 #[tokio::test]
@@ -495,6 +519,7 @@ async fn payloads_written_in_place_reach_a_handler_in_order() {
     sleep(Duration::from_millis(100)).await;
     assert!(rx.try_recv().is_err(), "the refused payload was sent");
     assert_eq!(b.stats().bad_frames, 0);
+    assert_eq!(a.stats().sent, 1000, "the refused payload is not counted");
 }
 
 /// Frames in a write that fails (the peer died under the connection) are

@@ -33,6 +33,9 @@ pub(crate) struct Outbox {
 struct Pending {
     bytes: BytesMut,
     frames: usize,
+    /// Frames ever accepted: counted under the lock already held, so a
+    /// send costs no separate atomic add for the transport's counter.
+    accepted: u64,
 }
 
 /// Frames taken out of an outbox to be written.
@@ -89,12 +92,18 @@ impl Outbox {
         };
         pending.bytes[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
         pending.frames += 1;
+        pending.accepted += 1;
         let first = pending.frames == 1;
         drop(pending);
         if first {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Frames accepted by `push` so far.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.lock().accepted
     }
 
     /// Takes every frame waiting now, if any.
@@ -108,6 +117,16 @@ impl Outbox {
         // batch, the next push reuses the allocation.
         let bytes = pending.bytes.split().freeze();
         Some(Batch { bytes, frames })
+    }
+
+    /// Takes over frames another outbox accepted but did not hand to its
+    /// writer (the peer was re-pointed to a new address), after any here.
+    pub(crate) fn adopt(&self, batch: Batch) {
+        let mut pending = self.lock();
+        pending.bytes.extend_from_slice(&batch.bytes);
+        pending.frames += batch.frames;
+        drop(pending);
+        self.ready.notify_one();
     }
 
     /// Waits up to `quiet` for frames and takes them; `None` if none came.

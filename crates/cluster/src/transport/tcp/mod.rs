@@ -234,7 +234,6 @@ impl Transport for TcpTransport {
         peer.outbox
             .push(node, to, channel, payload)
             .map_err(|error| queue_full(inner, to, error))?;
-        inner.inboxes.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -251,7 +250,12 @@ impl Transport for TcpTransport {
     }
 
     fn stats(&self) -> TransportStats {
-        self.inner.inboxes.stats()
+        let mut stats = self.inner.inboxes.stats();
+        // Each outbox counts what it accepted; retired ones were added to
+        // the transport's counter when they were replaced.
+        let peers = self.inner.peers();
+        stats.sent += peers.values().map(|p| p.outbox.accepted()).sum::<u64>();
+        stats
     }
 }
 
@@ -277,6 +281,7 @@ impl Inner {
             self.settings.send_queue,
             self.settings.max_frame_size,
         ));
+        let new_outbox = Arc::clone(&outbox);
         let task = tokio::spawn(outbound(
             Arc::clone(self),
             node,
@@ -292,6 +297,12 @@ impl Inner {
             },
         ) {
             old.task.abort();
+            (self.inboxes.sent).fetch_add(old.outbox.accepted(), Ordering::Relaxed);
+            // Frames the old address never took go to the new one. (Nothing
+            // was pushed to the new outbox yet: senders need the peers lock.)
+            if let Some(waiting) = old.outbox.take() {
+                new_outbox.adopt(waiting);
+            }
         }
         tracing::debug!(node = %self.settings.node, peer = %node, %addr, "peer address learned");
     }
