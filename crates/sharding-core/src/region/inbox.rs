@@ -76,6 +76,33 @@ impl<T> Sender<T> {
         self.push(item, false)
     }
 
+    /// Queues `items` in order under one lock, each wrapped by `wrap`, as
+    /// many as there is room for: the rest stay in `items` (`Full`), or
+    /// all of them when the shard stopped taking messages (`Closed`).
+    pub(crate) fn send_all<U>(
+        &self,
+        items: &mut Vec<U>,
+        wrap: impl Fn(U) -> T,
+    ) -> Result<(), TrySendError<()>> {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Err(TrySendError::Closed(()));
+        }
+        let room = self.shared.capacity.saturating_sub(state.queue.len());
+        let n = room.min(items.len());
+        state.queue.extend(items.drain(..n).map(wrap));
+        let waker = if n > 0 { state.waker.take() } else { None };
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        if items.is_empty() {
+            Ok(())
+        } else {
+            Err(TrySendError::Full(()))
+        }
+    }
+
     fn push(&self, item: T, bounded: bool) -> Result<(), TrySendError<T>> {
         let mut state = self.shared.lock();
         if state.closed {
@@ -195,6 +222,30 @@ mod tests {
         let mut got = Vec::new();
         rx.recv_many(&mut got, 10).await;
         assert_eq!(got, vec![1, 2, 4]);
+    }
+
+    #[tokio::test]
+    async fn many_at_once_take_what_room_there_is_in_order() {
+        let (tx, mut rx) = inbox(4);
+        assert!(tx.try_send(0).is_ok());
+        let mut items = vec![1, 2, 3, 4, 5];
+        assert!(matches!(
+            tx.send_all(&mut items, |n| n * 10),
+            Err(TrySendError::Full(()))
+        ));
+        assert_eq!(items, vec![4, 5], "what did not fit stays, in order");
+        let mut got = Vec::new();
+        rx.recv_many(&mut got, 10).await;
+        assert_eq!(got, vec![0, 10, 20, 30]);
+        assert!(tx.send_all(&mut items, |n| n).is_ok());
+        assert!(items.is_empty());
+        rx.close();
+        let mut more = vec![6];
+        assert!(matches!(
+            tx.send_all(&mut more, |n| n),
+            Err(TrySendError::Closed(()))
+        ));
+        assert_eq!(more, vec![6], "a closed inbox takes nothing");
     }
 
     #[tokio::test]

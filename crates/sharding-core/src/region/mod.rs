@@ -11,6 +11,7 @@
 mod actor;
 mod delivery;
 mod inbox;
+mod receive;
 mod recycle;
 mod routes;
 mod shard;
@@ -23,10 +24,10 @@ use std::time::Duration;
 use cluster::{ClusterView, Envelope, NodeId, SendError, Transport};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{DataMsg, Epoch, TypeChannels, deliver_shard, encode_into};
+use crate::protocol::{DataMsg, Epoch, TypeChannels, encode_into};
 use crate::{Entity, EntityId, MessageExtractor, ShardId, TypeName};
 
-use delivery::{Delivery, Encoded, Incoming, ReplyLink, ReplyTo};
+use delivery::{Delivery, ReplyLink, ReplyTo};
 use routes::{Route, Routes};
 use shard::ShardCmd;
 
@@ -246,6 +247,8 @@ struct Shared<E: Entity> {
     /// Asks sent to other nodes, by request number.
     asks: Mutex<HashMap<u64, Asker<E>>>,
     next_request: AtomicU64,
+    /// Reused space for grouping received messages per shard.
+    staging: receive::StagingPool,
 }
 
 impl<E: Entity> Shared<E> {
@@ -391,75 +394,6 @@ impl<E: Entity> Shared<E> {
         };
         sent
     }
-
-    /// User messages and replies from other regions, read together on the
-    /// receiving connection's task. A message for a shard hosted here goes
-    /// to its inbox still encoded (its shard's task decodes it); the routes
-    /// are read under one lock for the whole batch. Everything else is
-    /// decoded here and takes the path of a local send. Arrival order is
-    /// kept: each envelope is done before the next.
-    fn on_data(&self, batch: &mut Vec<Envelope>) {
-        let mut routes = None;
-        for envelope in batch.drain(..) {
-            let routes_now = routes.get_or_insert_with(|| self.routes());
-            let Some(envelope) = self.queue_encoded(routes_now, envelope) else {
-                continue;
-            };
-            // The slow path may lock the routes itself.
-            routes = None;
-            match Incoming::decode(envelope.from, &envelope.payload, &self.link, &self.stats) {
-                // A refusal is counted, logged and answered inside.
-                Incoming::Deliver(d) => drop(self.route(d)),
-                // None: the asker timed out already.
-                Incoming::Reply { request, result } => {
-                    if let Some(tx) = self.asks().remove(&request) {
-                        let _ = tx.send(result);
-                    }
-                }
-                Incoming::Dropped => {}
-            }
-        }
-    }
-
-    /// Queues a message for a shard hosted here, still encoded, when it may
-    /// take the direct route (as `route` decides for a local send); else
-    /// gives the envelope back.
-    fn queue_encoded(&self, routes: &Routes<E>, envelope: Envelope) -> Option<Envelope> {
-        let Some(shard) = deliver_shard(&envelope.payload) else {
-            return Some(envelope);
-        };
-        if self.via_region(shard).load(Ordering::Acquire) != 0 {
-            return Some(envelope);
-        }
-        let Some(Route::Local(inbox)) = routes.get(shard) else {
-            return Some(envelope);
-        };
-        let Envelope {
-            from,
-            to,
-            channel,
-            payload,
-        } = envelope;
-        match inbox.try_send(ShardCmd::Encoded(Encoded { from, payload })) {
-            Ok(()) => None,
-            Err(inbox::TrySendError::Full(ShardCmd::Encoded(encoded))) => {
-                if let Some(d) = Delivery::decode(&encoded, &self.link, &self.stats) {
-                    self.full(d, self.settings.shard_inbox);
-                }
-                None
-            }
-            // The shard is stopping: the slow path reroutes it.
-            Err(inbox::TrySendError::Closed(ShardCmd::Encoded(Encoded { from, payload }))) => {
-                Some(Envelope {
-                    from,
-                    to,
-                    channel,
-                    payload,
-                })
-            }
-            Err(_) => None, // only encoded messages are sent here
-        }
-    }
 }
 
 /// The handle users send messages through; cheap to clone.
@@ -508,6 +442,7 @@ impl<E: Entity> ShardRegion<E> {
             }),
             asks: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(0),
+            staging: receive::StagingPool::default(),
         });
         // Weak: the transport outlives a stopped region.
         let weak = Arc::downgrade(&shared);
