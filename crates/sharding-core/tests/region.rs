@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster::{
-    Envelope, InProcessNetwork, InProcessTransport, Membership, MembershipSettings, NodeAddr,
-    NodeId, Transport,
+    Envelope, InProcessNetwork, Membership, MembershipSettings, NodeAddr, NodeId, TcpSettings,
+    TcpTransport, Transport,
 };
 use serde::{Deserialize, Serialize};
 use sharding_core::protocol::{
@@ -44,7 +44,7 @@ const COORDINATOR: NodeId = NodeId(9);
 
 struct Rig<E: Entity<Message = Add>> {
     region: ShardRegion<E>,
-    coordinator: InProcessTransport,
+    coordinator: Arc<dyn Transport>,
     to_coordinator: mpsc::Receiver<Envelope>,
     replies: mpsc::Receiver<Envelope>,
     channels: TypeChannels,
@@ -68,15 +68,36 @@ impl<E: Entity<Message = Add>> Rig<E> {
     ) -> Self {
         let network = InProcessNetwork::new(1);
         let transport = Arc::new(network.join(REGION));
-        let membership = Membership::start(
-            transport.clone(),
-            NodeAddr::from("inproc:1"),
-            MembershipSettings::new(Vec::new()),
+        let coordinator = Arc::new(network.join(COORDINATOR));
+        let addr = NodeAddr::from("inproc:1");
+        Self::start_on(
+            transport,
+            coordinator,
+            addr,
+            type_name,
+            make,
+            settings,
+            tenure,
         )
-        .unwrap();
+    }
+
+    /// One region of `type_name` on `transport` (node 1, reached at
+    /// `addr`), alone in its cluster; the scripted coordinator speaks
+    /// through `coordinator` (node 9).
+    fn start_on(
+        transport: Arc<dyn Transport>,
+        coordinator: Arc<dyn Transport>,
+        addr: NodeAddr,
+        type_name: &str,
+        make: fn() -> E,
+        settings: RegionSettings,
+        tenure: Option<TenureSettings>,
+    ) -> Self {
+        let membership =
+            Membership::start(transport.clone(), addr, MembershipSettings::new(Vec::new()))
+                .unwrap();
         let type_name = TypeName::from(type_name);
         let channels = TypeChannels::of(&type_name);
-        let coordinator = network.join(COORDINATOR);
         // The region sends to its view's leader (itself, alone): intercept there.
         let to_coordinator = transport.subscribe(channels.coordinator);
         // Answers to directives go to the node that sent them.
@@ -1015,4 +1036,113 @@ async fn a_message_from_another_node_is_answered_and_a_bad_one_is_refused_with_t
         "{refused:?}"
     );
     assert_eq!(rig.region.stats().dropped_undeliverable, 1);
+}
+
+/// A region on TCP, with the scripted coordinator on a second TCP node:
+/// frames between them arrive in batches, as between real nodes.
+async fn rig_on_tcp() -> Rig<Recorder> {
+    let bind = |node| async move {
+        let settings = TcpSettings::new("rig", node, "127.0.0.1:0".parse().unwrap());
+        Arc::new(TcpTransport::bind(settings).await.unwrap())
+    };
+    let region = bind(REGION).await;
+    let coordinator = bind(COORDINATOR).await;
+    let region_addr = NodeAddr::from(region.local_addr());
+    region.learn_address(COORDINATOR, &NodeAddr::from(coordinator.local_addr()));
+    coordinator.learn_address(REGION, &region_addr);
+    Rig::start_on(
+        region,
+        coordinator,
+        region_addr,
+        "recorder",
+        || Recorder(Vec::new()),
+        RegionSettings::default(),
+        None,
+    )
+}
+
+/// Tells `0..total` to entity "one" from the coordinator's node, as a
+/// region there would forward them, yielding now and then.
+fn send_in_order_from_another_node(
+    rig: &Rig<Recorder>,
+    shard: ShardId,
+    total: i64,
+) -> tokio::task::JoinHandle<()> {
+    let transport = Arc::clone(&rig.coordinator);
+    let channel = rig.channels.data;
+    tokio::spawn(async move {
+        for n in 0..total {
+            let message = Add {
+                id: "one".into(),
+                n,
+            };
+            let msg = DataMsg::<&Add, &Vec<i64>>::Deliver {
+                shard,
+                entity: EntityId::from("one"),
+                reply_to: None,
+                hops: 1,
+                message: &message,
+            };
+            transport
+                .send(REGION, channel, encode(&msg).unwrap())
+                .unwrap();
+            if n % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    })
+}
+
+/// Messages another node sends one entity, read in batches off a TCP
+/// connection while the entity's shard is handed off and homed here again,
+/// are handled once each and in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_from_another_node_keep_their_order_across_a_handoff() {
+    let mut rig = rig_on_tcp().await;
+    let shard = rig.region.shard_of(&EntityId::from("one"));
+    rig.direct(Directive::HostShard {
+        epoch: Epoch(1),
+        shard,
+        allocation: 1,
+    });
+    while rig.region.hosted_shards() != vec![shard] {
+        sleep(Duration::from_millis(5)).await;
+    }
+    let total = 40_000;
+    let sending = send_in_order_from_another_node(&rig, shard, total);
+    sleep(Duration::from_millis(20)).await;
+    rig.direct(Directive::HandOff {
+        epoch: Epoch(1),
+        shard,
+    });
+    loop {
+        let e = rig.replies.recv().await.unwrap();
+        if decode::<CoordinatorMsg>("coordinator message", &e.payload).unwrap()
+            == (CoordinatorMsg::ShardStopped { shard })
+        {
+            break;
+        }
+    }
+    // Messages that arrive meanwhile wait for the shard's home.
+    rig.home_here().await;
+    sending.await.unwrap();
+    // The last one sent is the last one seen, once the rest are through.
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let seen = rig.seen(1).await;
+            if seen.contains(&(total - 1)) {
+                return seen;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the last message arrives");
+    assert_eq!(*seen.last().unwrap(), total - 1, "the last arrived last");
+    assert_eq!(
+        inversions(&seen),
+        0,
+        "messages were reordered across the handoff"
+    );
+    assert_eq!(rig.region.stats().dropped_undeliverable, 0);
 }
