@@ -1,136 +1,269 @@
-//! Handler futures written into boxes that are used again.
+//! Handler futures run in slots that are used again.
 //!
-//! A shard polls every handler once as soon as it has one, and most finish
-//! right there. Boxing each handler would cost a malloc and a free per
-//! message (a handler's future type cannot be named on stable Rust, so it
-//! cannot sit in a field of the shard). Instead the shard keeps a few boxes
-//! of the one handler type and writes each new handler into a free one.
-//! Only a handler that waits keeps its box, until it finishes.
+//! A shard polls every handler as soon as it has one, and most finish right
+//! there. Boxing each handler, and putting the ones that wait into a
+//! `FuturesUnordered`, cost two or three allocations and frees per message
+//! (a handler's future type cannot be named on stable Rust, so it cannot
+//! sit in a field of the shard). Here a shard keeps boxes for the one
+//! handler type, and slots for the handlers that wait: a box and a waker
+//! that marks the slot ready, both made once and kept.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
 
-/// Free boxes kept at most; a burst of waiting handlers is not held forever.
+/// Waiting futures polled per call of `poll_done` at most; then the shard
+/// yields (a handler that wakes itself must not hold the thread).
+const POLLS_PER_CALL: usize = 64;
+
+/// Spare boxes kept at most.
 const KEEP: usize = 16;
 
-/// Boxes for futures of type `F`, each empty (`None`) while free.
-pub(crate) struct Recycler<F> {
-    free: Vec<Pin<Box<Option<F>>>>,
+/// Futures of type `F`, each in its own reused slot.
+pub(crate) struct Running<F> {
+    /// Boxes for futures polled the first time (free, `None`).
+    spare: Vec<Pin<Box<Option<F>>>>,
+    /// Futures that waited, each with its waker; `None` while free.
+    slots: Vec<Slot<F>>,
+    free: Vec<usize>,
+    ready: Arc<Ready>,
+    /// Slots woken, taken from `ready`, not polled yet.
+    taken: Vec<usize>,
+    waiting: usize,
 }
 
-impl<F: Future> Recycler<F> {
-    pub(crate) fn new() -> Self {
-        Self { free: Vec::new() }
+struct Slot<F> {
+    /// `None` while the slot is free.
+    future: Pin<Box<Option<F>>>,
+    /// Marks this slot ready: made once, passed to every future it holds.
+    waker: Waker,
+}
+
+/// Slots woken since the shard last looked, and the shard's task.
+#[derive(Default)]
+struct Ready {
+    state: Mutex<ReadyState>,
+}
+
+#[derive(Default)]
+struct ReadyState {
+    slots: Vec<usize>,
+    shard: Option<Waker>,
+}
+
+impl Ready {
+    fn lock(&self) -> MutexGuard<'_, ReadyState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct SlotWaker {
+    slot: usize,
+    ready: Arc<Ready>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
     }
 
-    /// Polls `future` once from a free box: its output if it finished (the
-    /// box is free again), else the box with the future in it, to be polled
-    /// until it finishes.
-    pub(crate) fn poll_once(
-        &mut self,
-        future: F,
-        cx: &mut Context<'_>,
-    ) -> Result<F::Output, InFlight<F>> {
-        let mut slot = self.free.pop().unwrap_or_else(|| Box::pin(None));
-        slot.set(Some(future));
-        let Some(running) = slot.as_mut().as_pin_mut() else {
-            unreachable!("the future was put in just above");
-        };
-        match running.poll(cx) {
-            Poll::Ready(output) => {
-                slot.set(None);
-                if self.free.len() < KEEP {
-                    self.free.push(slot);
-                }
-                Ok(output)
-            }
-            Poll::Pending => Err(InFlight(slot)),
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut state = self.ready.lock();
+        // A late wake meant for a slot's earlier future only costs its
+        // current one a spurious poll.
+        state.slots.push(self.slot);
+        let shard = state.shard.take();
+        drop(state);
+        if let Some(shard) = shard {
+            shard.wake();
         }
     }
 }
 
-/// A future that waited on its first poll, still in its box.
-pub(crate) struct InFlight<F>(Pin<Box<Option<F>>>);
-
-impl<F: Future> Future for InFlight<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let slot = &mut self.get_mut().0;
-        let Some(running) = slot.as_mut().as_pin_mut() else {
-            // Only reachable by polling after completion, which callers don't.
-            return Poll::Pending;
-        };
-        let output = std::task::ready!(running.poll(cx));
-        // Drop the finished future now, not with the box.
-        slot.set(None);
-        Poll::Ready(output)
+impl<F: Future> Running<F> {
+    pub(crate) fn new() -> Self {
+        Self {
+            spare: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            ready: Arc::default(),
+            taken: Vec::new(),
+            waiting: 0,
+        }
     }
+
+    /// Futures that waited and have not finished.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Runs `future` until it first waits: its output if it finished, else
+    /// `None`, and `poll_done` gives its output once it finishes. Inlined:
+    /// this is on every message's path.
+    #[inline(always)]
+    pub(crate) fn start(&mut self, future: F) -> Option<F::Output> {
+        // First with no waker: most futures finish here, and need no slot.
+        let mut boxed = self.spare.pop().unwrap_or_else(|| Box::pin(None));
+        boxed.set(Some(future));
+        if let Some(running) = boxed.as_mut().as_pin_mut() {
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(output) = running.poll(&mut cx) {
+                boxed.set(None);
+                if self.spare.len() < KEEP {
+                    self.spare.push(boxed);
+                }
+                return Some(output);
+            }
+        }
+        // It waits: into a slot, polled again with the slot's waker (the
+        // one the first poll saw wakes nobody).
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index].future = boxed;
+                index
+            }
+            None => {
+                let waker = Waker::from(Arc::new(SlotWaker {
+                    slot: self.slots.len(),
+                    ready: Arc::clone(&self.ready),
+                }));
+                self.slots.push(Slot {
+                    future: boxed,
+                    waker,
+                });
+                self.slots.len() - 1
+            }
+        };
+        match poll_slot(&mut self.slots[index]) {
+            Poll::Ready(output) => {
+                self.release(index);
+                Some(output)
+            }
+            Poll::Pending => {
+                self.waiting += 1;
+                None
+            }
+        }
+    }
+
+    /// Frees slot `index` (its future finished), keeping its box as spare.
+    fn release(&mut self, index: usize) {
+        self.free.push(index);
+        if self.spare.len() < KEEP {
+            let empty = std::mem::replace(&mut self.slots[index].future, Box::pin(None));
+            self.spare.push(empty);
+        }
+    }
+
+    /// The output of a waiting future that finished, if one has; else
+    /// arranges for `cx` to be woken when one is woken.
+    pub(crate) fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
+        for _ in 0..POLLS_PER_CALL {
+            let Some(index) = self.taken.pop() else {
+                let mut state = self.ready.lock();
+                if state.slots.is_empty() {
+                    match &mut state.shard {
+                        Some(shard) if shard.will_wake(cx.waker()) => {}
+                        shard => *shard = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+                std::mem::swap(&mut state.slots, &mut self.taken);
+                continue;
+            };
+            let slot = &mut self.slots[index];
+            if slot.future.is_none() {
+                continue; // a late wake for a slot that is free now
+            }
+            if let Poll::Ready(output) = poll_slot(slot) {
+                self.waiting -= 1;
+                self.release(index);
+                return Poll::Ready(output);
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Polls the future in `slot` with the slot's waker; a finished one is
+/// dropped at once, so the slot holds nothing while free.
+fn poll_slot<F: Future>(slot: &mut Slot<F>) -> Poll<F::Output> {
+    let Some(future) = slot.future.as_mut().as_pin_mut() else {
+        return Poll::Pending;
+    };
+    let mut cx = Context::from_waker(&slot.waker);
+    let output = std::task::ready!(future.poll(&mut cx));
+    slot.future.set(None);
+    Poll::Ready(output)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::task::Waker;
+    use std::future::poll_fn;
 
     use super::*;
 
-    /// Ready on the first poll, or pending once when `wait` is set.
-    struct Maybe {
-        wait: bool,
-        value: u32,
-    }
-
-    impl Future for Maybe {
-        type Output = u32;
-        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<u32> {
-            if std::mem::take(&mut self.wait) {
-                Poll::Pending
-            } else {
-                Poll::Ready(self.value)
+    /// Ready at once, or after `waits` polls (waking itself each time when
+    /// `wake` is set, else leaving the waker to the test).
+    fn after(waits: u32, wake: bool, value: u32) -> impl Future<Output = u32> {
+        let mut left = waits;
+        poll_fn(move |cx| {
+            if left == 0 {
+                return Poll::Ready(value);
             }
-        }
+            left -= 1;
+            if wake {
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        })
     }
 
     #[test]
-    fn a_finished_future_frees_its_box_for_the_next() {
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut boxes = Recycler::new();
-        let first = boxes.poll_once(
-            Maybe {
-                wait: false,
-                value: 1,
-            },
-            &mut cx,
-        );
-        assert_eq!(first.ok(), Some(1));
-        let reused: *const Option<Maybe> = &*boxes.free[0];
-        let second = boxes.poll_once(
-            Maybe {
-                wait: false,
-                value: 2,
-            },
-            &mut cx,
-        );
-        assert_eq!(second.ok(), Some(2));
-        assert_eq!(boxes.free.len(), 1, "one box served both");
-        assert!(std::ptr::eq(reused, &*boxes.free[0]), "the same box");
+    fn a_future_that_finishes_at_once_needs_no_slot_and_its_box_is_reused() {
+        let mut running = Running::new();
+        assert_eq!(running.start(after(0, false, 1)), Some(1));
+        assert_eq!(running.start(after(0, false, 2)), Some(2));
+        assert_eq!(running.spare.len(), 1, "one box served both");
+        assert!(running.slots.is_empty());
+        assert_eq!(running.waiting(), 0);
     }
 
     #[test]
-    fn a_waiting_future_keeps_its_box_and_finishes_later() {
+    fn a_waiting_future_finishes_when_woken_and_its_slot_is_reused() {
+        let mut running = Running::new();
         let mut cx = Context::from_waker(Waker::noop());
-        let mut boxes = Recycler::new();
-        let Err(mut waiting) = boxes.poll_once(
-            Maybe {
-                wait: true,
-                value: 7,
-            },
-            &mut cx,
-        ) else {
-            panic!("the future waits on its first poll");
-        };
-        assert!(boxes.free.is_empty(), "its box is not free");
-        assert_eq!(Pin::new(&mut waiting).poll(&mut cx), Poll::Ready(7));
+        // Waits on its first poll and on the second (with the slot's waker).
+        assert_eq!(running.start(after(2, true, 7)), None);
+        assert_eq!(running.start(after(0, false, 8)), Some(8), "needs no slot");
+        assert_eq!(running.waiting(), 1);
+        // Woke itself through the slot's waker: finishes on the next poll.
+        assert_eq!(running.poll_done(&mut cx), Poll::Ready(7));
+        assert_eq!(running.waiting(), 0);
+        assert_eq!(running.start(after(3, true, 9)), None);
+        assert_eq!(running.slots.len(), 1, "the free slot is used again");
+    }
+
+    #[test]
+    fn a_future_nobody_wakes_is_not_polled_and_the_shard_waits() {
+        let mut running = Running::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(running.start(after(2, false, 3)), None);
+        assert_eq!(running.poll_done(&mut cx), Poll::Pending);
+        assert_eq!(running.waiting(), 1);
+        // Its waker fires: the next call finishes it.
+        running.slots[0].waker.wake_by_ref();
+        assert_eq!(running.poll_done(&mut cx), Poll::Ready(3));
+    }
+
+    #[test]
+    fn a_future_that_keeps_waking_itself_does_not_hold_the_shard() {
+        let mut running = Running::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(running.start(after(u32::MAX, true, 0)), None);
+        // Returns after a bounded number of polls instead of spinning.
+        assert_eq!(running.poll_done(&mut cx), Poll::Pending);
     }
 }
