@@ -44,9 +44,7 @@ pub struct RegionSettings {
     pub passivate_after: Duration,
     /// How long `ask` waits for a reply (default 5 s).
     pub ask_timeout: Duration,
-    /// Capacity of each hosted shard's inbox, in commands (default 100 000):
-    /// a command is one message, or the messages for the shard read together
-    /// from one connection (at most `cluster::HANDLER_BATCH`).
+    /// Capacity of each hosted shard's inbox, in messages (default 100 000).
     pub shard_inbox: usize,
 }
 
