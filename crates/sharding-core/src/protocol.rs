@@ -220,8 +220,9 @@ pub enum RegionMsg {
 
 /// Region to region, on the type's data channel: user messages and the
 /// replies to asks. The user's message or reply is inline, so it is encoded
-/// once, straight into its frame, and decoded once, by the receiving
-/// connection's task, which hands it to its shard.
+/// once, straight into its frame, and decoded once: by its shard's task when
+/// the shard is hosted where it arrives (the connection reads only the
+/// shard, which comes first), else by the receiving connection's task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataMsg<M, R> {
     /// A user message for an entity, forwarded by another region.

@@ -273,8 +273,8 @@ impl<E: Entity> Shard<E> {
                     if self.handlers.waiting() > 0 => self.done(done),
                 Some(done) = self.work.next(), if !self.work.is_empty() => self.done(done),
                 _ = sweep.tick(), if !self.handing_off => self.sweep(),
-                // Up to a batch per wake-up: one trip through the select,
-                // and the channel's permits given back once per batch.
+                // Up to a batch per wake-up: one trip through the select
+                // and one lock of the inbox for all of it.
                 n = inbox.recv_many(&mut batch, INBOX_BATCH), if !self.handing_off => {
                     took_batch = true;
                     if n == 0 {
