@@ -34,8 +34,8 @@ pub(crate) struct Running<F> {
 }
 
 struct Slot<F> {
-    /// `None` while the slot is free.
-    future: Pin<Box<Option<F>>>,
+    /// `None` while the slot is free (its box went back to `spare`).
+    future: Option<Pin<Box<Option<F>>>>,
     /// Marks this slot ready: made once, passed to every future it holds.
     waker: Waker,
 }
@@ -120,7 +120,7 @@ impl<F: Future> Running<F> {
         // one the first poll saw wakes nobody).
         let index = match self.free.pop() {
             Some(index) => {
-                self.slots[index].future = boxed;
+                self.slots[index].future = Some(boxed);
                 index
             }
             None => {
@@ -129,7 +129,7 @@ impl<F: Future> Running<F> {
                     ready: Arc::clone(&self.ready),
                 }));
                 self.slots.push(Slot {
-                    future: boxed,
+                    future: Some(boxed),
                     waker,
                 });
                 self.slots.len() - 1
@@ -150,8 +150,9 @@ impl<F: Future> Running<F> {
     /// Frees slot `index` (its future finished), keeping its box as spare.
     fn release(&mut self, index: usize) {
         self.free.push(index);
-        if self.spare.len() < KEEP {
-            let empty = std::mem::replace(&mut self.slots[index].future, Box::pin(None));
+        if let Some(empty) = self.slots[index].future.take()
+            && self.spare.len() < KEEP
+        {
             self.spare.push(empty);
         }
     }
@@ -188,14 +189,17 @@ impl<F: Future> Running<F> {
 }
 
 /// Polls the future in `slot` with the slot's waker; a finished one is
-/// dropped at once, so the slot holds nothing while free.
+/// dropped at once, so its box is empty when it goes back to `spare`.
 fn poll_slot<F: Future>(slot: &mut Slot<F>) -> Poll<F::Output> {
-    let Some(future) = slot.future.as_mut().as_pin_mut() else {
+    let Some(boxed) = &mut slot.future else {
+        return Poll::Pending;
+    };
+    let Some(future) = boxed.as_mut().as_pin_mut() else {
         return Poll::Pending;
     };
     let mut cx = Context::from_waker(&slot.waker);
     let output = std::task::ready!(future.poll(&mut cx));
-    slot.future.set(None);
+    boxed.set(None);
     Poll::Ready(output)
 }
 
@@ -242,8 +246,10 @@ mod tests {
         // Woke itself through the slot's waker: finishes on the next poll.
         assert_eq!(running.poll_done(&mut cx), Poll::Ready(7));
         assert_eq!(running.waiting(), 0);
+        assert_eq!(running.spare.len(), 2, "the slot's box went back");
         assert_eq!(running.start(after(3, true, 9)), None);
         assert_eq!(running.slots.len(), 1, "the free slot is used again");
+        assert_eq!(running.spare.len(), 1, "with a spare box, not a new one");
     }
 
     #[test]
