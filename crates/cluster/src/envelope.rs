@@ -4,7 +4,7 @@
 //! payload is left as raw bytes so higher layers choose their own encoding and
 //! decoding a frame never copies it.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
@@ -141,7 +141,12 @@ impl Envelope {
         }
         let (header, payload) =
             postcard::take_from_bytes::<Header>(rest).map_err(FrameError::Header)?;
-        let payload = frame.slice(frame.len() - payload.len()..);
+        // Advanced in place: `slice` would add a reference to the buffer
+        // and the frame's drop take it away again (two atomic operations
+        // per frame on the connection's task).
+        let header_len = frame.len() - payload.len();
+        let mut payload = frame;
+        payload.advance(header_len);
         Ok(Self {
             from: header.from,
             to: header.to,
