@@ -153,15 +153,22 @@ pub(crate) struct Receiver<T> {
 }
 
 impl<T> Receiver<T> {
-    /// Moves up to `limit` items to `out`; waits while the queue is empty.
-    /// Returns how many it moved: 0 once every sender is gone (or the inbox
-    /// is closed) and nothing is left.
-    pub(crate) async fn recv_many(&mut self, out: &mut Vec<T>, limit: usize) -> usize {
+    /// Moves up to `limit` items to the end of `out`; waits while the queue
+    /// is empty. Returns how many it moved: 0 once every sender is gone (or
+    /// the inbox is closed) and nothing is left. When everything queued
+    /// fits and `out` is empty, the two queues are swapped: nothing is
+    /// copied while senders wait for the lock.
+    pub(crate) async fn recv_many(&mut self, out: &mut VecDeque<T>, limit: usize) -> usize {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
-            if !state.queue.is_empty() {
-                let n = limit.max(1).min(state.queue.len());
-                out.extend(state.queue.drain(..n));
+            let queued = state.queue.len();
+            if queued > 0 {
+                let n = limit.max(1).min(queued);
+                if n == queued && out.is_empty() {
+                    std::mem::swap(&mut state.queue, out);
+                } else {
+                    out.extend(state.queue.drain(..n));
+                }
                 return Poll::Ready(n);
             }
             if state.senders == 0 || state.closed {
@@ -206,10 +213,20 @@ mod tests {
         for n in 0..5 {
             assert!(tx.try_send(n).is_ok());
         }
-        let mut got = Vec::new();
+        let mut got = VecDeque::new();
         assert_eq!(rx.recv_many(&mut got, 3).await, 3);
         assert_eq!(rx.recv_many(&mut got, 3).await, 2);
-        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        // All of it at once, into an empty queue.
+        for n in 5..8 {
+            assert!(tx.try_send(n).is_ok());
+        }
+        let mut all = VecDeque::new();
+        assert_eq!(rx.recv_many(&mut all, 64).await, 3);
+        assert_eq!(all, [5, 6, 7]);
+        assert!(tx.try_send(8).is_ok(), "the swapped-in queue takes more");
+        assert_eq!(rx.recv_many(&mut all, 64).await, 1);
+        assert_eq!(all, [5, 6, 7, 8]);
     }
 
     #[tokio::test]
@@ -219,9 +236,9 @@ mod tests {
         assert!(tx.try_send(2).is_ok());
         assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
         assert!(tx.send_over_capacity(4).is_ok());
-        let mut got = Vec::new();
+        let mut got = VecDeque::new();
         rx.recv_many(&mut got, 10).await;
-        assert_eq!(got, vec![1, 2, 4]);
+        assert_eq!(got, [1, 2, 4]);
     }
 
     #[tokio::test]
@@ -234,9 +251,9 @@ mod tests {
             Err(TrySendError::Full(()))
         ));
         assert_eq!(items, vec![4, 5], "what did not fit stays, in order");
-        let mut got = Vec::new();
+        let mut got = VecDeque::new();
         rx.recv_many(&mut got, 10).await;
-        assert_eq!(got, vec![0, 10, 20, 30]);
+        assert_eq!(got, [0, 10, 20, 30]);
         assert!(tx.send_all(&mut items, |n| n).is_ok());
         assert!(items.is_empty());
         rx.close();
@@ -269,7 +286,7 @@ mod tests {
         let (tx, mut rx) = inbox::<u32>(10);
         let second = tx.clone();
         let waiting = tokio::spawn(async move {
-            let mut got = Vec::new();
+            let mut got = VecDeque::new();
             let first = rx.recv_many(&mut got, 10).await;
             let end = rx.recv_many(&mut got, 10).await;
             (first, end, got)
@@ -282,6 +299,6 @@ mod tests {
         assert!(!waiting.is_finished(), "one sender is left");
         drop(second);
         let (first, end, got) = waiting.await.expect("the task ends");
-        assert_eq!((first, end, got), (1, 0, vec![7]));
+        assert_eq!((first, end, Vec::from(got)), (1, 0, vec![7]));
     }
 }

@@ -253,7 +253,7 @@ impl<E: Entity> Shard<E> {
         let mut sweep =
             tokio::time::interval_at(tokio::time::Instant::now() + sweep_every, sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(INBOX_BATCH);
+        let mut batch = VecDeque::with_capacity(INBOX_BATCH);
         let mut took_batch = false;
         loop {
             if std::mem::take(&mut took_batch) && self.handlers.waiting() > 0 {
