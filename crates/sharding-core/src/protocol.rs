@@ -284,6 +284,17 @@ enum DataHead {
 pub(crate) fn decode_data<M: DeserializeOwned, R: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<DataIn<M, R>, ProtocolError> {
+    // The common case, read by hand; anything else (a reply, bytes that
+    // are not well formed) takes postcard's path, which also names errors.
+    if let Some(head) = DeliverHead::take(bytes) {
+        return Ok(DataIn::Deliver {
+            shard: head.shard,
+            entity: head.entity,
+            reply_to: head.reply_to,
+            hops: head.hops,
+            message: decode("entity message", head.rest),
+        });
+    }
     let (head, rest) =
         postcard::take_from_bytes::<DataHead>(bytes).map_err(|source| ProtocolError {
             what: "region data",
@@ -309,6 +320,48 @@ pub(crate) fn decode_data<M: DeserializeOwned, R: DeserializeOwned>(
     })
 }
 
+/// Writes `DataMsg::Deliver { shard, entity, reply_to, hops, message }`
+/// into `buf` exactly as postcard does: the head by hand (it is on every
+/// remote message, and postcard's generic path costs several calls per
+/// field), the user's message with postcard.
+pub(crate) fn encode_deliver<M: Serialize>(
+    buf: &mut bytes::BytesMut,
+    shard: ShardId,
+    entity: &EntityId,
+    reply_to: Option<(NodeId, u64)>,
+    hops: u8,
+    message: &M,
+) -> Result<(), postcard::Error> {
+    use bytes::BufMut;
+    const DELIVER: u64 = 0;
+    let id = entity.as_str().as_bytes();
+    buf.reserve(1 + 5 + 10 + id.len() + 1 + 20 + 1);
+    put_varint(buf, DELIVER);
+    put_varint(buf, u64::from(shard.0));
+    put_varint(buf, id.len() as u64);
+    buf.put_slice(id);
+    match reply_to {
+        None => buf.put_u8(0),
+        Some((node, request)) => {
+            buf.put_u8(1);
+            put_varint(buf, node.0);
+            put_varint(buf, request);
+        }
+    }
+    buf.put_u8(hops);
+    encode_into(message, buf)
+}
+
+/// Postcard's varint: seven bits a byte, low bits first.
+fn put_varint(buf: &mut bytes::BytesMut, mut value: u64) {
+    use bytes::BufMut;
+    while value >= 0x80 {
+        buf.put_u8((value & 0x7f) as u8 | 0x80);
+        value >>= 7;
+    }
+    buf.put_u8(value as u8);
+}
+
 /// The shard of a [`DataMsg::Deliver`], read from its first bytes alone
 /// (postcard writes the variant's index, then the shard, as varints); `None`
 /// for a reply or bytes that do not start a message. Lets the receiving
@@ -321,6 +374,64 @@ pub(crate) fn deliver_shard(bytes: &[u8]) -> Option<ShardId> {
     }
     let (shard, _) = postcard::take_from_bytes::<ShardId>(rest).ok()?;
     Some(shard)
+}
+
+/// The head of a well-formed `DataMsg::Deliver`, read by hand as postcard
+/// wrote it; stricter than postcard (any doubt gives `None`), never laxer.
+struct DeliverHead<'a> {
+    shard: ShardId,
+    entity: EntityId,
+    reply_to: Option<(NodeId, u64)>,
+    hops: u8,
+    /// The user's message.
+    rest: &'a [u8],
+}
+
+impl<'a> DeliverHead<'a> {
+    fn take(bytes: &'a [u8]) -> Option<Self> {
+        let mut at = bytes;
+        if take_varint(&mut at, 5)? != 0 {
+            return None; // not `Deliver`
+        }
+        let shard = ShardId(u32::try_from(take_varint(&mut at, 5)?).ok()?);
+        let len = usize::try_from(take_varint(&mut at, 10)?).ok()?;
+        let (id, rest) = at.split_at_checked(len)?;
+        let entity = EntityId::from(std::str::from_utf8(id).ok()?);
+        at = rest;
+        let (&option, rest) = at.split_first()?;
+        at = rest;
+        let reply_to = match option {
+            0 => None,
+            1 => Some((NodeId(take_varint(&mut at, 10)?), take_varint(&mut at, 10)?)),
+            _ => return None,
+        };
+        let (&hops, rest) = at.split_first()?;
+        Some(Self {
+            shard,
+            entity,
+            reply_to,
+            hops,
+            rest,
+        })
+    }
+}
+
+/// A varint of at most `max` bytes off the front of `at`; `None` when it
+/// is cut or would not fit 64 bits.
+fn take_varint(at: &mut &[u8], max: usize) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..max {
+        let (&byte, rest) = at.split_first()?;
+        *at = rest;
+        if i == 9 && byte > 1 {
+            return None; // beyond 64 bits
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// Bytes that are not a valid protocol message.
@@ -462,6 +573,99 @@ mod tests {
             other => panic!("decoded as {other:?}"),
         }
         assert!(decode_data::<String, u64>(&[7]).is_err(), "no such variant");
+    }
+
+    #[test]
+    fn a_deliver_written_by_hand_is_postcards() {
+        let message = "a message".to_string();
+        let long_id = "an-entity-id-longer-than-a-hundred-and-twenty-seven-bytes-".repeat(3);
+        for (shard, entity, reply_to, hops) in [
+            (0, "e", None, 0),
+            (127, "cart-42", Some((NodeId(1), 0)), 1),
+            (
+                128,
+                long_id.as_str(),
+                Some((NodeId(u64::MAX), u64::MAX)),
+                u8::MAX,
+            ),
+            (u32::MAX, "", Some((NodeId(300), 16_384)), 7),
+        ] {
+            let (shard, entity) = (ShardId(shard), EntityId::from(entity));
+            let mut by_hand = bytes::BytesMut::new();
+            encode_deliver(&mut by_hand, shard, &entity, reply_to, hops, &message).unwrap();
+            let expected = sent(&DataMsg::Deliver {
+                shard,
+                entity,
+                reply_to,
+                hops,
+                message: &message,
+            });
+            assert_eq!(by_hand.to_vec(), expected, "{shard:?} {reply_to:?} {hops}");
+        }
+    }
+
+    #[test]
+    fn a_deliver_read_by_hand_is_what_postcard_reads() {
+        let message = "m".to_string();
+        let long_id = "x".repeat(300);
+        for (shard, entity, reply_to, hops) in [
+            (0, "e", None, 0),
+            (
+                128,
+                long_id.as_str(),
+                Some((NodeId(u64::MAX), u64::MAX)),
+                u8::MAX,
+            ),
+            (u32::MAX, "", Some((NodeId(300), 16_384)), 7),
+        ] {
+            let bytes = sent(&DataMsg::Deliver {
+                shard: ShardId(shard),
+                entity: EntityId::from(entity),
+                reply_to,
+                hops,
+                message: &message,
+            });
+            let head = DeliverHead::take(&bytes).expect("well formed");
+            let (by_postcard, rest) = postcard::take_from_bytes::<DataHead>(&bytes).unwrap();
+            let DataHead::Deliver {
+                shard,
+                entity,
+                reply_to,
+                hops,
+            } = by_postcard
+            else {
+                panic!("a deliver");
+            };
+            assert_eq!(
+                (head.shard, head.entity, head.reply_to, head.hops, head.rest),
+                (shard, entity, reply_to, hops, rest)
+            );
+        }
+        // Not read by hand: a reply, cut bytes, a bad option tag, bad UTF-8,
+        // a shard beyond u32, a varint beyond 64 bits.
+        let reply = sent(&DataMsg::Reply {
+            request: 1,
+            result: Ok(&2),
+        });
+        let bad: [&[u8]; 6] = [
+            &reply,
+            &[0, 1, 3, b'a'],
+            &[0, 1, 1, b'a', 2, 0],
+            &[0, 1, 1, 0xff, 0, 0],
+            &[0, 0x80, 0x80, 0x80, 0x80, 0x10, 0, 0, 0],
+            &[
+                0, 1, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0,
+            ],
+        ];
+        for bytes in bad {
+            assert!(DeliverHead::take(bytes).is_none(), "{bytes:?}");
+            // And postcard refuses them too, or reads a reply.
+            let by_postcard = postcard::take_from_bytes::<DataHead>(bytes);
+            assert!(
+                matches!(by_postcard, Err(_) | Ok((DataHead::Reply { .. }, _))),
+                "{bytes:?}"
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::Duration;
 use cluster::{ClusterView, Envelope, NodeId, SendError, Transport};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{DataMsg, Epoch, TypeChannels, encode_into};
+use crate::protocol::{Epoch, TypeChannels, encode_deliver};
 use crate::{Entity, EntityId, MessageExtractor, ShardId, TypeName};
 
 use delivery::{Delivery, ReplyLink, ReplyTo};
@@ -353,16 +353,12 @@ impl<E: Entity> Shared<E> {
                 origin, request, ..
             } => (Some((origin, request)), None),
         };
-        let msg = DataMsg::<&E::Message, &E::Reply>::Deliver {
-            shard,
-            entity,
-            reply_to,
-            hops: hops.saturating_add(1),
-            message: &message,
-        };
+        let hops = hops.saturating_add(1);
         let sent = self
             .transport
-            .send_with(home, self.channels.data, &mut |buf| encode_into(&msg, buf));
+            .send_with(home, self.channels.data, &mut |buf| {
+                encode_deliver(buf, shard, &entity, reply_to, hops, &message)
+            });
         sent.map_err(|error| {
             let error = match error {
                 SendError::Encode(e) => ShardingError::Codec(e.to_string()),
