@@ -43,6 +43,6 @@ pub use membership::{
 pub use node::{NodeAddr, NodeId};
 pub use transport::{
     BindError, EnvelopeHandler, HANDLER_BATCH, InProcessNetwork, InProcessTransport, LinkFaults,
-    PayloadWriter, RefusalReason, SendError, TcpSettings, TcpTransport, TlsError, TlsSettings,
-    Transport, TransportStats, node_identity,
+    PayloadWriter, PeerLine, RefusalReason, SendError, TcpSettings, TcpTransport, TlsError,
+    TlsSettings, Transport, TransportStats, node_identity,
 };

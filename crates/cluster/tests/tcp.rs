@@ -273,14 +273,28 @@ async fn frames_waiting_for_a_re_pointed_peer_go_to_its_new_address() {
     let mut inbox = b.subscribe(CH);
     // Nobody listens there: the frames wait in the queue.
     a.learn_address(NodeId(2), &NodeAddr::from("127.0.0.1:9"));
-    for payload in [&b"one"[..], b"two", b"three"] {
-        a.send(NodeId(2), CH, Bytes::from_static(payload)).unwrap();
-    }
+    let line = a.peer_line(NodeId(2)).expect("a line to a known peer");
+    assert_eq!(line.peer(), NodeId(2));
+    let by_line = |payload: &'static [u8]| {
+        line.send_with(CH, &mut |buf: &mut bytes::BytesMut| {
+            buf.extend_from_slice(payload);
+            Ok(())
+        })
+    };
+    a.send(NodeId(2), CH, Bytes::from_static(b"one")).unwrap();
+    by_line(b"two").unwrap();
+    a.send(NodeId(2), CH, Bytes::from_static(b"three")).unwrap();
     a.learn_address(NodeId(2), &addr_of(&b));
-    for payload in [&b"one"[..], b"two", b"three"] {
+    // The old queue is retired: its line refuses, the transport goes on.
+    assert_eq!(
+        by_line(b"lost?"),
+        Err(cluster::SendError::Closed(NodeId(2)))
+    );
+    a.send(NodeId(2), CH, Bytes::from_static(b"four")).unwrap();
+    for payload in [&b"one"[..], b"two", b"three", b"four"] {
         assert_eq!(&recv(&mut inbox).await.payload[..], payload);
     }
-    assert_eq!(a.stats().sent, 3, "counted once");
+    assert_eq!(a.stats().sent, 4, "each counted once, the refused one not");
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ pub(crate) mod frame_codec;
 mod inbox;
 pub mod inprocess;
 mod outbox;
+mod peer_line;
 pub mod tcp;
 pub mod tls;
 
@@ -26,6 +27,7 @@ pub use inbox::TransportStats;
 pub(crate) use inbox::{Gathered, Inboxes};
 pub use inprocess::{InProcessNetwork, InProcessTransport, LinkFaults};
 pub(crate) use outbox::Outbox;
+pub use peer_line::PeerLine;
 pub use tcp::{BindError, TcpSettings, TcpTransport};
 pub use tls::{TlsError, TlsSettings, node_identity};
 
@@ -76,6 +78,12 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Counters of this node's traffic and drops.
     fn stats(&self) -> TransportStats;
+
+    /// A direct line to `to`'s send queue, for a sender that sends there
+    /// often; `None` where the transport has none (then use `send_with`).
+    fn peer_line(&self, _to: NodeId) -> Option<PeerLine> {
+        None
+    }
 }
 
 /// Writes a payload into the frame being built (see [`Transport::send_with`]).

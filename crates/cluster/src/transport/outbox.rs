@@ -36,6 +36,8 @@ struct Pending {
     /// Frames ever accepted: counted under the lock already held, so a
     /// send costs no separate atomic add for the transport's counter.
     accepted: u64,
+    /// Set when the transport stops writing from here (see `retire`).
+    retired: bool,
 }
 
 /// Frames taken out of an outbox to be written.
@@ -69,6 +71,9 @@ impl Outbox {
         payload: &mut PayloadWriter<'_>,
     ) -> Result<(), SendError> {
         let mut pending = self.lock();
+        if pending.retired {
+            return Err(SendError::Closed(to));
+        }
         if pending.frames >= self.capacity {
             return Err(SendError::QueueFull {
                 peer: to,
@@ -99,6 +104,12 @@ impl Outbox {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Refuses every later push: the transport no longer writes from here
+    /// (a peer line still pointing here then goes through the transport).
+    pub(crate) fn retire(&self) {
+        self.lock().retired = true;
     }
 
     /// Frames accepted by `push` so far.

@@ -263,7 +263,7 @@ impl<E: Entity> Actor<E> {
         let node = self.node;
         self.retain_homes(|home| home != node);
         tracing::warn!(node = %self.node, type_name = %self.shared.type_name, shards = shards.len(), "shard tenure lapsed; stopping every shard until the coordinator renews it");
-        (self.shared.routes_mut()).retain(|route| matches!(route, Route::Remote(_)));
+        (self.shared.routes_mut()).retain(|route| matches!(route, Route::Remote(..)));
         for shard in shards {
             if let Some(sender) = self.senders.remove(&shard) {
                 self.handing_off.insert(shard, None);
@@ -470,7 +470,7 @@ impl<E: Entity> Actor<E> {
             return self.drop_delivery(d, ShardingError::Undeliverable(why), false);
         }
         let (shard, counted) = (d.shard, d.counted);
-        let sent = self.shared.send_to(home, d);
+        let sent = self.shared.send_to(home, None, d);
         // Only now: the message is in the peer's outbox ahead of anything a
         // handle sends there next.
         if counted {
@@ -562,7 +562,8 @@ impl<E: Entity> Actor<E> {
             let mut routes = self.shared.routes_mut();
             // A shard still running here keeps its inbox route until handed off.
             if !matches!(routes.get(shard), Some(Route::Local(_))) {
-                routes.insert(shard, Route::Remote(home));
+                let line = self.shared.transport.peer_line(home);
+                routes.insert(shard, Route::Remote(home, line));
             }
         }
     }
@@ -594,7 +595,7 @@ impl<E: Entity> Actor<E> {
 
     fn withdraw_remote(&self, shard: ShardId) {
         let mut routes = self.shared.routes_mut();
-        if matches!(routes.get(shard), Some(Route::Remote(_))) {
+        if matches!(routes.get(shard), Some(Route::Remote(..))) {
             routes.remove(shard);
         }
     }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use cluster::{ClusterView, Envelope, NodeId, SendError, Transport};
+use cluster::{ClusterView, Envelope, NodeId, PeerLine, SendError, Transport};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{Epoch, TypeChannels, encode_deliver};
@@ -290,9 +290,9 @@ impl<E: Entity> Shared<E> {
                 // coordinator rather than bounce it on. Sent under the read
                 // lock: once the region task has removed the route (before it
                 // acknowledges a handoff), nothing more goes to the old home.
-                Some(Route::Remote(home)) if delivery.hops == 0 => {
+                Some(Route::Remote(home, line)) if delivery.hops == 0 => {
                     let home = *home;
-                    let sent = self.send_to(home, delivery);
+                    let sent = self.send_to(home, line.as_ref(), delivery);
                     drop(routes);
                     return self.count_forward(home, sent);
                 }
@@ -333,7 +333,12 @@ impl<E: Entity> Shared<E> {
 
     /// Encodes `d` straight into a frame for `home`. On failure an ask
     /// from here is forgotten and told why; the caller counts.
-    fn send_to(&self, home: NodeId, d: Delivery<E>) -> Result<(), ShardingError> {
+    fn send_to(
+        &self,
+        home: NodeId,
+        line: Option<&PeerLine>,
+        d: Delivery<E>,
+    ) -> Result<(), ShardingError> {
         let Delivery {
             shard,
             entity,
@@ -354,11 +359,18 @@ impl<E: Entity> Shared<E> {
             } => (Some((origin, request)), None),
         };
         let hops = hops.saturating_add(1);
-        let sent = self
-            .transport
-            .send_with(home, self.channels.data, &mut |buf| {
-                encode_deliver(buf, shard, &entity, reply_to, hops, &message)
-            });
+        let mut write = |buf: &mut bytes::BytesMut| {
+            encode_deliver(buf, shard, &entity, reply_to, hops, &message)
+        };
+        // The direct line first; any refusal goes through the transport,
+        // which finds the current queue and counts what it refuses.
+        let direct = line.map(|line| line.send_with(self.channels.data, &mut write));
+        let sent = match direct {
+            Some(Ok(())) => Ok(()),
+            _ => self
+                .transport
+                .send_with(home, self.channels.data, &mut write),
+        };
         sent.map_err(|error| {
             let error = match error {
                 SendError::Encode(e) => ShardingError::Codec(e.to_string()),

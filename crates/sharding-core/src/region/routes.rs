@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use super::inbox::Sender;
 use super::shard::ShardCmd;
 use crate::{Entity, ShardId};
-use cluster::NodeId;
+use cluster::{NodeId, PeerLine};
 
 /// Array slots at most; the rest of the ids use the map.
 const DENSE_MAX: u32 = 65_536;
@@ -17,8 +17,9 @@ const DENSE_MAX: u32 = 65_536;
 pub(crate) enum Route<E: Entity> {
     /// Hosted here: the shard's inbox.
     Local(Sender<ShardCmd<E>>),
-    /// Hosted on that node, and nothing for the shard waits in the region.
-    Remote(NodeId),
+    /// Hosted on that node, and nothing for the shard waits in the region;
+    /// with a direct line to its send queue where the transport has one.
+    Remote(NodeId, Option<PeerLine>),
 }
 
 /// The routes of the shards whose home is settled.
@@ -97,7 +98,7 @@ mod tests {
 
     fn home(routes: &Routes<Nothing>, shard: u32) -> Option<u64> {
         match routes.get(ShardId(shard)) {
-            Some(Route::Remote(node)) => Some(node.0),
+            Some(Route::Remote(node, _)) => Some(node.0),
             _ => None,
         }
     }
@@ -106,13 +107,16 @@ mod tests {
     fn ids_inside_and_beyond_the_shard_count_route_alike() {
         let mut routes = Routes::<Nothing>::new(4);
         for shard in [0, 3, 4, 1_000_000] {
-            routes.insert(ShardId(shard), Route::Remote(NodeId(u64::from(shard) + 1)));
+            routes.insert(
+                ShardId(shard),
+                Route::Remote(NodeId(u64::from(shard) + 1), None),
+            );
         }
         assert_eq!(home(&routes, 3), Some(4));
         assert_eq!(home(&routes, 1_000_000), Some(1_000_001));
         assert_eq!(home(&routes, 2), None);
         routes.remove(ShardId(4));
-        routes.retain(|route| !matches!(route, Route::Remote(NodeId(1))));
+        routes.retain(|route| !matches!(route, Route::Remote(NodeId(1), _)));
         let mut left: Vec<u32> = routes.iter().map(|(shard, _)| shard.0).collect();
         left.sort();
         assert_eq!(left, vec![3, 1_000_000]);

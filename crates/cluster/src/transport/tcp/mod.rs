@@ -30,7 +30,8 @@ use super::admission::{Admission, RefusalReason};
 use super::frame_codec::FrameCodec;
 use super::tls::TlsContext;
 use super::{
-    EnvelopeHandler, Gathered, Inboxes, Outbox, PayloadWriter, SendError, Transport, TransportStats,
+    EnvelopeHandler, Gathered, Inboxes, Outbox, PayloadWriter, PeerLine, SendError, Transport,
+    TransportStats,
 };
 use crate::envelope::PROTOCOL_VERSION;
 use crate::{Channel, Envelope, FrameError, NodeAddr, NodeId};
@@ -193,6 +194,7 @@ impl Drop for TcpTransport {
             task.abort();
         }
         for (_, peer) in self.inner.peers_mut().drain() {
+            peer.outbox.retire();
             peer.task.abort();
         }
     }
@@ -249,6 +251,16 @@ impl Transport for TcpTransport {
         self.inner.learn(node, addr);
     }
 
+    fn peer_line(&self, to: NodeId) -> Option<PeerLine> {
+        let peers = self.inner.peers();
+        let peer = peers.get(&to)?;
+        Some(PeerLine::new(
+            Arc::clone(&peer.outbox),
+            self.inner.settings.node,
+            to,
+        ))
+    }
+
     fn stats(&self) -> TransportStats {
         let mut stats = self.inner.inboxes.stats();
         // Each outbox counts what it accepted; retired ones were added to
@@ -297,6 +309,9 @@ impl Inner {
             },
         ) {
             old.task.abort();
+            // Retired before its frames are taken: a peer line's push now
+            // fails and goes through the table, to the new queue, after them.
+            old.outbox.retire();
             (self.inboxes.sent).fetch_add(old.outbox.accepted(), Ordering::Relaxed);
             // Frames the old address never took go to the new one. (Nothing
             // was pushed to the new outbox yet: senders need the peers lock.)
