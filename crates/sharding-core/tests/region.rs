@@ -398,6 +398,22 @@ impl Entity for Recorder {
 }
 
 impl Rig<Recorder> {
+    /// Hands `shard` off (epoch 1) and waits until the region reports it stopped.
+    async fn hand_off(&mut self, shard: ShardId) {
+        self.direct(Directive::HandOff {
+            epoch: Epoch(1),
+            shard,
+        });
+        loop {
+            let e = self.replies.recv().await.unwrap();
+            if decode::<CoordinatorMsg>("coordinator message", &e.payload).unwrap()
+                == (CoordinatorMsg::ShardStopped { shard })
+            {
+                return;
+            }
+        }
+    }
+
     /// Answers the next `GetShardHome` with this region as the home.
     async fn home_here(&mut self) -> ShardId {
         loop {
@@ -491,18 +507,7 @@ async fn one_senders_messages_keep_their_order_across_a_handoff() {
     let shard = rig.home_here().await;
     sleep(Duration::from_millis(5)).await;
     // Hand the shard off while messages keep coming, then home it here again.
-    rig.direct(Directive::HandOff {
-        epoch: Epoch(1),
-        shard,
-    });
-    loop {
-        let e = rig.replies.recv().await.unwrap();
-        if decode::<CoordinatorMsg>("coordinator message", &e.payload).unwrap()
-            == (CoordinatorMsg::ShardStopped { shard })
-        {
-            break;
-        }
-    }
+    rig.hand_off(shard).await;
     rig.home_here().await;
     sending.await.unwrap();
     // The second incarnation saw the rest, in order.
@@ -1111,18 +1116,7 @@ async fn messages_from_another_node_keep_their_order_across_a_handoff() {
     let total = 40_000;
     let sending = send_in_order_from_another_node(&rig, shard, total);
     sleep(Duration::from_millis(20)).await;
-    rig.direct(Directive::HandOff {
-        epoch: Epoch(1),
-        shard,
-    });
-    loop {
-        let e = rig.replies.recv().await.unwrap();
-        if decode::<CoordinatorMsg>("coordinator message", &e.payload).unwrap()
-            == (CoordinatorMsg::ShardStopped { shard })
-        {
-            break;
-        }
-    }
+    rig.hand_off(shard).await;
     // Messages that arrive meanwhile wait for the shard's home.
     rig.home_here().await;
     sending.await.unwrap();
