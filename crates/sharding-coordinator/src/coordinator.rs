@@ -348,10 +348,13 @@ impl Coordinator {
             (GateState::Standby, _) => self.enter_standby(),
             (GateState::Acquiring { .. }, Phase::Acquiring) => {}
             (GateState::Acquiring { .. }, _) => {
-                // Not held yet, or just lost: passive at once, but keep what
-                // is buffered for when the lease is back.
+                // Not held yet, or just lost: passive at once. What was
+                // buffered belongs to the activation it arrived in; replayed
+                // in a later one it could adopt a shard placed elsewhere
+                // meanwhile (I5). Regions retry every request.
                 self.recovery_deadline = None;
                 self.claims.clear();
+                self.buffered.clear();
                 self.set_phase(Phase::Acquiring);
             }
             (GateState::Held, Phase::Standby | Phase::Acquiring) => self.begin_recovery(),
@@ -537,9 +540,13 @@ impl Coordinator {
             Phase::Standby => {
                 tracing::trace!(node = %self.node, from = %envelope.from, ?msg, "standby: ignored");
             }
-            // Registrations are collected afresh when recovery starts.
-            Phase::Acquiring if matches!(msg, CoordinatorMsg::Register { .. }) => {}
-            Phase::Acquiring | Phase::Recovering => match msg {
+            // Not yet (or no longer) under a lease: nothing is kept for a
+            // later activation; the regions retry. Registrations are
+            // collected afresh when recovery starts.
+            Phase::Acquiring => {
+                tracing::trace!(node = %self.node, from = %envelope.from, ?msg, "acquiring: dropped");
+            }
+            Phase::Recovering => match msg {
                 CoordinatorMsg::Register {
                     shards,
                     max_epoch,
@@ -562,11 +569,8 @@ impl Coordinator {
                 }
             },
             Phase::Active if self.is_active() => self.handle(envelope.from, msg),
-            // Active in name but the lease just lapsed: keep the request for
-            // when it is back (the next step moves us to Acquiring).
-            Phase::Active if self.buffered.len() < self.settings.buffer_size => {
-                self.buffered.push_back((envelope.from, msg));
-            }
+            // Active in name but the lease just lapsed (the next step moves
+            // us to Acquiring): not kept, as in Acquiring.
             Phase::Active => {}
         }
     }
@@ -602,6 +606,15 @@ impl Coordinator {
                             phase: Phase::Active,
                             epoch: Some(self.epoch),
                         });
+                        // Regions obey only the epoch of their registration's
+                        // acknowledgement: the others register again.
+                        let others: Vec<NodeId> = (self.state.regions().keys())
+                            .filter(|r| **r != from)
+                            .copied()
+                            .collect();
+                        for region in others {
+                            self.ask_to_register(region);
+                        }
                     }
                 }
                 self.register(from, incarnation, &shards);
@@ -674,6 +687,9 @@ impl Coordinator {
         if !self.state.is_registered(region) {
             self.apply(CoordinatorEvent::RegionRegistered { region });
         }
+        // First, so the directives below are obeyed: a region obeys only
+        // the coordinator, and the epoch, it registered with.
+        self.direct(region, Directive::RegisterAck { epoch: self.epoch });
         let known = self.incarnations.insert(region, incarnation);
         if known.is_some_and(|k| k < incarnation) {
             // A new life of the node: the duplicates we asked its predecessor
@@ -683,27 +699,26 @@ impl Coordinator {
             self.unanswered
                 .retain(|(r, _), what| *r != region || *what == Unanswered::Host);
         }
-        // Shards we think it hosts but it does not claim were lost (a
-        // restart), unless our `HostShard` to it is still on its way.
-        let lost: Vec<ShardId> = self
+        // Shards we placed there that it does not claim stay there: the
+        // registration may be older than its start of them (frames
+        // reordered, a home still in flight), so it may host them now, and
+        // placing them elsewhere at once could run them twice (I5). It is
+        // told to host them (again); a region that really lost them (a
+        // restart, a tenure lapse) starts them again under its next grant.
+        let omitted: Vec<ShardId> = self
             .state
             .regions()
             .get(&region)
             .map(|hosted| {
                 hosted
                     .iter()
-                    .filter(|s| {
-                        !shards.contains(s)
-                            && self.unanswered.get(&(region, **s)) != Some(&Unanswered::Host)
-                    })
+                    .filter(|s| !shards.contains(s) && !self.handoffs.contains_key(s))
                     .copied()
                     .collect()
             })
             .unwrap_or_default();
-        for shard in lost {
-            if !self.handoffs.contains_key(&shard) {
-                self.apply(CoordinatorEvent::ShardHomeDeallocated { shard });
-            }
+        for shard in omitted {
+            self.host(region, shard);
         }
         for &shard in shards {
             match self.state.home(shard) {
@@ -715,7 +730,19 @@ impl Coordinator {
                 }
             }
         }
-        self.direct(region, Directive::RegisterAck { epoch: self.epoch });
+    }
+
+    /// Tells `region`, the shard's home, to host it, until it says it does.
+    fn host(&mut self, region: NodeId, shard: ShardId) {
+        self.unanswered.insert((region, shard), Unanswered::Host);
+        self.direct(
+            region,
+            Directive::HostShard {
+                epoch: self.epoch,
+                shard,
+                allocation: self.allocations.get(&shard).copied().unwrap_or(0),
+            },
+        );
     }
 
     /// Tells `region` to stop its copy of `shard` (homed elsewhere), until it
@@ -741,8 +768,18 @@ impl Coordinator {
         }
         match self.state.home(shard) {
             Some(home) if home == region => {}
-            None if !self.handoffs.contains_key(&shard) => {
+            // Adopted only where we could have placed it: the report may be
+            // old (the region stopped it since), and before the allocation
+            // fence another region may still host it under a predecessor's
+            // grant (I5). Otherwise it is stopped there; once placed, its
+            // home is known.
+            None if !self.handoffs.contains_key(&shard) && self.may_allocate(shard) => {
+                self.accounted.insert(shard);
                 self.apply(CoordinatorEvent::ShardHomeAllocated { shard, region });
+            }
+            None if !self.handoffs.contains_key(&shard) => {
+                tracing::debug!(node = %self.node, %shard, %region, "started shard not adopted before its fence; stopping it there");
+                self.stop_duplicate(region, shard);
             }
             _ => {
                 if self.handoffs.get(&shard).is_none_or(|h| h.from != region) {
@@ -811,18 +848,10 @@ impl Coordinator {
             shard,
             region: home,
         });
-        self.unanswered.insert((home, shard), Unanswered::Host);
         let allocation = self.next_allocation;
         self.next_allocation += 1;
         self.allocations.insert(shard, allocation);
-        self.direct(
-            home,
-            Directive::HostShard {
-                epoch: self.epoch,
-                shard,
-                allocation,
-            },
-        );
+        self.host(home, shard);
         Some(home)
     }
 

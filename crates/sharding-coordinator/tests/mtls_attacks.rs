@@ -76,6 +76,11 @@ fn membership_settings(seed: NodeAddr, i: u64) -> MembershipSettings {
 
 impl Cluster {
     async fn start() -> Self {
+        Self::start_allowing(None).await
+    }
+
+    /// Three nodes; with `allowed`, each admits only those node ids.
+    async fn start_allowing(allowed: Option<&[u64]>) -> Self {
         let ca = DevCa::new(CLUSTER).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut transports = Vec::new();
@@ -83,7 +88,9 @@ impl Cluster {
             let files = ca
                 .write_node(NodeId(i), &dir.path().join(i.to_string()))
                 .unwrap();
-            transports.push(Arc::new(TcpTransport::bind(tcp(i, files)).await.unwrap()));
+            let mut settings = tcp(i, files);
+            settings.allowed_nodes = allowed.map(|ids| ids.iter().map(|n| NodeId(*n)).collect());
+            transports.push(Arc::new(TcpTransport::bind(settings).await.unwrap()));
         }
         let seed = NodeAddr::from(transports[0].local_addr());
         let mut nodes = Vec::new();
@@ -287,5 +294,75 @@ async fn a_valid_certificate_can_neither_impersonate_nor_fence_with_an_absurd_ep
     assert!(refused > u64::from(SHARDS), "{refused}");
     assert!(cluster.nodes[1].region.max_epoch().is_plausible());
     assert_eq!(cluster.epoch(), epoch);
+    cluster.all_answer(1).await;
+}
+
+/// A member with a valid certificate for its own new id (9) speaks for the
+/// coordinator at the coordinator's real epoch: grants, homes and a handoff
+/// of every shard to node 2, and the same at the ceiling epoch. Node 2
+/// obeys only the coordinator it registered with, as the transport
+/// authenticates it: every forged directive is refused and counted, node 2
+/// keeps its shards and its epoch. (Before the sender rule, the handoffs at
+/// the real epoch stopped node 2's shards, and an ack at 2^48 fenced it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_direct_another_members_region() {
+    let cluster = Cluster::start().await;
+    let epoch = cluster.epoch().unwrap();
+    let files = cluster
+        .ca
+        .write_node(NodeId(9), &cluster.dir.path().join("9"))
+        .unwrap();
+    let insider = cluster.rogue(9, files).await;
+    let before = cluster.nodes[1].region.hosted_shards();
+    assert!(!before.is_empty(), "node 2 hosts shards");
+    let channels = TypeChannels::of(&TypeName(TYPE.into()));
+    let to_region = |msg: Directive| {
+        let bytes = encode(&RegionMsg::Directive(msg)).unwrap();
+        let _ = insider.send(NodeId(2), channels.region, bytes);
+    };
+    for _ in 0..10 {
+        for e in [epoch, Epoch::CEILING] {
+            to_region(Directive::RegisterAck { epoch: e });
+            for seq in 0..5 {
+                to_region(Directive::TenureGranted { epoch: e, seq });
+            }
+            for shard in 0..SHARDS {
+                to_region(Directive::HandOff {
+                    epoch: e,
+                    shard: ShardId(shard),
+                });
+            }
+        }
+        let register = RegionMsg::RegisterRequest;
+        let _ = insider.send(NodeId(2), channels.region, encode(&register).unwrap());
+        sleep(Duration::from_millis(100)).await;
+    }
+    let stats = cluster.nodes[1].region.stats();
+    assert!(
+        stats.refused_foreign_directives >= 10 * 2 * (6 + u64::from(SHARDS)),
+        "{stats:?}"
+    );
+    assert_eq!(cluster.nodes[1].region.hosted_shards(), before);
+    assert_eq!(cluster.nodes[1].region.max_epoch(), epoch);
+    assert_eq!(cluster.epoch(), Some(epoch));
+    cluster.all_answer(1).await;
+}
+
+/// With the allow-list, a holder of a valid certificate for node 0 (which
+/// would lead every view: the leader is the lowest id) is refused at the
+/// handshake and counted, and node 1 stays the leader everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_keeps_a_valid_certificate_for_a_lower_id_out() {
+    let cluster = Cluster::start_allowing(Some(&[1, 2, 3])).await;
+    let files = cluster
+        .ca
+        .write_node(NodeId(0), &cluster.dir.path().join("0"))
+        .unwrap();
+    let _joined = cluster.join_as_node_0(files).await;
+    assert!(cluster.refused(RefusalReason::NotAllowed) >= 1);
+    for n in &cluster.nodes {
+        assert_eq!(n.membership.view().leader(), Some(NodeId(1)));
+        assert_eq!(n.membership.view().members().len(), 3);
+    }
     cluster.all_answer(1).await;
 }

@@ -21,17 +21,18 @@ use crate::{EntityId, ShardId, TypeName};
 pub struct Epoch(pub u64);
 
 impl Epoch {
-    /// No plausible epoch is above this: lease tokens and terms grow by one
-    /// per coordinator change (Kubernetes' `leaseTransitions` is even an
-    /// `i32`), so 2^48 is thousands of years of changes every millisecond.
-    /// An epoch above it came from a broken or hostile peer; it is refused
-    /// and counted, never obeyed or incremented, so it cannot fence the
-    /// cluster off for good or wrap around to 0.
+    /// No plausible epoch reaches this: lease tokens and terms grow by one
+    /// per coordinator change (a Kubernetes resourceVersion by one per
+    /// write to the store), so 2^48 is thousands of years of changes every
+    /// millisecond. An epoch at or above it came from a broken or hostile
+    /// peer; it is refused and counted, never obeyed or incremented, so it
+    /// cannot fence the cluster off for good or wrap around to 0.
     pub const CEILING: Epoch = Epoch(1 << 48);
 
-    /// Whether this epoch could have been issued by a coordinator.
+    /// Whether this epoch could have been issued by a coordinator: below
+    /// [`Epoch::CEILING`] (the ceiling itself is refused too).
     pub fn is_plausible(self) -> bool {
-        self <= Self::CEILING
+        self < Self::CEILING
     }
 
     /// The next epoch, or `None` past [`Epoch::CEILING`].

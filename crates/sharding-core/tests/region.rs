@@ -44,7 +44,16 @@ const COORDINATOR: NodeId = NodeId(9);
 
 struct Rig<E: Entity<Message = Add>> {
     region: ShardRegion<E>,
+    /// Another node (9), for data messages and for directives that do not
+    /// come from the region's coordinator.
     coordinator: Arc<dyn Transport>,
+    /// The region's own node, which leads its view of one: directives of
+    /// the scripted coordinator come from here, as only the coordinator the
+    /// region registered with may direct it.
+    leader: Arc<dyn Transport>,
+    /// The highest epoch the scripted coordinator has acknowledged a
+    /// registration with.
+    acked: Arc<Mutex<Epoch>>,
     to_coordinator: mpsc::Receiver<Envelope>,
     replies: mpsc::Receiver<Envelope>,
     channels: TypeChannels,
@@ -104,6 +113,7 @@ impl<E: Entity<Message = Add>> Rig<E> {
         let replies = coordinator.subscribe(channels.coordinator);
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
+        let leader = Arc::clone(&transport);
         let region = ShardRegion::start(
             RegionConfig {
                 type_name,
@@ -121,6 +131,8 @@ impl<E: Entity<Message = Add>> Rig<E> {
         Rig {
             region,
             coordinator,
+            leader,
+            acked: Arc::new(Mutex::new(Epoch(0))),
             to_coordinator,
             replies,
             channels,
@@ -130,11 +142,27 @@ impl<E: Entity<Message = Add>> Rig<E> {
         }
     }
 
+    /// Sends `directive` as the region's coordinator; a directive at an
+    /// epoch above the last acknowledged one is preceded by a `RegisterAck`
+    /// at that epoch (a coordinator's new term begins with one).
     fn direct(&self, directive: Directive) {
+        let epoch = directive.epoch();
+        let ack = matches!(directive, Directive::RegisterAck { .. });
+        let mut acked = self.acked.lock().unwrap();
+        if !ack && epoch > *acked && epoch.is_plausible() {
+            self.send_directive(&self.leader, Directive::RegisterAck { epoch });
+        }
+        if (ack || !epoch.is_plausible() || epoch > *acked) && epoch.is_plausible() {
+            *acked = (*acked).max(epoch);
+        }
+        drop(acked);
+        self.send_directive(&self.leader, directive);
+    }
+
+    /// Sends `directive` through `through`, whoever that is.
+    fn send_directive(&self, through: &Arc<dyn Transport>, directive: Directive) {
         let bytes = encode(&RegionMsg::Directive(directive)).unwrap();
-        self.coordinator
-            .send(REGION, self.channels.region, bytes)
-            .unwrap();
+        through.send(REGION, self.channels.region, bytes).unwrap();
     }
 
     /// Messages the region sent towards a coordinator so far.
@@ -193,7 +221,7 @@ async fn a_directive_with_a_lower_epoch_is_refused() {
             .lock()
             .unwrap()
             .contains(&RegionEvent::DirectiveRefused {
-                from: COORDINATOR,
+                from: REGION,
                 kind: "HandOff",
                 epoch: Epoch(4),
                 max_epoch: Epoch(5),
@@ -405,7 +433,7 @@ impl Rig<Recorder> {
             shard,
         });
         loop {
-            let e = self.replies.recv().await.unwrap();
+            let e = self.to_coordinator.recv().await.unwrap();
             if decode::<CoordinatorMsg>("coordinator message", &e.payload).unwrap()
                 == (CoordinatorMsg::ShardStopped { shard })
             {
@@ -563,9 +591,7 @@ async fn a_register_request_is_answered_with_the_hosted_shards_and_the_incarnati
     sleep(Duration::from_millis(10)).await;
     rig.sent();
     let bytes = encode(&RegionMsg::RegisterRequest).unwrap();
-    rig.coordinator
-        .send(REGION, rig.channels.region, bytes)
-        .unwrap();
+    rig.leader.send(REGION, rig.channels.region, bytes).unwrap();
     sleep(Duration::from_millis(10)).await;
     let registered = rig.sent().into_iter().find_map(|m| match m {
         CoordinatorMsg::Register {
@@ -1139,4 +1165,132 @@ async fn messages_from_another_node_keep_their_order_across_a_handoff() {
         "messages were reordered across the handoff"
     );
     assert_eq!(rig.region.stats().dropped_undeliverable, 0);
+}
+
+/// A member that is not the coordinator this region registered with (node
+/// 9, a valid member of the cluster) speaks for a coordinator: its grants,
+/// homes and handoffs are refused and counted, and it cannot make the
+/// region register with it either. Before the sender rule, the forged grant
+/// kept the region hosting past its real tenure, and the forged handoff
+/// stopped a shard.
+#[tokio::test(start_paused = true)]
+async fn only_the_registered_coordinator_may_direct_a_region() {
+    let mut rig = Rig::start(
+        "counter",
+        Counter::default,
+        RegionSettings::default(),
+        Some(tenure()),
+    );
+    let epoch = Epoch(3);
+    sleep(Duration::from_secs(2)).await;
+    rig.grant_renewals(epoch).await; // the registration
+    assert!(rig.grant_renewals(epoch).await > 0, "the region renews");
+    let shard = ShardId(5);
+    rig.direct(Directive::HostShard {
+        epoch,
+        shard,
+        allocation: 1,
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.hosted_shards(), vec![shard]);
+
+    // Node 9 asks the region to register with it, acknowledges, then
+    // directs: a handoff of the hosted shard, a home for another shard, and
+    // grants for every sequence number the region could be waiting on.
+    let insider = Arc::clone(&rig.coordinator);
+    let bytes = encode(&RegionMsg::RegisterRequest).unwrap();
+    insider.send(REGION, rig.channels.region, bytes).unwrap();
+    rig.send_directive(&insider, Directive::RegisterAck { epoch });
+    rig.send_directive(&insider, Directive::HandOff { epoch, shard });
+    rig.send_directive(
+        &insider,
+        Directive::HostShard {
+            epoch,
+            shard: ShardId(6),
+            allocation: 1,
+        },
+    );
+    sleep(Duration::from_millis(10)).await;
+    assert!(
+        !rig.sent()
+            .iter()
+            .any(|m| matches!(m, CoordinatorMsg::Register { .. })),
+        "registered with a node that does not lead its view"
+    );
+    assert_eq!(
+        rig.region.hosted_shards(),
+        vec![shard],
+        "obeyed the insider"
+    );
+    let stats = rig.region.stats();
+    assert_eq!(stats.refused_foreign_directives, 3);
+    assert_eq!(stats.refused_directives, 3);
+
+    // The real coordinator goes silent; the insider keeps granting. The
+    // region stops at the end of its real tenure all the same (I5).
+    for _ in 0..60 {
+        for seq in 0..20 {
+            rig.send_directive(&insider, Directive::TenureGranted { epoch, seq });
+        }
+        sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        rig.region.hosted_shards().is_empty(),
+        "hosted past its tenure on forged grants"
+    );
+    assert!(rig.region.stats().refused_foreign_directives > 1000);
+}
+
+/// The ceiling itself is refused (2^48; 2^48 + 1 always was), and an epoch
+/// of the region's own coordinator that is not the one its acknowledgement
+/// carried is a refusal, not a new floor: the region registers again and
+/// goes on obeying the epoch it registered with. Before, one directive at
+/// 2^48 made that the region's floor and every real directive was refused
+/// until a restart.
+#[tokio::test(start_paused = true)]
+async fn no_directive_but_an_acknowledgement_raises_the_epoch_floor() {
+    let mut rig = rig(RegionSettings::default());
+    let epoch = Epoch(7);
+    let shard = ShardId(2);
+    rig.direct(Directive::HostShard {
+        epoch,
+        shard,
+        allocation: 1,
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.max_epoch(), epoch);
+    rig.sent();
+
+    for high in [Epoch::CEILING, Epoch(1 << 40), Epoch(8)] {
+        let through = Arc::clone(&rig.leader);
+        rig.send_directive(&through, Directive::HandOff { epoch: high, shard });
+        sleep(Duration::from_millis(10)).await;
+        assert_eq!(rig.region.max_epoch(), epoch, "{high} became the floor");
+        assert_eq!(rig.region.hosted_shards(), vec![shard], "{high} obeyed");
+    }
+    let ceiling = Arc::clone(&rig.leader);
+    rig.send_directive(
+        &ceiling,
+        Directive::RegisterAck {
+            epoch: Epoch::CEILING,
+        },
+    );
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(rig.region.max_epoch(), epoch, "the ceiling acknowledged");
+    assert_eq!(rig.region.stats().refused_directives, 4);
+    // Below the ceiling, an epoch above the registered one makes the
+    // region register again (the coordinator may have begun a new term).
+    let registers = rig
+        .sent()
+        .into_iter()
+        .filter(|m| matches!(m, CoordinatorMsg::Register { .. }))
+        .count();
+    assert_eq!(
+        registers, 2,
+        "one Register per refused epoch below the ceiling"
+    );
+    // The registered epoch is still obeyed.
+    rig.direct(Directive::HandOff { epoch, shard });
+    sleep(Duration::from_millis(10)).await;
+    assert!(rig.region.hosted_shards().is_empty());
 }

@@ -35,11 +35,14 @@ pub enum RefusalReason {
     TooManyForPeer,
     /// This node already holds as many inbound connections as it may.
     TooManyConnections,
+    /// The node id is not in the settings' allow-list
+    /// ([`crate::TcpSettings::allowed_nodes`]).
+    NotAllowed,
 }
 
 impl RefusalReason {
     /// Every reason, in the order of their counters.
-    pub const ALL: [RefusalReason; 9] = [
+    pub const ALL: [RefusalReason; 10] = [
         Self::TooManyPending,
         Self::Timeout,
         Self::Tls,
@@ -49,6 +52,7 @@ impl RefusalReason {
         Self::ClusterName,
         Self::TooManyForPeer,
         Self::TooManyConnections,
+        Self::NotAllowed,
     ];
 
     /// The metric label.
@@ -63,6 +67,7 @@ impl RefusalReason {
             Self::ClusterName => "cluster_name",
             Self::TooManyForPeer => "too_many_for_peer",
             Self::TooManyConnections => "too_many_connections",
+            Self::NotAllowed => "not_allowed",
         }
     }
 

@@ -55,6 +55,8 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         held: BTreeMap::new(),
         max_epoch: Epoch::default(),
         registered_with: None,
+        registered_epoch: Epoch::default(),
+        reregistered_for: None,
         leader: None,
         incarnations: BTreeMap::new(),
         stopped_tx,
@@ -92,9 +94,18 @@ struct Actor<E: Entity> {
     /// Messages for a shard being handed off from here: they wait until the
     /// shard has returned what it had not delivered, so they stay behind it.
     held: BTreeMap<ShardId, VecDeque<Delivery<E>>>,
-    /// The highest epoch obeyed (I3).
+    /// The highest epoch obeyed (I3). Only a `RegisterAck` raises it.
     max_epoch: Epoch,
+    /// The coordinator this region registered with (always its view's
+    /// leader): the only node whose directives it obeys ("Who may direct a
+    /// region" in `docs/architecture.md`).
     registered_with: Option<NodeId>,
+    /// The epoch of that coordinator's `RegisterAck`: its directives must
+    /// carry exactly this one.
+    registered_epoch: Epoch,
+    /// The refused epoch we last registered again for (one Register per
+    /// burst of refusals).
+    reregistered_for: Option<Epoch>,
     /// The leader of the view and its incarnation: a new incarnation is a new
     /// coordinator that knows nothing of this region until it registers.
     leader: Option<(NodeId, u64)>,
@@ -291,17 +302,6 @@ impl<E: Entity> Actor<E> {
             .collect();
         for shard in waiting {
             self.flush(shard);
-        }
-    }
-
-    /// A shard was started on the word of `coordinator`. If that is not the
-    /// one this region is registered with (views disagree: another side of
-    /// a partition, a leader not yet seen), ours does not know: register
-    /// again so it learns, and resolves a shard now hosted twice.
-    fn started_for(&mut self, coordinator: NodeId) {
-        if self.registered_with != Some(coordinator) {
-            self.registered_with = None;
-            self.register();
         }
     }
 
@@ -662,43 +662,78 @@ impl<E: Entity> Actor<E> {
         };
         match msg {
             RegionMsg::Directive(directive) => self.on_directive(envelope.from, directive),
-            RegionMsg::RegisterRequest => {
+            // Only our leader's coordinator may make us register with it:
+            // registering with another member would let it direct us.
+            RegionMsg::RegisterRequest if Some(envelope.from) == self.leader() => {
                 self.registered_with = None;
                 self.register_with(envelope.from);
             }
+            RegionMsg::RegisterRequest => {
+                tracing::debug!(node = %self.node, from = %envelope.from, leader = ?self.leader(), "register request from a node that does not lead our view ignored");
+            }
+        }
+    }
+
+    /// Why a directive is refused, if it is: the sender rule first (only
+    /// the coordinator we registered with, as the transport authenticates
+    /// it, may direct us), then the epoch (I3): never the ceiling or above,
+    /// never below one obeyed, and, but for a `RegisterAck`, exactly the
+    /// epoch its `RegisterAck` carried, so no directive raises the floor.
+    fn refusal(&self, from: NodeId, directive: &Directive) -> Option<&'static str> {
+        let epoch = directive.epoch();
+        let ack = matches!(directive, Directive::RegisterAck { .. });
+        // We register only with our leader, so only it acknowledges.
+        let sender = if ack {
+            self.leader()
+        } else {
+            self.registered_with
+        };
+        if sender != Some(from) {
+            Some("not from our coordinator")
+        } else if !epoch.is_plausible() {
+            Some("absurd")
+        } else if epoch < self.max_epoch || (!ack && epoch < self.registered_epoch) {
+            Some("stale")
+        } else if !ack && epoch > self.registered_epoch {
+            Some("above the registered epoch")
+        } else {
+            None
         }
     }
 
     fn on_directive(&mut self, from: NodeId, directive: Directive) {
         let epoch = directive.epoch();
-        // An absurd epoch would fence every real coordinator off for good;
-        // a lower one is a coordinator older than one we obeyed (I3).
-        let why = if !epoch.is_plausible() {
-            Some("absurd")
-        } else if epoch < self.max_epoch {
-            Some("stale")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            self.shared
-                .stats
-                .refused_directives
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node = %self.node, %from, kind = directive.kind(), %epoch, max_epoch = %self.max_epoch, why, "directive refused");
+        if let Some(why) = self.refusal(from, &directive) {
+            let stats = &self.shared.stats;
+            stats.refused_directives.fetch_add(1, Ordering::Relaxed);
+            if why == "not from our coordinator" {
+                stats.refused_foreign.fetch_add(1, Ordering::Relaxed);
+                // Routine while views disagree; a flood is what the counter shows.
+                tracing::debug!(node = %self.node, %from, registered_with = ?self.registered_with, kind = directive.kind(), %epoch, why, "directive refused");
+            } else {
+                tracing::warn!(node = %self.node, %from, kind = directive.kind(), %epoch, max_epoch = %self.max_epoch, why, "directive refused");
+            }
             self.observe(RegionEvent::DirectiveRefused {
                 from,
                 kind: directive.kind(),
                 epoch,
                 max_epoch: self.max_epoch,
             });
-            if Some(from) == self.leader() && self.registered_with.is_some() {
-                // Our own leader's coordinator is behind us: register again
-                // (on the next tick) so it learns the epoch we obeyed and,
-                // without a lease, moves its term above it.
-                self.registered_with = None;
+            let ours = Some(from) == self.registered_with;
+            if ours && why != "absurd" && self.reregistered_for != Some(epoch) {
+                // Our own coordinator is behind us, or began a new term:
+                // register again (once per epoch seen) so it learns the
+                // epoch we obeyed (and, without a lease, moves its term
+                // above it), or we learn its new one from its answer.
+                self.reregistered_for = Some(epoch);
+                self.register_with(from);
             }
             return;
+        }
+        if let Directive::RegisterAck { .. } = directive {
+            self.registered_with = Some(from);
+            self.registered_epoch = epoch;
+            self.reregistered_for = None;
         }
         self.max_epoch = epoch;
         self.shared.max_epoch.store(epoch.0, Ordering::Relaxed);
@@ -711,7 +746,6 @@ impl<E: Entity> Actor<E> {
         match directive {
             Directive::TenureGranted { seq, .. } => self.granted(seq),
             Directive::RegisterAck { .. } => {
-                self.registered_with = Some(from);
                 // Homes here that nothing runs are hearsay from before this
                 // registration; ask again rather than start them.
                 let node = self.node;
@@ -745,7 +779,6 @@ impl<E: Entity> Actor<E> {
                         return self.renew();
                     }
                     self.start_shard(shard);
-                    self.started_for(from);
                 }
                 self.flush(shard);
             }
@@ -762,7 +795,6 @@ impl<E: Entity> Actor<E> {
                         return self.renew();
                     }
                     self.start_shard(shard);
-                    self.started_for(from);
                 }
                 self.to_coordinator(from, &CoordinatorMsg::ShardStarted { shard });
                 self.flush(shard);

@@ -102,6 +102,7 @@ pub struct RegionStats {
     dropped_buffer_full: AtomicU64,
     dropped_undeliverable: AtomicU64,
     refused_directives: AtomicU64,
+    refused_foreign: AtomicU64,
     entities_started: AtomicU64,
     entities_passivated: AtomicU64,
 }
@@ -120,8 +121,13 @@ pub struct RegionStatsSnapshot {
     pub dropped_buffer_full: u64,
     /// Messages dropped for other reasons (undecodable, forwarding loop, send failure).
     pub dropped_undeliverable: u64,
-    /// Directives refused for a stale epoch (I3).
+    /// Directives refused, for any reason: a stale, absurd or unregistered
+    /// epoch (I3), or a sender that is not this region's coordinator.
     pub refused_directives: u64,
+    /// Of those, the directives from a node other than the coordinator this
+    /// region registered with (a member speaking for a coordinator it is
+    /// not, or one whose view disagrees with ours for a moment).
+    pub refused_foreign_directives: u64,
     /// Entity incarnations started.
     pub entities_started: u64,
     /// Entities stopped for being idle.
@@ -138,6 +144,7 @@ impl RegionStats {
             dropped_buffer_full: get(&self.dropped_buffer_full),
             dropped_undeliverable: get(&self.dropped_undeliverable),
             refused_directives: get(&self.refused_directives),
+            refused_foreign_directives: get(&self.refused_foreign),
             entities_started: get(&self.entities_started),
             entities_passivated: get(&self.entities_passivated),
         }
@@ -172,7 +179,9 @@ pub enum RegionEvent {
         /// Its shard, if any.
         shard: Option<ShardId>,
     },
-    /// A directive was refused: its epoch is below one already obeyed (I3).
+    /// A directive was refused: its epoch is below one already obeyed, at or
+    /// above the ceiling, or not the registered one (I3), or its sender is
+    /// not the coordinator this region registered with.
     DirectiveRefused {
         /// From which coordinator node.
         from: NodeId,

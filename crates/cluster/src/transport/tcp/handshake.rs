@@ -143,6 +143,11 @@ pub(crate) async fn accept(inner: &Inner, stream: TcpStream) -> Result<Accepted,
                 hello.cluster_name, inner.settings.cluster_name
             ),
         ))
+    } else if !inner.settings.allows(hello.node) {
+        Err(refused(
+            RefusalReason::NotAllowed,
+            format!("{} is not in allowed_nodes", hello.node),
+        ))
     } else {
         Ok(())
     };

@@ -248,6 +248,12 @@ impl Transport for TcpTransport {
     }
 
     fn learn_address(&self, node: NodeId, addr: &NodeAddr) {
+        if !self.inner.settings.allows(node) {
+            // Never dialled: gossip about a node outside the allow-list is
+            // not a reason to connect to it.
+            tracing::debug!(%node, %addr, "address of a node outside allowed_nodes ignored");
+            return;
+        }
         self.inner.learn(node, addr);
     }
 

@@ -53,6 +53,12 @@ pub struct TcpSettings {
     /// handshake. Required when `listen` is a wildcard such as `0.0.0.0`;
     /// defaults to the bound address.
     pub advertise: Option<NodeAddr>,
+    /// The node ids that may connect (`None`: any). A StatefulSet knows its
+    /// ordinals: naming them keeps a holder of a valid certificate for
+    /// another id (a lower one would lead every view) out of the cluster.
+    /// A hello from any other id is refused ([`crate::RefusalReason::NotAllowed`]),
+    /// and this node does not dial one either.
+    pub allowed_nodes: Option<std::collections::BTreeSet<NodeId>>,
 }
 
 impl TcpSettings {
@@ -75,7 +81,15 @@ impl TcpSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             advertise: None,
+            allowed_nodes: None,
         }
+    }
+
+    /// Whether `node` may connect to this node.
+    pub(crate) fn allows(&self, node: NodeId) -> bool {
+        self.allowed_nodes
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(&node))
     }
 
     pub(crate) fn validate(&self) -> Result<(), BindError> {
@@ -112,6 +126,15 @@ impl TcpSettings {
         ] {
             if value.is_zero() {
                 return bad(field, format!("{value:?}"), "must be above zero");
+            }
+        }
+        if let Some(allowed) = &self.allowed_nodes {
+            if !allowed.contains(&self.node) {
+                return bad(
+                    "allowed_nodes",
+                    format!("{allowed:?}"),
+                    "must contain this node's own id",
+                );
             }
         }
         if self.backoff_max < self.backoff_min {
