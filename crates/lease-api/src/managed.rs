@@ -350,12 +350,25 @@ impl<B> Shared<B> {
             tracing::warn!(lease = settings.lease_name(), owner = settings.owner_name(), %token, %reason, "lease lost (seen by the watch)");
             self.lose(generation, reason);
         }
-        self.observation.send_replace(match &event.holder {
+        let observation = match &event.holder {
             Some(holder) => Observation::Held {
                 holder: holder.clone(),
             },
+            // Revoked or deleted behind its holder's back, whose term may
+            // not be over: still held, as far as anyone may act on.
+            None if event.expires_at.is_some_and(|at| at > Instant::now()) => {
+                match &*self.observation.borrow() {
+                    Observation::Held { holder } => Observation::Held {
+                        holder: holder.clone(),
+                    },
+                    _ => Observation::Held {
+                        holder: String::new(),
+                    },
+                }
+            }
             None => Observation::Free,
-        });
+        };
+        self.observation.send_replace(observation);
     }
 }
 
@@ -392,7 +405,10 @@ async fn watch_store<B: LeaseBackend>(shared: Arc<Shared<B>>) {
                 Some(Ok(event)) => {
                     connected = true;
                     backoff = first_backoff;
-                    expires_at = event.expires_at.filter(|_| event.holder.is_some());
+                    // A held record, or a revoked one whose term still runs.
+                    expires_at = event
+                        .expires_at
+                        .filter(|at| event.holder.is_some() || *at > Instant::now());
                     shared.on_store_event(&event);
                 }
                 Some(Err(error)) => {

@@ -22,6 +22,9 @@ pub struct StoreEvent {
     /// began it, so an event below a token is older than that tenure.
     pub revision: u64,
     /// When the record expires if no renew is seen, on this process's clock.
+    /// For a record that names no holder: until when it is still not free
+    /// (revoked or deleted behind its holder's back, which may not have
+    /// heard of it yet); `None` when it is free now (released).
     pub expires_at: Option<Instant>,
 }
 
@@ -31,11 +34,13 @@ pub enum Observation {
     /// Not watching (yet), or the backend cannot watch.
     #[default]
     Unknown,
-    /// `holder` holds it, as far as the watch shows.
+    /// `holder` holds it, as far as the watch shows; also while a record
+    /// revoked or deleted behind its holder's back may still be acted on
+    /// by that holder (then `holder` is the last holder seen, or empty).
     Held {
         /// The owner the record names.
         holder: String,
     },
-    /// Nobody holds it: released, deleted, or expired without a renew.
+    /// Nobody holds it: released, or expired without a renew.
     Free,
 }

@@ -6,6 +6,13 @@
 //! - A renew is one PUT with the cached resourceVersion; no GET before it.
 //! - Taking over or releasing is a PUT with the observed resourceVersion; a
 //!   409 means someone else moved first.
+//! - A record that names no holder is free at once only if its holder
+//!   released it: the release marks the record with the tenure it ends
+//!   ([`RELEASED`]). One deleted, or cleared by someone else (an operator,
+//!   a GitOps prune), cannot prove its holder stopped, since a holder cut
+//!   off from the API server hears of neither: it is free only one ttl
+//!   after the holder's last renew we saw ("The lease contract" in
+//!   `docs/architecture.md`).
 //! - The fencing token is the resourceVersion of the write that began the
 //!   tenure (the create, or the takeover PUT), not `leaseTransitions`. The
 //!   API server stamps every write of a resource with a resourceVersion
@@ -30,6 +37,11 @@ use lease_api::{
 };
 use tokio::time::Instant;
 
+/// The annotation a release writes: the `leaseTransitions` of the tenure it
+/// ends. A cleared record without it (or with an older tenure's) was not
+/// released by its holder.
+pub const RELEASED: &str = "lease-sharding.dev/released-tenure";
+
 /// The wall clock used to write `acquireTime` and `renewTime` (never to judge
 /// expiry). Replaceable in tests to show that a skewed clock is harmless.
 pub type WallClock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -40,6 +52,9 @@ pub struct KubernetesBackend {
     namespace: String,
     wall_clock: WallClock,
     observed: Mutex<Option<Observed>>,
+    /// The last holder we saw renew, and when: how long a record deleted
+    /// or cleared behind its back may still be acted on.
+    last_held: Mutex<Option<LastHeld>>,
     /// The tenure we hold, by token: what the record must still show for
     /// it to be ours (a renew carries only the token).
     held: Mutex<Option<Tenure>>,
@@ -52,6 +67,15 @@ struct Tenure {
     token: FencingToken,
     uid: Option<String>,
     transitions: u64,
+}
+
+/// A holder as last seen: its name, when its record last changed on our
+/// clock (its last renew we saw) and its ttl.
+#[derive(Debug, Clone)]
+struct LastHeld {
+    holder: String,
+    changed_at: Instant,
+    ttl: Duration,
 }
 
 /// The record as last seen, and when it last changed on our clock.
@@ -67,6 +91,16 @@ fn holder(lease: &LeaseObject) -> Option<&str> {
         .as_ref()
         .and_then(|s| s.holder_identity.as_deref())
         .filter(|h| !h.is_empty())
+}
+
+/// Whether `lease` names no holder because its last holder released it.
+fn released(lease: &LeaseObject) -> bool {
+    let marked = lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RELEASED));
+    marked.is_some_and(|t| *t == transitions(lease).to_string())
 }
 
 fn transitions(lease: &LeaseObject) -> u64 {
@@ -156,8 +190,44 @@ impl KubernetesBackend {
             namespace,
             wall_clock,
             observed: Mutex::new(None),
+            last_held: Mutex::new(None),
             held: Mutex::new(None),
         }
+    }
+
+    fn last_held(&self) -> MutexGuard<'_, Option<LastHeld>> {
+        self.last_held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Until when a record that names no holder (`current`; `None`: there
+    /// is none) is not free, and whose it may still be: the last holder
+    /// we saw, one ttl after its last renew we saw, unless it released it.
+    /// A cleared record we never saw held counts from when we first saw it.
+    fn fenced_until(
+        &self,
+        settings: &LeaseSettings,
+        current: Option<&LeaseObject>,
+    ) -> Option<(String, Instant)> {
+        if let Some(lease) = current {
+            if holder(lease).is_some() || released(lease) {
+                return None;
+            }
+        }
+        let last = self.last_held().clone();
+        let until = match (last, current) {
+            // Ours: we ended that tenure ourselves (lost, or a restarted
+            // pod's predecessor, which is gone).
+            (Some(last), _) if last.holder == settings.owner_name() => return None,
+            (Some(last), _) => (last.holder, last.changed_at + last.ttl),
+            (None, Some(lease)) => {
+                let seen = self.observe(lease).changed_at;
+                let ttl = their_ttl(lease, settings).max(settings.ttl());
+                (String::new(), seen + ttl)
+            }
+            // Never written, as far as we know: a cold start.
+            (None, None) => return None,
+        };
+        (Instant::now() < until.1).then_some(until)
     }
 
     fn held(&self) -> MutexGuard<'_, Option<Tenure>> {
@@ -215,10 +285,24 @@ impl KubernetesBackend {
                     && revision(&o.lease) > revision(lease))
         });
         if !unchanged {
+            let now = Instant::now();
             *observed = Some(Observed {
                 lease: lease.clone(),
-                changed_at: Instant::now(),
+                changed_at: now,
             });
+            if let Some(h) = holder(lease) {
+                let ttl = lease
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.lease_duration_seconds)
+                    .and_then(|s| u64::try_from(s).ok())
+                    .map_or(Duration::ZERO, Duration::from_secs);
+                *self.last_held() = Some(LastHeld {
+                    holder: h.to_owned(),
+                    changed_at: now,
+                    ttl,
+                });
+            }
         }
         observed.clone().unwrap_or_else(|| Observed {
             lease: lease.clone(),
@@ -288,7 +372,15 @@ impl KubernetesBackend {
     ) -> Result<AcquireOutcome, LeaseError> {
         let current = match self.api.get_opt(settings.lease_name()).await {
             Ok(Some(lease)) => lease,
-            Ok(None) => return self.create(settings).await,
+            Ok(None) => {
+                // Deleted behind its holder's back, which may not know yet.
+                if let Some((h, _)) = self.fenced_until(settings, None) {
+                    return Ok(AcquireOutcome::HeldByOther(
+                        Some(h).filter(|h| !h.is_empty()),
+                    ));
+                }
+                return self.create(settings).await;
+            }
             Err(e) => return Err(lease_error(settings, e)),
         };
         let observed = self.observe(&current);
@@ -305,7 +397,13 @@ impl KubernetesBackend {
                 }
                 self.take_over(settings, current).await
             }
-            None => self.take_over(settings, current).await,
+            None => match self.fenced_until(settings, Some(&current)) {
+                // Cleared, not released: its holder may not know yet.
+                Some((h, _)) => Ok(AcquireOutcome::HeldByOther(
+                    Some(h).filter(|h| !h.is_empty()),
+                )),
+                None => self.take_over(settings, current).await,
+            },
         }
     }
 
@@ -410,6 +508,13 @@ impl KubernetesBackend {
             },
         };
         for _ in 0..3 {
+            // Marked as this tenure's release: a contender takes it at once.
+            let tenure = transitions(&lease).to_string();
+            lease
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(RELEASED.to_owned(), tenure);
             let cleared = self
                 .replace(settings, lease, |spec| {
                     spec.holder_identity = None;
@@ -444,17 +549,21 @@ impl KubernetesBackend {
                 holder: None,
                 tenure: None,
                 revision: rev,
-                expires_at: None,
+                expires_at: self.fenced_until(settings, None).map(|(_, at)| at),
             };
         };
         let observed = self.observe(lease);
         let held = self.held().as_ref().map(|t| t.token);
         let tenure = held.filter(|token| self.shows_tenure(settings, lease, *token));
+        let expires_at = match holder(lease) {
+            Some(_) => Some(observed.changed_at + their_ttl(lease, settings)),
+            None => self.fenced_until(settings, Some(lease)).map(|(_, at)| at),
+        };
         StoreEvent {
             holder: holder(lease).map(str::to_owned),
             tenure,
             revision: revision(lease),
-            expires_at: Some(observed.changed_at + their_ttl(lease, settings)),
+            expires_at,
         }
     }
 

@@ -28,8 +28,9 @@ pub struct Grant {
     pub token: FencingToken,
     /// When the store granted it.
     pub from: Instant,
-    /// When it ended (release or revocation), or when it expires/expired if
-    /// it was neither released nor revoked.
+    /// When it ended (a release), or when its term ends or ended: the
+    /// instant the store would give the lease to another owner. A
+    /// revocation stops renewals but does not shorten the term.
     pub until: Instant,
 }
 
@@ -147,20 +148,22 @@ impl InMemoryLeaseStore {
         self.lock().faults.remove(owner);
     }
 
-    /// Ends the current tenure of `lease` now, whoever holds it; a holder
-    /// that watches learns it at once, any other on its next renew. Returns
-    /// the owner that lost it.
+    /// Revokes the current tenure of `lease`, whoever holds it: the holder's
+    /// next renew fails (a holder that watches learns it at once), but the
+    /// lease is given to nobody else before the term the store granted has
+    /// run out. A holder cut off from the store cannot hear of the
+    /// revocation, and believes in its lease until its own expiry estimate,
+    /// which ends before that term; so freeing the record at once would let
+    /// a contender be active next to it (I1, I2). A release frees it at once:
+    /// its holder has stopped. Returns the owner that lost it.
     pub fn revoke(&self, lease: &str) -> Option<String> {
         let now = Instant::now();
         let mut state = self.lock();
-        let StoreState {
-            records, history, ..
-        } = &mut *state;
-        let record = records.get_mut(lease)?;
+        let record = state.records.get_mut(lease)?;
         let holder = record.holder.take().filter(|_| record.expires_at > now)?;
-        history[record.grant].until = now;
+        // The grant still ends at `expires_at`: nobody else holds it before.
         state.publish(lease);
-        tracing::info!(lease, owner = %holder, "lease revoked in the store");
+        tracing::info!(lease, owner = %holder, "lease revoked in the store; free once its term ends");
         Some(holder)
     }
 
@@ -177,7 +180,8 @@ impl InMemoryLeaseStore {
             .unwrap_or_else(|| watch::channel(None).1)
     }
 
-    /// The current holder of `lease` and its token, if its tenure has not expired.
+    /// The current holder of `lease` and its token, if its tenure has not
+    /// expired (or been revoked).
     pub fn holder(&self, lease: &str) -> Option<(String, FencingToken)> {
         let now = Instant::now();
         let state = self.lock();
@@ -241,6 +245,11 @@ impl InMemoryLeaseStore {
                 }
             }
             Some(holder) if live => return AcquireOutcome::HeldByOther(Some(holder.clone())),
+            // Revoked, and its term not over: its holder may not know yet.
+            None if live => {
+                let previous = history.get(record.grant).map(|g| g.owner.clone());
+                return AcquireOutcome::HeldByOther(previous);
+            }
             _ => {}
         }
         // Free, expired or ours from a previous handle: a new tenure with a
