@@ -15,10 +15,15 @@ use crate::report;
 /// Options of `cargo xtask multinode`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Nemesis runs (seeds 1..=N); each named scenario runs max(1, N/20)
-    /// seeds. Default 200 in paused time, 5 with `--lease k8s` (real time).
+    /// Nemesis runs (seeds F..F+N, F from --first-seed); each named scenario
+    /// runs max(1, N/20) seeds from F. Default 200 in paused time, 5 with
+    /// `--lease k8s` (real time).
     #[arg(long)]
     seeds: Option<u64>,
+    /// The first seed of `--seeds`, so a long sweep can be split into parts
+    /// (`--seeds 5000 --first-seed 5001` runs 5001..=10000).
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
     /// Run only this scenario (see --help for names).
     #[arg(long, value_parser = parse_scenario)]
     scenario: Option<Scenario>,
@@ -80,8 +85,10 @@ pub fn run(args: Args) -> ExitCode {
     for &scenario in &scenarios {
         let seeds: Vec<u64> = match (args.seed, scenario) {
             (Some(seed), _) => vec![seed],
-            (None, Scenario::Nemesis) => (1..=seeds.max(1)).collect(),
-            (None, _) => (1..=(seeds / 20).max(1)).collect(),
+            (None, Scenario::Nemesis) => (0..seeds.max(1)).map(|i| args.first_seed + i).collect(),
+            (None, _) => (0..(seeds / 20).max(1))
+                .map(|i| args.first_seed + i)
+                .collect(),
         };
         jobs.extend(seeds.into_iter().map(|seed| RunConfig {
             scenario,

@@ -6,7 +6,7 @@ use crate::SettingsError;
 
 /// How one owner uses one lease. Build it with [`LeaseSettings::builder`].
 ///
-/// Defaults (DESIGN.md section 10): ttl 30 s, heartbeat 3 s, operation
+/// Defaults (`docs/architecture.md`, "Defaults"): ttl 30 s, heartbeat 3 s, operation
 /// timeout 5 s, safety margin ttl / 10.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseSettings {

@@ -1,4 +1,4 @@
-//! Checks a recorded history against the invariants of DESIGN.md section 8.
+//! Checks a recorded history against the invariants of `docs/architecture.md`.
 //!
 //! Pure: it reads events and the lease store's grants, nothing else, so it is
 //! tested on hand-made histories (including bad ones it must flag).
@@ -172,9 +172,9 @@ impl Verdict {
 /// Checks one run.
 pub fn check(input: &CheckInput<'_>) -> Verdict {
     let active = active_intervals(input.events, input.end);
-    let (max_active, i1) = check_i1(&active);
+    let (max_active, i1) = check_i1(&active, input.start);
     let i2 = match input.grants {
-        Some(grants) => check_i2(&active, grants),
+        Some(grants) => check_i2(&active, grants, input.start),
         None => Check::NotApplicable,
     };
     let i3 = check_i3(input.events);
@@ -186,11 +186,22 @@ pub fn check(input: &CheckInput<'_>) -> Verdict {
         None => Check::Ok,
         Some((shard, nodes, from, until)) => {
             let secs = |t: Instant| t.duration_since(input.start).as_secs_f64();
-            Check::Violated(format!(
-                "{shard} hosted on {nodes:?} from {:.1}s to {:.1}s",
-                secs(from),
-                secs(until)
-            ))
+            // Events of one instant are recorded in the order the
+            // single-threaded simulation ran them: a start recorded before
+            // another node's stop at the same instant was a real overlap,
+            // if a short one, and fails the run like any other.
+            if from == until {
+                Check::Violated(format!(
+                    "{shard} hosted on {nodes:?} at {:.3}s: started on one before it stopped on the other at the same instant (a real overlap: events of one instant are in the order they ran)",
+                    secs(from)
+                ))
+            } else {
+                Check::Violated(format!(
+                    "{shard} hosted on {nodes:?} from {:.3}s to {:.3}s",
+                    secs(from),
+                    secs(until)
+                ))
+            }
         }
     };
     let (max_singletons, i7) = check_i7(input.events, input.start);
@@ -317,7 +328,7 @@ fn active_intervals(events: &[Event], end: Instant) -> Vec<Interval> {
 
 /// The most intervals open at one instant, and I1's verdict. An interval that
 /// ends at the very instant another starts does not overlap it.
-fn check_i1(active: &[Interval]) -> (usize, Check) {
+fn check_i1(active: &[Interval], start: Instant) -> (usize, Check) {
     let mut points: Vec<(Instant, i32, NodeId)> = Vec::new();
     for &(node, from, until) in active {
         if until > from {
@@ -345,15 +356,21 @@ fn check_i1(active: &[Interval]) -> (usize, Check) {
     }
     let check = match first {
         Some((at, nodes)) => Check::Violated(format!(
-            "{} coordinators active at once at {at:?}: {nodes:?}",
-            nodes.len()
+            "{} coordinators active at once at {:.3}s: {nodes:?}",
+            nodes.len(),
+            since(start, at)
         )),
         None => Check::Ok,
     };
     (usize::try_from(max).unwrap_or(0), check)
 }
 
-fn check_i2(active: &[Interval], grants: &[Grant]) -> Check {
+/// Seconds from the start of the run to `at`, for messages.
+fn since(start: Instant, at: Instant) -> f64 {
+    at.saturating_duration_since(start).as_secs_f64()
+}
+
+fn check_i2(active: &[Interval], grants: &[Grant], start: Instant) -> Check {
     for &(node, from, until) in active {
         let owner = owner_of(node);
         let covered = grants
@@ -363,10 +380,18 @@ fn check_i2(active: &[Interval], grants: &[Grant]) -> Check {
             let own: Vec<String> = grants
                 .iter()
                 .filter(|g| g.owner == owner)
-                .map(|g| format!("{:?}..{:?}", g.from, g.until))
+                .map(|g| {
+                    format!(
+                        "{:.3}s..{:.3}s",
+                        since(start, g.from),
+                        since(start, g.until)
+                    )
+                })
                 .collect();
             return Check::Violated(format!(
-                "{node} active from {from:?} to {until:?} without a covering grant (its grants: {})",
+                "{node} active from {:.3}s to {:.3}s without a covering grant (its grants: {})",
+                since(start, from),
+                since(start, until),
                 own.join(", ")
             ));
         }
@@ -781,7 +806,7 @@ mod tests {
         assert!((v.double_hosted_shard_seconds - 4.0).abs() < 1e-9);
         let why = v.i5;
         assert!(
-            matches!(&why, Check::Violated(w) if w.contains("shard-7") && w.contains("from 10.0s to 14.0s")),
+            matches!(&why, Check::Violated(w) if w.contains("shard-7") && w.contains("from 10.000s to 14.000s")),
             "{why:?}"
         );
     }
@@ -800,6 +825,25 @@ mod tests {
         assert_eq!(v.i5, Check::Ok);
         assert_eq!(v.double_hosted_shard_seconds, 0.0);
         assert_eq!(v.worst_outage, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_start_recorded_before_another_nodes_stop_at_the_same_instant_is_a_real_overlap() {
+        let t0 = Instant::now();
+        let s = ShardId(7);
+        let events = [
+            region(at(t0, 0), 1, RegionEvent::ShardStarted(s)),
+            region(at(t0, 10), 2, RegionEvent::ShardStarted(s)),
+            region(at(t0, 10), 1, RegionEvent::ShardStopped(s)),
+            phase(at(t0, 60), 2, Phase::Active),
+        ];
+        let v = check(&input(t0, &events, None));
+        assert_eq!(v.double_hosted_shard_seconds, 0.0);
+        let why = v.i5;
+        assert!(
+            matches!(&why, Check::Violated(w) if w.contains("at 10.000s") && w.contains("a real overlap")),
+            "{why:?}"
+        );
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl HarnessSettings {
         }
     }
 
-    /// Defaults with an in-memory lease of DESIGN.md's default timing.
+    /// Defaults with an in-memory lease of the default timing (`docs/architecture.md`).
     pub fn with_memory_lease(seed: u64) -> Self {
         let mut settings = Self::new(seed);
         settings.lease = LeaseSettings::builder(format!("{COUNTER_TYPE}-coordinator"), "node")
@@ -500,6 +500,28 @@ impl MultiNode {
                 .lease(K8S_NAMESPACE, &name)
                 .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned)),
         }
+    }
+
+    /// Revokes the counter coordinator's and the singleton's leases in the
+    /// in-memory store behind their holders' backs (an operator, a store
+    /// clean-up); returns the owners that lost them. The Kubernetes backend
+    /// is not revoked here (its deletion case runs in the conformance suite).
+    pub fn revoke_leases(&self) -> Vec<String> {
+        if self.settings.backend != LeaseBackendKind::Memory {
+            return Vec::new();
+        }
+        let Some(coordinator) = self
+            .settings
+            .lease
+            .as_ref()
+            .map(|l| l.lease_name().to_owned())
+        else {
+            return Vec::new();
+        };
+        [coordinator, format!("{SINGLETON}-singleton")]
+            .iter()
+            .filter_map(|name| self.store.revoke(name))
+            .collect()
     }
 
     /// `node`'s transport, to inject raw traffic in tests.

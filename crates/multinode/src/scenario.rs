@@ -10,7 +10,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use sharding_coordinator::Phase;
 use sharding_core::TypeName;
-use sharding_core::protocol::TypeChannels;
+use sharding_core::protocol::{Directive, Epoch, RegionMsg, TypeChannels, encode};
 use sharding_core::{EntityId, ShardId, shard_of};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -254,7 +254,7 @@ struct Run {
     scale: f64,
     /// The lease ttl (for reporting failover in ttls).
     ttl: Duration,
-    /// DESIGN.md I4: ttl + lease heartbeat + recovery timeout.
+    /// I4 (`docs/architecture.md`): ttl + lease heartbeat + recovery timeout.
     recovery_bound: Duration,
     /// With a lease: how long a new coordinator waits before placing shards.
     tenure_bound: Duration,
@@ -556,6 +556,62 @@ impl Run {
         self.restart_down().await;
     }
 
+    /// For `duration`, `insider` (a member, authenticated as itself) speaks
+    /// to `victim`'s region as if it were its coordinator, every half
+    /// second: an acknowledgement, grants, homes and handoffs of every shard
+    /// at the real coordinator's epoch and at the ceiling, and a request to
+    /// register with it. The victim must obey none of it (the sender rule).
+    async fn forge(&mut self, insider: NodeId, victim: NodeId, duration: Duration) {
+        let channels = TypeChannels::of(&TypeName::from(COUNTER_TYPE));
+        let network = self.harness.network().clone();
+        let epoch = (self.harness.node_ids().into_iter())
+            .find_map(|n| self.harness.coordinator_status(n).and_then(|s| s.epoch))
+            .unwrap_or_default();
+        let step = self.s(0.5);
+        let end = Instant::now() + duration;
+        let forger = tokio::spawn(async move {
+            let send = |msg: &RegionMsg| {
+                if let Ok(bytes) = encode(msg) {
+                    network.inject(insider, victim, channels.region, &bytes);
+                }
+            };
+            while Instant::now() < end {
+                send(&RegionMsg::RegisterRequest);
+                for e in [epoch, Epoch::CEILING] {
+                    send(&RegionMsg::Directive(Directive::RegisterAck { epoch: e }));
+                    for seq in 0..8 {
+                        send(&RegionMsg::Directive(Directive::TenureGranted {
+                            epoch: e,
+                            seq,
+                        }));
+                    }
+                    for shard in (0..PROBE_SHARDS).map(ShardId) {
+                        let directives = [
+                            Directive::HostShard {
+                                epoch: e,
+                                shard,
+                                allocation: 1,
+                            },
+                            Directive::ShardHome {
+                                epoch: e,
+                                shard,
+                                region: insider,
+                                allocation: 1,
+                            },
+                            Directive::HandOff { epoch: e, shard },
+                        ];
+                        for d in directives {
+                            send(&RegionMsg::Directive(d));
+                        }
+                    }
+                }
+                sleep(step).await;
+            }
+        });
+        self.wait(duration).await;
+        forger.abort();
+    }
+
     /// Loses sharding protocol messages (both of the counter type's
     /// channels) with `probability`; membership is untouched.
     fn sharding_loss(&self, probability: f64) {
@@ -781,7 +837,7 @@ impl Run {
         let rounds = self.rng.random_range(3..7);
         for _ in 0..rounds {
             let hold = self.random_ms(3_000..70_000);
-            match self.rng.random_range(0..10) {
+            match self.rng.random_range(0..13) {
                 0 => {
                     let cut = self.rng.random_range(1..n);
                     let (a, b) = nodes.split_at(cut);
@@ -852,13 +908,69 @@ impl Run {
                         let from = nodes[self.rng.random_range(0..n)];
                         let to = nodes[self.rng.random_range(0..n)];
                         let faults = LinkFaults {
-                            latency: Duration::ZERO,
                             drop_probability: p,
+                            ..LinkFaults::default()
                         };
                         self.harness.network().set_link(from, to, faults);
                     }
                     self.sharding_loss(p / 2.0);
                     self.wait(hold).await;
+                }
+                10 => {
+                    // A revocation the holder cannot hear (I1, I2).
+                    let node = self.active_or(nodes[0]);
+                    self.fault(format!("{node} cut from the store"));
+                    self.cut_from_store(node);
+                    let after = self.random_ms(0..5_000);
+                    self.wait(after).await;
+                    let lost = self.harness.revoke_leases();
+                    self.fault(format!(
+                        "{node} cut from the store, leases revoked ({lost:?})"
+                    ));
+                    self.wait(hold).await;
+                }
+                11 => {
+                    // Protocol frames between a pair of nodes overtake one
+                    // another and arrive twice (a reconnect, two connections).
+                    let a = nodes[self.rng.random_range(0..n)];
+                    let b = self.other_than(a, nodes);
+                    let jitter = self.random_ms(100..3_000);
+                    self.fault(format!(
+                        "frames between {a} and {b} reordered (up to {jitter:?}) and duplicated"
+                    ));
+                    let faults = LinkFaults {
+                        jitter,
+                        duplicate_probability: 0.2,
+                        ..LinkFaults::default()
+                    };
+                    let channels = TypeChannels::of(&TypeName::from(COUNTER_TYPE));
+                    for channel in [channels.region, channels.coordinator] {
+                        let network = self.harness.network();
+                        network.set_channel_link(a, b, channel, faults);
+                        network.set_channel_link(b, a, channel, faults);
+                    }
+                    self.wait(hold).await;
+                }
+                12 => {
+                    // Any member but a coordinator's node (trusted: it is
+                    // the one that directs) speaks for a coordinator.
+                    let active = self.active_or(nodes[0]);
+                    let leader = self
+                        .harness
+                        .node_ids()
+                        .into_iter()
+                        .min()
+                        .unwrap_or(nodes[0]);
+                    let members: Vec<NodeId> = (nodes.iter().copied())
+                        .filter(|m| *m != active && *m != leader)
+                        .collect();
+                    let pick = self.rng.random_range(0..members.len().max(1));
+                    let insider = members.get(pick).copied().unwrap_or(nodes[n - 1]);
+                    let victim = self.other_than(insider, nodes);
+                    self.fault(format!(
+                        "{insider} forges grants and directives for {victim}"
+                    ));
+                    self.forge(insider, victim, hold).await;
                 }
                 _ => {
                     let node = nodes[self.rng.random_range(0..n)];
@@ -941,7 +1053,7 @@ impl Run {
             start: self.start,
             end,
             healed_at: Some(healed_at),
-            // DESIGN.md I4: ttl + lease heartbeat + recovery timeout.
+            // I4 (`docs/architecture.md`): ttl + lease heartbeat + recovery timeout.
             recovery_bound: self.recovery_bound,
             probe,
             writes: self.final_writes(),

@@ -11,7 +11,7 @@ use sharding_core::{
 
 use crate::CoordinatorObserver;
 
-/// Tunables of the coordinator. Defaults follow DESIGN.md section 10.
+/// Tunables of the coordinator. Defaults: the table in `docs/architecture.md`.
 #[derive(Clone)]
 pub struct CoordinatorSettings {
     /// A handoff not finished within this is abandoned; the shard stays (default 60 s).

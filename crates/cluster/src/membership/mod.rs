@@ -20,7 +20,7 @@ use crate::{NodeAddr, NodeId, Transport};
 
 pub use view::{ClusterEvent, ClusterState, ClusterView, Member, MemberStatus, ViewChanges};
 
-/// Timing and seeding of membership. Defaults follow DESIGN.md section 10.
+/// Timing and seeding of membership. Defaults: the table in `docs/architecture.md`.
 #[derive(Debug, Clone)]
 pub struct MembershipSettings {
     /// Seed nodes to join through (this node may be one of them).

@@ -22,13 +22,19 @@ use crate::{Channel, Envelope, NodeAddr, NodeId};
 /// Capacity of each channel inbox of an in-process node.
 const INBOX_CAPACITY: usize = 65_536;
 
-/// Latency and loss of one directed link.
+/// Latency, loss, reordering and duplication of one directed link.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LinkFaults {
     /// Delay before delivery.
     pub latency: Duration,
     /// Probability in `[0, 1]` that a message is lost.
     pub drop_probability: f64,
+    /// Up to this much more delay, drawn per message: messages overtake
+    /// one another, as over a reconnect or two connections.
+    pub jitter: Duration,
+    /// Probability in `[0, 1]` that a message is delivered twice (each copy
+    /// with its own delay).
+    pub duplicate_probability: f64,
 }
 
 /// The shared network; cheap to clone. Each node joins with [`join`](Self::join).
@@ -43,6 +49,8 @@ struct NetState {
     blocked: HashSet<(NodeId, NodeId)>,
     isolated: HashSet<NodeId>,
     links: HashMap<(NodeId, NodeId), LinkFaults>,
+    /// Faults of one channel of one link, in place of the link's own.
+    channel_links: HashMap<(NodeId, NodeId, Channel), LinkFaults>,
     default_link: LinkFaults,
     /// Loss on one channel of every link, on top of the link's own.
     channel_loss: HashMap<Channel, f64>,
@@ -69,6 +77,7 @@ impl InProcessNetwork {
                 blocked: HashSet::new(),
                 isolated: HashSet::new(),
                 links: HashMap::new(),
+                channel_links: HashMap::new(),
                 default_link: LinkFaults::default(),
                 channel_loss: HashMap::new(),
                 rng: StdRng::seed_from_u64(seed),
@@ -132,6 +141,15 @@ impl InProcessNetwork {
         self.lock().links.insert((from, to), faults);
     }
 
+    /// Sets the faults of `channel` alone on the directed link `from` ->
+    /// `to`, in place of the link's own: protocol messages reordered or
+    /// duplicated while user messages keep TCP's order and uniqueness.
+    pub fn set_channel_link(&self, from: NodeId, to: NodeId, channel: Channel, faults: LinkFaults) {
+        self.lock()
+            .channel_links
+            .insert((from, to, channel), faults);
+    }
+
     /// Sets latency and loss for every link without its own setting.
     pub fn set_default_link(&self, faults: LinkFaults) {
         self.lock().default_link = faults;
@@ -155,6 +173,7 @@ impl InProcessNetwork {
     pub fn clear_link_faults(&self) {
         let mut state = self.lock();
         state.links.clear();
+        state.channel_links.clear();
         state.default_link = LinkFaults::default();
         state.channel_loss.clear();
     }
@@ -185,12 +204,39 @@ impl InProcessNetwork {
         self.lock().dropped_by_network
     }
 
-    /// Decides the fate of one frame: `Some(latency)` if it will be carried.
-    fn route(&self, from: NodeId, to: NodeId, channel: Channel) -> Option<Duration> {
+    /// Delivers `payload` on `channel` to `to` as if `from` had sent it,
+    /// through the link's faults: a member speaking for a node it is not is
+    /// played with the `from` of that member (this network, like mTLS,
+    /// authenticates every sender), a replay with an old message.
+    pub fn inject(&self, from: NodeId, to: NodeId, channel: Channel, payload: &[u8]) {
+        let mut frame = BytesMut::new();
+        put_header(&mut frame, from, to, channel);
+        frame.extend_from_slice(payload);
+        let frame = frame.freeze();
+        for latency in self.route(from, to, channel) {
+            self.carry(from, to, frame.clone(), latency);
+        }
+    }
+
+    /// Carries one copy of a frame after `latency`.
+    fn carry(&self, from: NodeId, to: NodeId, frame: Bytes, latency: Duration) {
+        if latency.is_zero() {
+            self.arrive(from, to, frame);
+        } else {
+            let network = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(latency).await;
+                network.arrive(from, to, frame);
+            });
+        }
+    }
+
+    /// Decides the fate of one frame: the delay of each copy that will be
+    /// carried (none if it is lost, two if it is duplicated).
+    fn route(&self, from: NodeId, to: NodeId, channel: Channel) -> Vec<Duration> {
         let mut state = self.lock();
-        let faults = state
-            .links
-            .get(&(from, to))
+        let faults = (state.channel_links.get(&(from, to, channel)))
+            .or_else(|| state.links.get(&(from, to)))
             .copied()
             .unwrap_or(state.default_link);
         let channel_loss = state.channel_loss.get(&channel).copied().unwrap_or(0.0);
@@ -201,9 +247,28 @@ impl InProcessNetwork {
             || (channel_loss > 0.0 && state.rng.random_bool(channel_loss));
         if lost || !state.reachable(from, to) || !state.nodes.contains_key(&to) {
             state.dropped_by_network += 1;
-            return None;
+            return Vec::new();
         }
-        Some(faults.latency)
+        let copies = if faults.duplicate_probability > 0.0
+            && state
+                .rng
+                .random_bool(faults.duplicate_probability.clamp(0.0, 1.0))
+        {
+            2
+        } else {
+            1
+        };
+        (0..copies)
+            .map(|_| {
+                let jitter = if faults.jitter.is_zero() {
+                    Duration::ZERO
+                } else {
+                    let nanos = u64::try_from(faults.jitter.as_nanos()).unwrap_or(u64::MAX);
+                    Duration::from_nanos(state.rng.random_range(0..=nanos))
+                };
+                faults.latency + jitter
+            })
+            .collect()
     }
 
     /// Delivers a frame that arrived at `to`, unless the link broke meanwhile.
@@ -267,18 +332,8 @@ impl Transport for InProcessTransport {
         payload(&mut frame).map_err(SendError::Encode)?;
         let frame = frame.freeze();
         self.inboxes.sent.fetch_add(1, Ordering::Relaxed);
-        let Some(latency) = self.network.route(self.node, to, channel) else {
-            return Ok(());
-        };
-        let from = self.node;
-        if latency.is_zero() {
-            self.network.arrive(from, to, frame);
-        } else {
-            let network = self.network.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(latency).await;
-                network.arrive(from, to, frame);
-            });
+        for latency in self.network.route(self.node, to, channel) {
+            self.network.carry(self.node, to, frame.clone(), latency);
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ use delivery::{Delivery, ReplyLink, ReplyTo};
 use routes::{Route, Routes};
 use shard::ShardCmd;
 
-/// Tunables of a region. Defaults follow DESIGN.md section 10.
+/// Tunables of a region. Defaults: the table in `docs/architecture.md`.
 #[derive(Debug, Clone)]
 pub struct RegionSettings {
     /// Number of shards of the type; must be the same on every node (default 64).
