@@ -72,6 +72,11 @@ pub struct Config {
     /// This node's private key (PEM).
     #[arg(long, env = "TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The node ids that may connect, comma-separated (`1,2,3`; a
+    /// StatefulSet's ordinals); any other is refused at the handshake.
+    /// Unset: any id (with TLS, any holder of a certificate of the CA).
+    #[arg(long, env = "ALLOWED_NODES", value_delimiter = ',')]
+    pub allowed_nodes: Option<Vec<u64>>,
 }
 
 /// Which lease guards the coordinator.

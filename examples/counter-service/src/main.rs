@@ -191,6 +191,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let mut tcp = TcpSettings::new(config.cluster_name.clone(), node, config.cluster_listen);
     tcp.advertise = config.cluster_advertise.clone().map(NodeAddr);
     tcp.tls = config.tls()?;
+    tcp.allowed_nodes = (config.allowed_nodes.as_ref())
+        .map(|ids| ids.iter().copied().map(cluster::NodeId).collect());
     // No connection should stall, or wait to be redialled, longer than the
     // failure detector waits before declaring a node down.
     let down_after = Config::ms(config.membership_down_after_ms);
