@@ -70,12 +70,12 @@ struct Tenure {
 }
 
 /// A holder as last seen: its name, when its record last changed on our
-/// clock (its last renew we saw) and its ttl.
+/// clock (its last renew we saw) and the ttl it wrote.
 #[derive(Debug, Clone)]
 struct LastHeld {
     holder: String,
     changed_at: Instant,
-    ttl: Duration,
+    ttl: Option<Duration>,
 }
 
 /// The record as last seen, and when it last changed on our clock.
@@ -142,13 +142,18 @@ fn revision(lease: &LeaseObject) -> u64 {
         .unwrap_or(0)
 }
 
-fn their_ttl(lease: &LeaseObject, settings: &LeaseSettings) -> Duration {
+/// The `leaseDurationSeconds` the record carries, if a valid one.
+fn written_ttl(lease: &LeaseObject) -> Option<Duration> {
     lease
         .spec
         .as_ref()
         .and_then(|s| s.lease_duration_seconds)
         .and_then(|s| u64::try_from(s).ok())
-        .map_or(settings.ttl(), Duration::from_secs)
+        .map(Duration::from_secs)
+}
+
+fn their_ttl(lease: &LeaseObject, settings: &LeaseSettings) -> Duration {
+    written_ttl(lease).unwrap_or(settings.ttl())
 }
 
 /// How long a watch request stays open before the server ends it (the
@@ -218,7 +223,10 @@ impl KubernetesBackend {
             // Ours: we ended that tenure ourselves (lost, or a restarted
             // pod's predecessor, which is gone).
             (Some(last), _) if last.holder == settings.owner_name() => return None,
-            (Some(last), _) => (last.holder, last.changed_at + last.ttl),
+            (Some(last), _) => {
+                let ttl = last.ttl.unwrap_or(settings.ttl());
+                (last.holder, last.changed_at + ttl)
+            }
             (None, Some(lease)) => {
                 let seen = self.observe(lease).changed_at;
                 let ttl = their_ttl(lease, settings).max(settings.ttl());
@@ -291,16 +299,10 @@ impl KubernetesBackend {
                 changed_at: now,
             });
             if let Some(h) = holder(lease) {
-                let ttl = lease
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.lease_duration_seconds)
-                    .and_then(|s| u64::try_from(s).ok())
-                    .map_or(Duration::ZERO, Duration::from_secs);
                 *self.last_held() = Some(LastHeld {
                     holder: h.to_owned(),
                     changed_at: now,
-                    ttl,
+                    ttl: written_ttl(lease),
                 });
             }
         }

@@ -10,13 +10,18 @@ use std::time::Duration;
 use cluster::NodeId;
 use multinode::{HarnessSettings, MultiNode};
 
-fn run(seed: u64) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Runs `run` on a current-thread runtime in paused time (a seeded run).
+fn paused(run: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async move {
+        .map_err(|e| e.to_string())?
+        .block_on(run)
+}
+
+fn run(seed: u64) -> Result<(), String> {
+    paused(async move {
         let h = MultiNode::start(5, HarnessSettings::with_memory_lease(seed));
         if !h.converge(Duration::from_secs(30)).await {
             return Err("did not converge".into());
@@ -62,12 +67,7 @@ fn a_lease_revoked_during_a_partition_never_leaves_two_coordinators_active() {
 /// release, the other side took the freed lease at once and both were
 /// active until the holder's own estimate ran out.
 fn run_cut_off(seed: u64) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async move {
+    paused(async move {
         let h = MultiNode::start(5, HarnessSettings::with_memory_lease(seed));
         if !h.converge(Duration::from_secs(30)).await {
             return Err("did not converge".into());

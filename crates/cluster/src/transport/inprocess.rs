@@ -213,7 +213,7 @@ impl InProcessNetwork {
         put_header(&mut frame, from, to, channel);
         frame.extend_from_slice(payload);
         let frame = frame.freeze();
-        for latency in self.route(from, to, channel) {
+        for latency in self.route(from, to, channel).into_iter().flatten() {
             self.carry(from, to, frame.clone(), latency);
         }
     }
@@ -232,43 +232,32 @@ impl InProcessNetwork {
     }
 
     /// Decides the fate of one frame: the delay of each copy that will be
-    /// carried (none if it is lost, two if it is duplicated).
-    fn route(&self, from: NodeId, to: NodeId, channel: Channel) -> Vec<Duration> {
+    /// carried (none if it is lost, two if it is duplicated; no allocation,
+    /// every frame of a simulation passes here).
+    fn route(&self, from: NodeId, to: NodeId, channel: Channel) -> [Option<Duration>; 2] {
         let mut state = self.lock();
         let faults = (state.channel_links.get(&(from, to, channel)))
             .or_else(|| state.links.get(&(from, to)))
             .copied()
             .unwrap_or(state.default_link);
         let channel_loss = state.channel_loss.get(&channel).copied().unwrap_or(0.0);
-        let lost = (faults.drop_probability > 0.0
-            && state
-                .rng
-                .random_bool(faults.drop_probability.clamp(0.0, 1.0)))
-            || (channel_loss > 0.0 && state.rng.random_bool(channel_loss));
+        let mut chance = |p: f64| p > 0.0 && state.rng.random_bool(p.clamp(0.0, 1.0));
+        let lost = chance(faults.drop_probability) || chance(channel_loss);
+        let twice = !lost && chance(faults.duplicate_probability);
         if lost || !state.reachable(from, to) || !state.nodes.contains_key(&to) {
             state.dropped_by_network += 1;
-            return Vec::new();
+            return [None, None];
         }
-        let copies = if faults.duplicate_probability > 0.0
-            && state
-                .rng
-                .random_bool(faults.duplicate_probability.clamp(0.0, 1.0))
-        {
-            2
-        } else {
-            1
+        let mut delay = || {
+            let nanos = u64::try_from(faults.jitter.as_nanos()).unwrap_or(u64::MAX);
+            let jitter = match nanos {
+                0 => Duration::ZERO,
+                n => Duration::from_nanos(state.rng.random_range(0..=n)),
+            };
+            faults.latency + jitter
         };
-        (0..copies)
-            .map(|_| {
-                let jitter = if faults.jitter.is_zero() {
-                    Duration::ZERO
-                } else {
-                    let nanos = u64::try_from(faults.jitter.as_nanos()).unwrap_or(u64::MAX);
-                    Duration::from_nanos(state.rng.random_range(0..=nanos))
-                };
-                faults.latency + jitter
-            })
-            .collect()
+        let first = delay();
+        [Some(first), twice.then(delay)]
     }
 
     /// Delivers a frame that arrived at `to`, unless the link broke meanwhile.
@@ -332,7 +321,12 @@ impl Transport for InProcessTransport {
         payload(&mut frame).map_err(SendError::Encode)?;
         let frame = frame.freeze();
         self.inboxes.sent.fetch_add(1, Ordering::Relaxed);
-        for latency in self.network.route(self.node, to, channel) {
+        for latency in self
+            .network
+            .route(self.node, to, channel)
+            .into_iter()
+            .flatten()
+        {
             self.network.carry(self.node, to, frame.clone(), latency);
         }
         Ok(())

@@ -21,6 +21,31 @@ use crate::protocol::{
 use crate::tenure::{TenureClock, TenureSettings};
 use crate::{Entity, ShardId};
 
+/// Why a region refuses a directive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Not from the coordinator it registered with (nor, for an
+    /// acknowledgement, from its leader).
+    Foreign,
+    /// At or above [`Epoch::CEILING`].
+    Absurd,
+    /// Below the highest epoch obeyed (I3).
+    Stale,
+    /// Above the acknowledged epoch, which only a `RegisterAck` raises.
+    Unregistered,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Foreign => "not from our coordinator",
+            Self::Absurd => "absurd",
+            Self::Stale => "stale",
+            Self::Unregistered => "above the acknowledged epoch",
+        })
+    }
+}
+
 /// Forwarding hops after which a message is dropped (tables disagree too long).
 const MAX_HOPS: u8 = 3;
 
@@ -55,7 +80,6 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         held: BTreeMap::new(),
         max_epoch: Epoch::default(),
         registered_with: None,
-        registered_epoch: Epoch::default(),
         reregistered_for: None,
         leader: None,
         incarnations: BTreeMap::new(),
@@ -94,15 +118,14 @@ struct Actor<E: Entity> {
     /// Messages for a shard being handed off from here: they wait until the
     /// shard has returned what it had not delivered, so they stay behind it.
     held: BTreeMap<ShardId, VecDeque<Delivery<E>>>,
-    /// The highest epoch obeyed (I3). Only a `RegisterAck` raises it.
+    /// The highest epoch obeyed (I3). Only a `RegisterAck` raises it, so it
+    /// is also the epoch of the last acknowledgement, which every other
+    /// directive must carry exactly.
     max_epoch: Epoch,
     /// The coordinator this region registered with (always its view's
     /// leader): the only node whose directives it obeys ("Who may direct a
     /// region" in `docs/architecture.md`).
     registered_with: Option<NodeId>,
-    /// The epoch of that coordinator's `RegisterAck`: its directives must
-    /// carry exactly this one.
-    registered_epoch: Epoch,
     /// The refused epoch we last registered again for (one Register per
     /// burst of refusals).
     reregistered_for: Option<Epoch>,
@@ -678,8 +701,9 @@ impl<E: Entity> Actor<E> {
     /// the coordinator we registered with, as the transport authenticates
     /// it, may direct us), then the epoch (I3): never the ceiling or above,
     /// never below one obeyed, and, but for a `RegisterAck`, exactly the
-    /// epoch its `RegisterAck` carried, so no directive raises the floor.
-    fn refusal(&self, from: NodeId, directive: &Directive) -> Option<&'static str> {
+    /// epoch of the last acknowledgement, so no other directive raises the
+    /// floor.
+    fn refusal(&self, from: NodeId, directive: &Directive) -> Option<Refusal> {
         let epoch = directive.epoch();
         let ack = matches!(directive, Directive::RegisterAck { .. });
         // We register only with our leader, so only it acknowledges.
@@ -689,13 +713,13 @@ impl<E: Entity> Actor<E> {
             self.registered_with
         };
         if sender != Some(from) {
-            Some("not from our coordinator")
+            Some(Refusal::Foreign)
         } else if !epoch.is_plausible() {
-            Some("absurd")
-        } else if epoch < self.max_epoch || (!ack && epoch < self.registered_epoch) {
-            Some("stale")
-        } else if !ack && epoch > self.registered_epoch {
-            Some("above the registered epoch")
+            Some(Refusal::Absurd)
+        } else if epoch < self.max_epoch {
+            Some(Refusal::Stale)
+        } else if !ack && epoch > self.max_epoch {
+            Some(Refusal::Unregistered)
         } else {
             None
         }
@@ -706,12 +730,12 @@ impl<E: Entity> Actor<E> {
         if let Some(why) = self.refusal(from, &directive) {
             let stats = &self.shared.stats;
             stats.refused_directives.fetch_add(1, Ordering::Relaxed);
-            if why == "not from our coordinator" {
+            if why == Refusal::Foreign {
                 stats.refused_foreign.fetch_add(1, Ordering::Relaxed);
                 // Routine while views disagree; a flood is what the counter shows.
-                tracing::debug!(node = %self.node, %from, registered_with = ?self.registered_with, kind = directive.kind(), %epoch, why, "directive refused");
+                tracing::debug!(node = %self.node, %from, registered_with = ?self.registered_with, kind = directive.kind(), %epoch, %why, "directive refused");
             } else {
-                tracing::warn!(node = %self.node, %from, kind = directive.kind(), %epoch, max_epoch = %self.max_epoch, why, "directive refused");
+                tracing::warn!(node = %self.node, %from, kind = directive.kind(), %epoch, max_epoch = %self.max_epoch, %why, "directive refused");
             }
             self.observe(RegionEvent::DirectiveRefused {
                 from,
@@ -720,7 +744,7 @@ impl<E: Entity> Actor<E> {
                 max_epoch: self.max_epoch,
             });
             let ours = Some(from) == self.registered_with;
-            if ours && why != "absurd" && self.reregistered_for != Some(epoch) {
+            if ours && why != Refusal::Absurd && self.reregistered_for != Some(epoch) {
                 // Our own coordinator is behind us, or began a new term:
                 // register again (once per epoch seen) so it learns the
                 // epoch we obeyed (and, without a lease, moves its term
@@ -732,7 +756,6 @@ impl<E: Entity> Actor<E> {
         }
         if let Directive::RegisterAck { .. } = directive {
             self.registered_with = Some(from);
-            self.registered_epoch = epoch;
             self.reregistered_for = None;
         }
         self.max_epoch = epoch;
