@@ -80,7 +80,7 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         held: BTreeMap::new(),
         max_epoch: Epoch::default(),
         registered_with: None,
-        reregistered_for: None,
+        reregistering: false,
         leader: None,
         incarnations: BTreeMap::new(),
         stopped_tx,
@@ -126,9 +126,10 @@ struct Actor<E: Entity> {
     /// leader): the only node whose directives it obeys ("Who may direct a
     /// region" in `docs/architecture.md`).
     registered_with: Option<NodeId>,
-    /// The refused epoch we last registered again for (one Register per
-    /// burst of refusals).
-    reregistered_for: Option<Epoch>,
+    /// Our coordinator's epoch is not the one we obeyed: we registered
+    /// again, and do so on every retry tick until it acknowledges (a lost
+    /// Register must not leave us refusing it for good).
+    reregistering: bool,
     /// The leader of the view and its incarnation: a new incarnation is a new
     /// coordinator that knows nothing of this region until it registers.
     leader: Option<(NodeId, u64)>,
@@ -368,8 +369,10 @@ impl<E: Entity> Actor<E> {
 
     fn retry(&mut self) {
         self.publish_metrics();
-        if self.registered_with.is_none() {
-            self.register();
+        match self.registered_with {
+            None => self.register(),
+            Some(coordinator) if self.reregistering => self.register_with(coordinator),
+            Some(_) => {}
         }
         let waiting: Vec<ShardId> = self.pending.keys().copied().collect();
         for shard in waiting {
@@ -744,19 +747,19 @@ impl<E: Entity> Actor<E> {
                 max_epoch: self.max_epoch,
             });
             let ours = Some(from) == self.registered_with;
-            if ours && why != Refusal::Absurd && self.reregistered_for != Some(epoch) {
+            if ours && why != Refusal::Absurd && !self.reregistering {
                 // Our own coordinator is behind us, or began a new term:
-                // register again (once per epoch seen) so it learns the
-                // epoch we obeyed (and, without a lease, moves its term
-                // above it), or we learn its new one from its answer.
-                self.reregistered_for = Some(epoch);
+                // register again (now, then on every retry tick until it
+                // answers) so it learns the epoch we obeyed (and, without a
+                // lease, moves its term above it), or we learn its new one.
+                self.reregistering = true;
                 self.register_with(from);
             }
             return;
         }
         if let Directive::RegisterAck { .. } = directive {
             self.registered_with = Some(from);
-            self.reregistered_for = None;
+            self.reregistering = false;
         }
         self.max_epoch = epoch;
         self.shared.max_epoch.store(epoch.0, Ordering::Relaxed);
