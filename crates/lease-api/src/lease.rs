@@ -2,7 +2,9 @@
 
 use tokio::sync::watch;
 
-use crate::{BoxFuture, FencingToken, LeaseError, LeaseSettings, LeaseStatus, Observation};
+use crate::{
+    BoxFuture, FencingToken, LeaseError, LeaseSettings, LeaseStatus, Observation, Succession,
+};
 
 /// One owner's handle on a lease in an external store.
 ///
@@ -50,6 +52,14 @@ pub trait Lease: Send + Sync + 'static {
     /// by it (a coordinator grants no shard tenure that outlives it).
     fn valid_until(&self) -> Option<tokio::time::Instant> {
         None
+    }
+
+    /// How our current tenure followed the previous one, `Some` only while
+    /// held. A backend that cannot tell answers [`Succession::Unknown`], the
+    /// safe answer: a user then waits out whatever its predecessor may
+    /// still have promised.
+    fn succession(&self) -> Option<Succession> {
+        self.fencing_token().map(|_| Succession::Unknown)
     }
 
     /// Starts watching the store's record, also while not holding the lease

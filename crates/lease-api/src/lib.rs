@@ -38,6 +38,7 @@ mod managed;
 mod observation;
 mod settings;
 mod status;
+mod succession;
 mod token;
 
 #[cfg(feature = "testkit")]
@@ -49,6 +50,7 @@ pub use managed::{AcquireOutcome, LeaseBackend, ManagedLease, RenewOutcome};
 pub use observation::{Observation, StoreEvent};
 pub use settings::{LeaseSettings, LeaseSettingsBuilder};
 pub use status::{LeaseStatus, LostReason};
+pub use succession::Succession;
 pub use token::FencingToken;
 
 /// A boxed, sendable future, the return type of the object-safe [`Lease`] methods.

@@ -17,14 +17,15 @@ use futures::StreamExt;
 
 use crate::{
     BoxFuture, BoxStream, FencingToken, Lease, LeaseError, LeaseSettings, LeaseStatus, LostReason,
-    Observation, StoreEvent,
+    Observation, StoreEvent, Succession,
 };
 
 /// What the store said to an acquire attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcquireOutcome {
-    /// We hold the lease now, with this token (the same token if we already held it).
-    Acquired(FencingToken),
+    /// We hold the lease now, with this token (the same token if we already
+    /// held it), and how our tenure followed the previous one.
+    Acquired(FencingToken, Succession),
     /// Another owner holds an unexpired lease (named if the store says who).
     HeldByOther(Option<String>),
 }
@@ -103,6 +104,8 @@ struct Shared<B> {
 #[derive(Default)]
 struct Tenure {
     token: Option<FencingToken>,
+    /// How the tenure of `token` followed the previous one.
+    succession: Option<Succession>,
     /// Bumped on every acquire, release and loss; a heartbeat task acts only
     /// while its generation is current.
     generation: u64,
@@ -166,8 +169,8 @@ impl<B: LeaseBackend> ManagedLease<B> {
         )
         .await
         .map_err(|_| timeout_error(settings, "acquire"))??;
-        let token = match outcome {
-            AcquireOutcome::Acquired(token) => token,
+        let (token, succession) = match outcome {
+            AcquireOutcome::Acquired(token, succession) => (token, succession),
             AcquireOutcome::HeldByOther(by) => {
                 tracing::debug!(lease = settings.lease_name(), owner = settings.owner_name(), holder = ?by, "lease held by another owner");
                 return Ok(false);
@@ -180,6 +183,7 @@ impl<B: LeaseBackend> ManagedLease<B> {
         }
         tenure.generation += 1;
         tenure.token = Some(token);
+        tenure.succession = Some(succession);
         shared.set_deadline(Some(deadline));
         tenure.heartbeat = Some(tokio::spawn(heartbeat(
             Arc::clone(shared),
@@ -293,6 +297,13 @@ impl<B: LeaseBackend> Lease for ManagedLease<B> {
 
     fn valid_until(&self) -> Option<Instant> {
         self.shared.deadline()
+    }
+
+    fn succession(&self) -> Option<Succession> {
+        let tenure = self.shared.lock_tenure();
+        tenure
+            .succession
+            .filter(|_| tenure.token.is_some() && self.check_alive())
     }
 
     fn observe(&self) {

@@ -33,7 +33,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use lease_api::{
     AcquireOutcome, BoxFuture, BoxStream, FencingToken, LeaseBackend, LeaseError, LeaseSettings,
-    LostReason, RenewOutcome, StoreEvent,
+    LostReason, RenewOutcome, StoreEvent, Succession,
 };
 use tokio::time::Instant;
 
@@ -247,6 +247,7 @@ impl KubernetesBackend {
         &self,
         settings: &LeaseSettings,
         lease: &LeaseObject,
+        succession: Succession,
     ) -> Result<AcquireOutcome, LeaseError> {
         let token = token_of(settings, lease)?;
         *self.held() = Some(Tenure {
@@ -254,7 +255,27 @@ impl KubernetesBackend {
             uid: uid(lease),
             transitions: transitions(lease),
         });
-        Ok(AcquireOutcome::Acquired(token))
+        Ok(AcquireOutcome::Acquired(token, succession))
+    }
+
+    /// How a tenure taken now follows the last one, for a record with no
+    /// holder (`current`; `None`: deleted) that [`Self::fenced_until`] calls
+    /// free. Its term surely ran out only if we saw it held, or saw it
+    /// cleared, a ttl ago; a release may leave promises out, and so may our
+    /// own earlier tenure or a deleted record we never saw.
+    fn succession_after(
+        &self,
+        settings: &LeaseSettings,
+        current: Option<&LeaseObject>,
+    ) -> Succession {
+        if current.is_some_and(released) {
+            return Succession::Unknown;
+        }
+        match (self.last_held().as_ref(), current) {
+            (Some(last), _) if last.holder == settings.owner_name() => Succession::Unknown,
+            (Some(_), _) | (None, Some(_)) => Succession::AfterTermEnded,
+            (None, None) => Succession::Unknown,
+        }
     }
 
     /// Whether `lease` still shows the tenure `token`.
@@ -316,7 +337,11 @@ impl KubernetesBackend {
         MicroTime((self.wall_clock)())
     }
 
-    async fn create(&self, settings: &LeaseSettings) -> Result<AcquireOutcome, LeaseError> {
+    async fn create(
+        &self,
+        settings: &LeaseSettings,
+        succession: Succession,
+    ) -> Result<AcquireOutcome, LeaseError> {
         let now = self.now();
         let lease = LeaseObject {
             metadata: ObjectMeta {
@@ -336,7 +361,7 @@ impl KubernetesBackend {
         match self.api.create(&PostParams::default(), &lease).await {
             Ok(created) => {
                 self.observe(&created);
-                self.begin_tenure(settings, &created)
+                self.begin_tenure(settings, &created, succession)
             }
             // Another owner created it first: not an error, just not ours.
             Err(e) if is_status(&e, kube::core::Status::is_already_exists) => {
@@ -381,7 +406,8 @@ impl KubernetesBackend {
                         Some(h).filter(|h| !h.is_empty()),
                     ));
                 }
-                return self.create(settings).await;
+                let succession = self.succession_after(settings, None);
+                return self.create(settings, succession).await;
             }
             Err(e) => return Err(lease_error(settings, e)),
         };
@@ -391,20 +417,25 @@ impl KubernetesBackend {
             // Only a handle that does not hold the lease acquires; our owner
             // name on a live record is a predecessor (a restarted pod), whose
             // tenure we end with a new token rather than continue.
-            Some(h) if h == owner => self.take_over(settings, current).await,
+            Some(h) if h == owner => self.take_over(settings, current, Succession::Unknown).await,
             Some(h) => {
                 // Our clock, since we saw the record change: never theirs.
                 if Instant::now() < observed.changed_at + their_ttl(&current, settings) {
                     return Ok(AcquireOutcome::HeldByOther(Some(h.to_owned())));
                 }
-                self.take_over(settings, current).await
+                // Silent for its whole ttl on our clock: its term ran out.
+                self.take_over(settings, current, Succession::AfterTermEnded)
+                    .await
             }
             None => match self.fenced_until(settings, Some(&current)) {
                 // Cleared, not released: its holder may not know yet.
                 Some((h, _)) => Ok(AcquireOutcome::HeldByOther(
                     Some(h).filter(|h| !h.is_empty()),
                 )),
-                None => self.take_over(settings, current).await,
+                None => {
+                    let succession = self.succession_after(settings, Some(&current));
+                    self.take_over(settings, current, succession).await
+                }
             },
         }
     }
@@ -413,6 +444,7 @@ impl KubernetesBackend {
         &self,
         settings: &LeaseSettings,
         current: LeaseObject,
+        succession: Succession,
     ) -> Result<AcquireOutcome, LeaseError> {
         let next_transitions = i32::try_from(transitions(&current) + 1).unwrap_or(i32::MAX);
         let now = self.now();
@@ -429,7 +461,7 @@ impl KubernetesBackend {
             .await
             .map_err(|e| lease_error(settings, e))?;
         match written {
-            Some(lease) => self.begin_tenure(settings, &lease),
+            Some(lease) => self.begin_tenure(settings, &lease, succession),
             // 409: another contender won the race.
             None => Ok(AcquireOutcome::HeldByOther(None)),
         }

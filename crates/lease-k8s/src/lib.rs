@@ -147,6 +147,10 @@ impl Lease for KubernetesLease {
         self.inner.valid_until()
     }
 
+    fn succession(&self) -> Option<lease_api::Succession> {
+        self.inner.succession()
+    }
+
     fn observe(&self) {
         Lease::observe(&self.inner);
     }

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lease_api::{AcquireOutcome, FencingToken, LeaseSettings, LostReason, RenewOutcome};
+use lease_api::{
+    AcquireOutcome, FencingToken, LeaseSettings, LostReason, RenewOutcome, Succession,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -86,6 +88,8 @@ struct Record {
     expires_at: Instant,
     /// Index of the current tenure in `history`.
     grant: usize,
+    /// The last tenure ended by its holder's release, before its term.
+    released: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -233,8 +237,16 @@ impl InMemoryLeaseStore {
             token: 0,
             expires_at: now,
             grant: usize::MAX,
+            released: false,
         });
         let live = record.expires_at > now;
+        // Our tenure follows a term that ran out unless its holder cut it
+        // short: a release, or our owner name's earlier process, ended here.
+        let mut succession = if record.released {
+            Succession::Unknown
+        } else {
+            Succession::AfterTermEnded
+        };
         match &record.holder {
             // Handles call this only when they do not hold the lease; the
             // same owner name then means a restarted process, which must
@@ -243,6 +255,7 @@ impl InMemoryLeaseStore {
                 if let Some(grant) = history.get_mut(record.grant) {
                     grant.until = now;
                 }
+                succession = Succession::Unknown;
             }
             Some(holder) if live => return AcquireOutcome::HeldByOther(Some(holder.clone())),
             // Revoked, and its term not over: its holder may not know yet.
@@ -258,6 +271,7 @@ impl InMemoryLeaseStore {
         record.holder = Some(owner.to_owned());
         record.expires_at = now + ttl;
         record.grant = history.len();
+        record.released = false;
         history.push(Grant {
             lease: lease.to_owned(),
             owner: owner.to_owned(),
@@ -267,7 +281,7 @@ impl InMemoryLeaseStore {
         });
         let token = FencingToken::new(record.token);
         state.publish(lease);
-        AcquireOutcome::Acquired(token)
+        AcquireOutcome::Acquired(token, succession)
     }
 
     pub(crate) fn renew(
@@ -319,6 +333,7 @@ impl InMemoryLeaseStore {
         if ours {
             record.holder = None;
             record.expires_at = now;
+            record.released = true;
             history[record.grant].until = now;
             state.publish(lease);
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster::{ClusterView, Envelope, NodeId, Transport};
-use lease_api::Lease;
+use lease_api::{Lease, Succession};
 use sharding_core::coordinator::{CoordinatorEvent, CoordinatorState};
 use sharding_core::protocol::{CoordinatorMsg, Directive, RegionMsg, TypeChannels, decode, encode};
 use sharding_core::{Epoch, ShardId, TenureSettings, TypeName};
@@ -470,11 +470,19 @@ impl Coordinator {
         };
         self.recovery_deadline = None;
         self.highest_epoch = self.highest_epoch.max(self.epoch);
-        // Our predecessors' grants are unknown to us: one that released the
-        // lease early, or our own previous incarnation, may have grants
-        // outstanding. Wait them out before allocating any shard nobody
-        // claims (I5).
-        self.allocation_fence = self.tenure.map(|t| Instant::now() + t.bound());
+        // Every grant ends before its coordinator's lease validity, and that
+        // ends before anyone else's tenure begins (I2): a tenure that began
+        // after the previous term ran out has no predecessor grant left to
+        // wait for. After a release, or a takeover of our own owner name
+        // from an earlier process, grants may still run: wait them out
+        // before allocating any shard nobody claims (I5; docs/architecture.md,
+        // "Shard tenure").
+        let after_term =
+            self.lease.as_ref().and_then(|l| l.succession()) == Some(Succession::AfterTermEnded);
+        self.allocation_fence = self
+            .tenure
+            .filter(|_| !after_term)
+            .map(|t| Instant::now() + t.bound());
         self.set_phase(Phase::Active);
         let claims = std::mem::take(&mut self.claims);
         for (region, (incarnation, shards)) in claims {

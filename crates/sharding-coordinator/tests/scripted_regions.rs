@@ -79,9 +79,13 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Self {
+        Self::start_on(InMemoryLeaseStore::new()).await
+    }
+
+    /// Starts on `store`, whose lease another owner may have held before.
+    async fn start_on(store: InMemoryLeaseStore) -> Self {
         let network = InProcessNetwork::new(7);
         let seeds = vec![(NodeId(1), NodeAddr::from("inproc:1"))];
-        let store = InMemoryLeaseStore::new();
         let transport: Arc<dyn Transport> = Arc::new(network.join(NodeId(1)));
         let membership = Membership::start(
             transport.clone(),
@@ -213,7 +217,8 @@ async fn a_registration_that_omits_a_hosted_shard_does_not_move_it() {
 
 /// A `ShardStarted` that reaches the coordinator while it has lost the
 /// lease is not kept for its next activation, and one for a shard nobody
-/// claims is not adopted before the allocation fence: before, the buffered
+/// claims is not adopted before the allocation fence (here: the lease was
+/// released by another owner in between, whose grants may still run): before, the buffered
 /// report was replayed after the coordinator recovered and the shard was
 /// homed on the reporting region at once, although another region could
 /// still host it under a predecessor's grant (I5).
@@ -231,7 +236,16 @@ async fn a_report_from_an_earlier_activation_adopts_nothing() {
     c.store.cut_off("node-1");
     c.until_passive(Duration::from_secs(40)).await;
     c.regions[0].send(&CoordinatorMsg::ShardStarted { shard });
-    sleep(Duration::from_secs(1)).await;
+    // Meanwhile another owner holds the lease and releases it early, so the
+    // next tenure cannot assume its predecessor's grants have ended.
+    sleep(Duration::from_secs(5)).await;
+    let other = c.store.lease(
+        LeaseSettings::builder("coordinator", "node-0")
+            .build()
+            .unwrap(),
+    );
+    assert!(other.acquire().await.unwrap(), "the term did not run out");
+    assert!(other.release().await.unwrap());
     c.store.reconnect("node-1");
 
     // Back, under a new lease tenure: both regions register (with nothing),
@@ -268,4 +282,70 @@ async fn a_report_from_an_earlier_activation_adopts_nothing() {
         );
     }
     assert!(stopped, "the unadopted shard is not stopped where it runs");
+}
+
+/// A store whose coordinator lease "node-0" held, then released (`release`)
+/// or simply stopped renewing until its term ran out.
+async fn store_after_predecessor(release: bool) -> InMemoryLeaseStore {
+    let store = InMemoryLeaseStore::new();
+    let settings = LeaseSettings::builder("coordinator", "node-0")
+        .build()
+        .unwrap();
+    let predecessor = store.lease(settings);
+    assert!(predecessor.acquire().await.unwrap());
+    if release {
+        assert!(predecessor.release().await.unwrap());
+    } else {
+        drop(predecessor);
+        sleep(Duration::from_secs(31)).await;
+    }
+    store
+}
+
+/// Registers both regions with nothing, then asks through region 3 for
+/// `shard`'s home every 500 ms until one is named; returns how long after
+/// activation that took.
+async fn first_home_after_activation(c: &mut Cluster, shard: ShardId) -> Duration {
+    let activated = Instant::now();
+    let epoch = c.epoch().unwrap();
+    for r in &c.regions {
+        r.register(vec![], epoch);
+    }
+    let end = activated + Duration::from_secs(40);
+    while Instant::now() < end {
+        c.regions[1].send(&CoordinatorMsg::GetShardHome { shard });
+        sleep(Duration::from_millis(500)).await;
+        c.regions[0].received();
+        if !homes(&c.regions[1].received(), shard).is_empty() {
+            return activated.elapsed();
+        }
+    }
+    panic!("{shard} never homed");
+}
+
+/// A coordinator whose lease began after its predecessor's term ran out
+/// places a shard nobody claims at once: every grant of that predecessor
+/// ended under its lease (I2). Before, it waited the whole tenure bound
+/// (16 s) after every failover.
+#[tokio::test(start_paused = true)]
+async fn after_an_expired_term_an_unclaimed_shard_is_placed_at_once() {
+    let mut c = Cluster::start_on(store_after_predecessor(false).await).await;
+    let took = first_home_after_activation(&mut c, ShardId(5)).await;
+    assert!(
+        took < Duration::from_secs(3),
+        "homed {took:?} after activation"
+    );
+}
+
+/// One whose predecessor released the lease early waits the tenure bound:
+/// that predecessor's grants may still run (I5).
+#[tokio::test(start_paused = true)]
+async fn after_a_release_an_unclaimed_shard_waits_out_the_predecessors_grants() {
+    let mut c = Cluster::start_on(store_after_predecessor(true).await).await;
+    let took = first_home_after_activation(&mut c, ShardId(5)).await;
+    // tenure 15 s x 1.01 + margin 1 s
+    assert!(
+        took >= Duration::from_secs(15),
+        "homed {took:?} after activation, inside the predecessor's grants"
+    );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use super::ConformanceBackend;
-use crate::{Lease, LeaseError, LeaseSettings, LeaseStatus, Observation};
+use crate::{Lease, LeaseError, LeaseSettings, LeaseStatus, Observation, Succession};
 
 /// One conformance case; the letters follow the foundation issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,13 +19,16 @@ pub enum Case {
     SecondOwnerRefused,
     /// c. Re-acquire by the holder is idempotent, token unchanged.
     ReacquireIdempotent,
-    /// d. Release, then another owner acquires with a strictly greater token.
+    /// d. Release, then another owner acquires with a strictly greater token,
+    /// and its tenure's succession is `Unknown` (a releaser may have
+    /// promised past its release).
     ReleaseThenOtherAcquires,
     /// e. Release by a non-holder is `Ok(false)` and leaves the holder alone.
     ReleaseByNonHolder,
     /// f. A holder cut off from the store is lost strictly before anyone else is granted it.
     CutOffLostBeforeTakeover,
-    /// g. After the expiry another owner acquires, and the old holder stays out.
+    /// g. After the expiry another owner acquires, its tenure's succession is
+    /// `AfterTermEnded`, and the old holder stays out.
     OtherAcquiresAfterExpiry,
     /// h. Heartbeats keep the lease alive across 10 x ttl.
     HeartbeatsKeepAlive,
@@ -38,7 +41,8 @@ pub enum Case {
     /// l. N owners acquire at once: exactly one gets true.
     ConcurrentAcquireOneWins,
     /// m. A new handle of the holder's owner (a restarted process) that
-    /// acquires the live lease starts a new tenure with a greater token.
+    /// acquires the live lease starts a new tenure with a greater token,
+    /// whose succession is `Unknown` (its predecessor's term had not ended).
     RestartedOwnerNewToken,
     /// n. A lease revoked (deleted) in the store is `Lost` at its holder
     /// within half a heartbeat (through the watch, not at the next renew).
@@ -51,7 +55,8 @@ pub enum Case {
     /// q. A lease revoked (deleted) while its holder is cut off from the
     /// store, so that it cannot hear of it, is not free to a contender
     /// that saw it held until its holder has surely stopped believing in
-    /// it; then the contender gets it with a greater token.
+    /// it; then the contender gets it with a greater token, and its
+    /// succession is `AfterTermEnded`.
     RevokedWhileCutOff,
 }
 
@@ -283,6 +288,11 @@ async fn restarted_owner_new_token(fx: &mut Fixture<'_>) -> Result<(), String> {
         second > first,
         "a restarted owner continued its predecessor's tenure: token {first} -> {second}"
     );
+    ensure!(
+        after.succession() == Some(Succession::Unknown),
+        "a restarted owner's takeover of its live lease reports {:?}, not Unknown: its predecessor may still have promises out",
+        after.succession()
+    );
     let other = fx.lease(2)?;
     ensure!(
         !acquire(&other).await?,
@@ -310,6 +320,11 @@ async fn release_then_other_acquires(fx: &mut Fixture<'_>) -> Result<(), String>
     ensure!(
         second > first,
         "token did not increase on change of holder: {first} -> {second}"
+    );
+    ensure!(
+        b.succession() == Some(Succession::Unknown),
+        "a tenure after a release reports {:?}, not Unknown: the releaser's term had not ended",
+        b.succession()
     );
     Ok(())
 }
@@ -411,6 +426,11 @@ async fn other_acquires_after_expiry(fx: &mut Fixture<'_>) -> Result<(), String>
         "old holder re-acquired a lease another owner holds"
     );
     ensure!(b.check_alive(), "new holder not alive");
+    ensure!(
+        b.succession() == Some(Succession::AfterTermEnded),
+        "a tenure taken after the holder's term ran out reports {:?}, not AfterTermEnded",
+        b.succession()
+    );
     Ok(())
 }
 
@@ -671,6 +691,11 @@ async fn revoked_while_cut_off(fx: &mut Fixture<'_>) -> Result<(), String> {
         b.fencing_token() > first,
         "token after revocation {:?} is not above {first:?}",
         b.fencing_token()
+    );
+    ensure!(
+        b.succession() == Some(Succession::AfterTermEnded),
+        "a tenure taken once the revoked holder's term ran out reports {:?}, not AfterTermEnded",
+        b.succession()
     );
     Ok(())
 }

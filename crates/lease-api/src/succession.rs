@@ -1,0 +1,23 @@
+//! How a tenure began relative to the one before it.
+//!
+//! A holder bounds what it promises others by its local validity deadline
+//! ([`Lease::valid_until`](crate::Lease::valid_until)), which ends before its
+//! term ends in the store (I2). A successor that began only after that term
+//! ran out may therefore assume every such promise has ended: a shard
+//! coordinator then re-homes unclaimed shards at once instead of waiting out
+//! grants its predecessor might still have out (`docs/architecture.md`,
+//! "Shard tenure").
+
+/// What the store showed when our current tenure began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Succession {
+    /// Nobody held the lease before, or the previous holder's term ran out
+    /// (a ttl without a renewal, judged as the store judges expiry) before
+    /// our tenure began: promises it bounded by its validity have all ended.
+    AfterTermEnded,
+    /// Anything else: the previous holder released early, our own owner name
+    /// was taken over from an earlier process, or the record was gone or
+    /// cleared with no holder we saw. The previous holder may have promised
+    /// past this instant.
+    Unknown,
+}
