@@ -4,6 +4,7 @@ use tokio::sync::watch;
 
 use crate::{
     BoxFuture, FencingToken, LeaseError, LeaseSettings, LeaseStatus, Observation, Succession,
+    Suspension,
 };
 
 /// One owner's handle on a lease in an external store.
@@ -60,6 +61,19 @@ pub trait Lease: Send + Sync + 'static {
     /// still have promised.
     fn succession(&self) -> Option<Succession> {
         self.fencing_token().map(|_| Succession::Unknown)
+    }
+
+    /// Suspends the tenure `token` in the store, whoever holds it: from the
+    /// write on, its holder's renewals fail (`Lost`), while the term it was
+    /// given still runs (nobody else acquires before it ends, and the
+    /// suspension does not restart anyone's expiry clock). A compare-and-set
+    /// on what the store showed: once it answers
+    /// [`Suspension::Suspended`], no renewal of that tenure succeeded after
+    /// the record was read. The next holder's tenure reports
+    /// [`Succession::AfterSuspendedTerm`]. Default: unsupported.
+    fn suspend(&self, token: FencingToken) -> BoxFuture<'_, Result<Suspension, LeaseError>> {
+        let _ = token;
+        Box::pin(std::future::ready(Ok(Suspension::Unsupported)))
     }
 
     /// Starts watching the store's record, also while not holding the lease

@@ -50,7 +50,7 @@ pub use managed::{AcquireOutcome, LeaseBackend, ManagedLease, RenewOutcome};
 pub use observation::{Observation, StoreEvent};
 pub use settings::{LeaseSettings, LeaseSettingsBuilder};
 pub use status::{LeaseStatus, LostReason};
-pub use succession::Succession;
+pub use succession::{Succession, Suspension};
 pub use token::FencingToken;
 
 /// A boxed, sendable future, the return type of the object-safe [`Lease`] methods.

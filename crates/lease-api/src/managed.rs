@@ -17,7 +17,7 @@ use futures::StreamExt;
 
 use crate::{
     BoxFuture, BoxStream, FencingToken, Lease, LeaseError, LeaseSettings, LeaseStatus, LostReason,
-    Observation, StoreEvent, Succession,
+    Observation, StoreEvent, Succession, Suspension,
 };
 
 /// What the store said to an acquire attempt.
@@ -63,6 +63,16 @@ pub trait LeaseBackend: Send + Sync + 'static {
         settings: &'a LeaseSettings,
         token: FencingToken,
     ) -> BoxFuture<'a, Result<bool, LeaseError>>;
+
+    /// Suspends the tenure `token` (see [`Lease::suspend`]); by default the
+    /// backend cannot.
+    fn suspend<'a>(
+        &'a self,
+        _settings: &'a LeaseSettings,
+        _token: FencingToken,
+    ) -> BoxFuture<'a, Result<Suspension, LeaseError>> {
+        Box::pin(std::future::ready(Ok(Suspension::Unsupported)))
+    }
 
     /// A watch of the record: its current state first, then every change,
     /// until the connection ends (the caller reconnects with backoff).
@@ -297,6 +307,18 @@ impl<B: LeaseBackend> Lease for ManagedLease<B> {
 
     fn valid_until(&self) -> Option<Instant> {
         self.shared.deadline()
+    }
+
+    fn suspend(&self, token: FencingToken) -> BoxFuture<'_, Result<Suspension, LeaseError>> {
+        let shared = &self.shared;
+        Box::pin(async move {
+            timeout(
+                shared.settings.operation_timeout(),
+                shared.backend.suspend(&shared.settings, token),
+            )
+            .await
+            .map_err(|_| timeout_error(&shared.settings, "suspend"))?
+        })
     }
 
     fn succession(&self) -> Option<Succession> {

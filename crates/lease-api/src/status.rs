@@ -33,6 +33,9 @@ pub enum LostReason {
     Revoked,
     /// The store's record expired before our renew reached it.
     Expired,
+    /// A member suspended our tenure ([`crate::Lease::suspend`]): it can
+    /// renew no more.
+    Suspended,
 }
 
 impl fmt::Display for LostReason {
@@ -48,6 +51,7 @@ impl fmt::Display for LostReason {
             Self::TakenOver { by: None } => write!(f, "taken over by another owner"),
             Self::Revoked => write!(f, "revoked in the store"),
             Self::Expired => write!(f, "expired in the store before a renew reached it"),
+            Self::Suspended => write!(f, "suspended in the store by a member"),
         }
     }
 }

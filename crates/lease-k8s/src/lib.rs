@@ -151,6 +151,13 @@ impl Lease for KubernetesLease {
         self.inner.succession()
     }
 
+    fn suspend(
+        &self,
+        token: FencingToken,
+    ) -> BoxFuture<'_, Result<lease_api::Suspension, LeaseError>> {
+        self.inner.suspend(token)
+    }
+
     fn observe(&self) {
         Lease::observe(&self.inner);
     }

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use lease_api::{
     AcquireOutcome, BoxFuture, BoxStream, FencingToken, LeaseBackend, LeaseError, LeaseSettings,
-    RenewOutcome, StoreEvent,
+    RenewOutcome, StoreEvent, Suspension,
 };
 
 use crate::InMemoryLeaseStore;
@@ -89,6 +89,18 @@ impl LeaseBackend for MemoryBackend {
         boxed(self.call(settings, move || {
             self.store
                 .release(settings.lease_name(), settings.owner_name(), token)
+        }))
+    }
+
+    fn suspend<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+        token: FencingToken,
+    ) -> BoxFuture<'a, Result<Suspension, LeaseError>> {
+        self.store
+            .count_call(settings.owner_name(), |c| c.suspend += 1);
+        boxed(self.call(settings, move || {
+            self.store.suspend(settings.lease_name(), token)
         }))
     }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use lease_api::{
-    AcquireOutcome, FencingToken, LeaseSettings, LostReason, RenewOutcome, Succession,
+    AcquireOutcome, FencingToken, LeaseSettings, LostReason, RenewOutcome, Succession, Suspension,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -80,6 +80,8 @@ pub struct CallCounts {
     pub release: u64,
     /// Watches opened (each, not each event).
     pub watch: u64,
+    /// Suspend attempts.
+    pub suspend: u64,
 }
 
 struct Record {
@@ -90,6 +92,8 @@ struct Record {
     grant: usize,
     /// The last tenure ended by its holder's release, before its term.
     released: bool,
+    /// The current tenure was suspended by a member: no more renewals.
+    suspended: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -238,12 +242,15 @@ impl InMemoryLeaseStore {
             expires_at: now,
             grant: usize::MAX,
             released: false,
+            suspended: false,
         });
         let live = record.expires_at > now;
         // Our tenure follows a term that ran out unless its holder cut it
         // short: a release, or our owner name's earlier process, ended here.
         let mut succession = if record.released {
             Succession::Unknown
+        } else if record.suspended {
+            Succession::AfterSuspendedTerm
         } else {
             Succession::AfterTermEnded
         };
@@ -272,6 +279,7 @@ impl InMemoryLeaseStore {
         record.expires_at = now + ttl;
         record.grant = history.len();
         record.released = false;
+        record.suspended = false;
         history.push(Grant {
             lease: lease.to_owned(),
             owner: owner.to_owned(),
@@ -300,6 +308,9 @@ impl InMemoryLeaseStore {
             return RenewOutcome::Lost(LostReason::Revoked);
         };
         let ours = record.holder.as_deref() == Some(owner) && record.token == token.get();
+        if ours && record.suspended {
+            return RenewOutcome::Lost(LostReason::Suspended);
+        }
         if !ours {
             return RenewOutcome::Lost(match &record.holder {
                 Some(other) if record.expires_at > now => LostReason::TakenOver {
@@ -316,6 +327,23 @@ impl InMemoryLeaseStore {
         history[record.grant].until = record.expires_at;
         state.publish(lease);
         RenewOutcome::Renewed
+    }
+
+    /// Suspends tenure `token` of `lease` if it is the record's latest and
+    /// was not released; its term is left as it was.
+    pub(crate) fn suspend(&self, lease: &str, token: FencingToken) -> Suspension {
+        let mut state = self.lock();
+        let Some(record) = state.records.get_mut(lease) else {
+            return Suspension::Superseded;
+        };
+        if record.token != token.get() || record.released || record.grant == usize::MAX {
+            return Suspension::Superseded;
+        }
+        if !record.suspended {
+            record.suspended = true;
+            tracing::info!(lease, %token, "tenure suspended in the store");
+        }
+        Suspension::Suspended
     }
 
     pub(crate) fn release(&self, lease: &str, owner: &str, token: FencingToken) -> bool {

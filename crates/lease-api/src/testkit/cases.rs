@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use super::ConformanceBackend;
-use crate::{Lease, LeaseError, LeaseSettings, LeaseStatus, Observation, Succession};
+use crate::{
+    Lease, LeaseError, LeaseSettings, LeaseStatus, LostReason, Observation, Succession, Suspension,
+};
 
 /// One conformance case; the letters follow the foundation issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +60,12 @@ pub enum Case {
     /// it; then the contender gets it with a greater token, and its
     /// succession is `AfterTermEnded`.
     RevokedWhileCutOff,
+    /// r. A member suspends the holder's tenure: the holder is `Lost` at
+    /// its next renew, nobody acquires before the term ends, a second
+    /// suspension still answers `Suspended`, the next tenure reports
+    /// `AfterSuspendedTerm`, and suspending the old tenure then answers
+    /// `Superseded`. Skipped where the backend cannot suspend.
+    SuspendedTenure,
 }
 
 impl Case {
@@ -80,6 +88,7 @@ impl Case {
         Case::ObserverSeesRelease,
         Case::ObserverSeesExpiry,
         Case::RevokedWhileCutOff,
+        Case::SuspendedTenure,
     ];
 
     /// A stable snake_case name for reports.
@@ -102,6 +111,7 @@ impl Case {
             Case::ObserverSeesRelease => "o_observer_sees_release",
             Case::ObserverSeesExpiry => "p_observer_sees_expiry",
             Case::RevokedWhileCutOff => "q_revoked_while_cut_off",
+            Case::SuspendedTenure => "r_suspended_tenure",
         }
     }
 
@@ -125,6 +135,7 @@ impl Case {
             Case::ObserverSeesRelease => observer_sees_release(&mut fx).await,
             Case::ObserverSeesExpiry => observer_sees_expiry(&mut fx).await,
             Case::RevokedWhileCutOff => revoked_while_cut_off(&mut fx).await,
+            Case::SuspendedTenure => suspended_tenure(&mut fx).await,
         };
         fx.cleanup().await;
         outcome
@@ -753,5 +764,83 @@ async fn observer_sees_expiry(fx: &mut Fixture<'_>) -> Result<(), String> {
         "the silent holder still believes when the lease is observed free"
     );
     ensure!(acquire(&b).await?, "a lease observed expired was refused");
+    Ok(())
+}
+
+async fn suspended_tenure(fx: &mut Fixture<'_>) -> Result<(), String> {
+    let a = fx.lease(1)?;
+    let b = fx.lease(2)?;
+    ensure!(acquire(&a).await?, "acquire on a free lease returned false");
+    let token = a.fencing_token().ok_or("holder has no token")?;
+    let suspend = |lease: &Arc<dyn Lease>| {
+        let lease = Arc::clone(lease);
+        async move {
+            lease
+                .suspend(token)
+                .await
+                .map_err(|e| format!("suspend failed: {e}"))
+        }
+    };
+    let suspended = Instant::now();
+    match suspend(&b).await? {
+        Suspension::Unsupported => {
+            tracing::info!("backend cannot suspend; case r not applicable");
+            return Ok(());
+        }
+        Suspension::Superseded => return Err("the holder's live tenure was superseded".into()),
+        Suspension::Suspended => {}
+    }
+    let mut status = a.status();
+    let lost_by = fx.heartbeat() + fx.template.operation_timeout() + fx.step() * 2;
+    let lost = tokio::time::timeout(lost_by, async {
+        loop {
+            if let LeaseStatus::Lost(reason) = status.borrow_and_update().clone() {
+                return Some(reason);
+            }
+            if status.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+    .await
+    .map_err(|_| format!("the suspended holder was not lost within {lost_by:?}"))?;
+    ensure!(
+        lost == Some(LostReason::Suspended),
+        "the suspended holder was lost for {lost:?}, not the suspension"
+    );
+    ensure!(
+        suspend(&b).await? == Suspension::Suspended,
+        "a second suspension of the same tenure did not answer Suspended"
+    );
+    // The term still runs: nobody acquires before it ends.
+    let end = suspended + fx.ttl() * 3;
+    loop {
+        ensure!(
+            Instant::now() < end,
+            "the suspended lease never became free"
+        );
+        if acquire(&b).await? {
+            ensure!(
+                suspended.elapsed() + fx.step() >= fx.ttl() - fx.template.safety_margin(),
+                "acquired {:?} after the suspension, before the suspended term ran out",
+                suspended.elapsed()
+            );
+            break;
+        }
+        sleep(fx.step()).await;
+    }
+    ensure!(
+        b.succession() == Some(Succession::AfterSuspendedTerm),
+        "the tenure after a suspended one reports {:?}, not AfterSuspendedTerm",
+        b.succession()
+    );
+    ensure!(
+        suspend(&a).await? == Suspension::Superseded,
+        "suspending a tenure after the next began did not answer Superseded"
+    );
+    ensure!(
+        b.check_alive(),
+        "the new holder was hurt by a stale suspension"
+    );
     Ok(())
 }
