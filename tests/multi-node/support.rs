@@ -24,6 +24,7 @@ pub fn memory_lease(seed: u64) -> HarnessSettings {
         renew_interval: Duration::from_millis(500),
         clock_rate_bound: 0.01,
         margin: Duration::from_millis(200),
+        bridge: Duration::from_millis(1600),
     };
     s
 }

@@ -38,7 +38,8 @@ pub mod transport;
 
 pub use envelope::{BytesFlavor, Channel, Envelope, FrameError, PROTOCOL_VERSION};
 pub use membership::{
-    ClusterEvent, ClusterState, ClusterView, Membership, MembershipSettings, ViewChanges,
+    ClusterEvent, ClusterState, ClusterView, Member, MemberStatus, Membership, MembershipSettings,
+    ViewChanges,
 };
 pub use node::{NodeAddr, NodeId};
 pub use transport::{

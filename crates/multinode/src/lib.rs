@@ -148,6 +148,7 @@ impl HarnessSettings {
             renew_interval: Duration::from_millis(200),
             clock_rate_bound: 0.01,
             margin: Duration::from_millis(100),
+            bridge: Duration::from_millis(600),
         };
     }
 }

@@ -65,6 +65,16 @@ pub enum Scenario {
     /// The active coordinator alone loses the lease store while its
     /// regions hold tenures it granted.
     CoordinatorCutFromStore,
+    /// One region loses the active coordinator (both ways) but not the
+    /// lease store; 6 s later the coordinator loses the store: the region
+    /// bridges its tenure on a suspension the coordinator never hears of,
+    /// while the coordinator's last renewal still holds, so it must not
+    /// re-home that region's shards.
+    CoordinatorAndRegionCut,
+    /// Every node loses the lease store for 60 s; nothing else happens.
+    StoreDownForAll,
+    /// The active coordinator crashes and stays down for 120 s.
+    LeaderCrashNoReturn,
     /// A new node joins the majority side during a partition.
     JoinDuringPartition,
     /// A member that is not the leader leaves gracefully and comes back
@@ -95,6 +105,9 @@ impl Scenario {
         Scenario::RegionPaused,
         Scenario::FailoverWhileRegionUnreachable,
         Scenario::CoordinatorCutFromStore,
+        Scenario::CoordinatorAndRegionCut,
+        Scenario::StoreDownForAll,
+        Scenario::LeaderCrashNoReturn,
         Scenario::JoinDuringPartition,
         Scenario::MemberLeavesAndReturns,
         Scenario::Nemesis,
@@ -121,6 +134,9 @@ impl Scenario {
             Scenario::RegionPaused => "region-paused",
             Scenario::FailoverWhileRegionUnreachable => "failover-while-region-unreachable",
             Scenario::CoordinatorCutFromStore => "coordinator-cut-from-store",
+            Scenario::CoordinatorAndRegionCut => "coordinator-and-region-cut",
+            Scenario::StoreDownForAll => "store-down-for-all",
+            Scenario::LeaderCrashNoReturn => "leader-crash-no-return",
             Scenario::JoinDuringPartition => "join-during-partition",
             Scenario::MemberLeavesAndReturns => "member-leaves-and-returns",
             Scenario::Nemesis => "nemesis",
@@ -793,6 +809,36 @@ impl Run {
                 self.fault(format!("{active} cut from the store"));
                 self.cut_from_store(active);
                 self.wait(self.s(60.0)).await;
+            }
+            Scenario::CoordinatorAndRegionCut => {
+                let active = self.active_or(NodeId(1));
+                let region = self.other_than(active, &nodes);
+                // The store cut comes after the coordinator's last renewal
+                // and before the region, near its lapse, suspends its tenure.
+                self.fault(format!("{region} cut from {active}"));
+                self.harness.network().cut_one_way(region, active);
+                self.harness.network().cut_one_way(active, region);
+                self.wait(self.s(6.0)).await;
+                self.fault(format!(
+                    "{region} cut from {active}, {active} cut from the store"
+                ));
+                self.cut_from_store(active);
+                self.wait(self.s(54.0)).await;
+            }
+            Scenario::StoreDownForAll => {
+                self.fault("every node cut from the store".into());
+                for &node in &nodes {
+                    self.cut_from_store(node);
+                }
+                self.wait(self.s(60.0)).await;
+            }
+            Scenario::LeaderCrashNoReturn => {
+                let active = self.active_or(NodeId(1));
+                self.fault(format!("crash {active} for 120 s"));
+                self.harness.kill(active);
+                self.down.push(active);
+                self.wait(self.s(120.0)).await;
+                self.restart_down().await;
             }
             Scenario::JoinDuringPartition => {
                 let newcomer = NodeId(n as u64 + 1);

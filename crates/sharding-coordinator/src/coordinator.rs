@@ -477,12 +477,15 @@ impl Coordinator {
         // from an earlier process, grants may still run: wait them out
         // before allocating any shard nobody claims (I5; docs/architecture.md,
         // "Shard tenure").
-        let after_term =
-            self.lease.as_ref().and_then(|l| l.succession()) == Some(Succession::AfterTermEnded);
-        self.allocation_fence = self
-            .tenure
-            .filter(|_| !after_term)
-            .map(|t| Instant::now() + t.bound());
+        // After a suspended term, regions may be bridging on the suspension:
+        // each looked at the store before we acquired, so `bridge_bound`
+        // covers them.
+        let succession = self.lease.as_ref().and_then(|l| l.succession());
+        self.allocation_fence = self.tenure.and_then(|t| match succession {
+            Some(Succession::AfterTermEnded) => None,
+            Some(Succession::AfterSuspendedTerm) => Some(Instant::now() + t.bridge_bound()),
+            _ => Some(Instant::now() + t.bound().max(t.bridge_bound())),
+        });
         self.set_phase(Phase::Active);
         let claims = std::mem::take(&mut self.claims);
         for (region, (incarnation, shards)) in claims {
@@ -807,22 +810,35 @@ impl Coordinator {
             self.deferred.entry(shard).or_default().insert(requester);
             return;
         }
-        let home = match self.state.home(shard) {
-            Some(home) => home,
+        let (home, new) = match self.state.home(shard) {
+            Some(home) => (home, false),
             None => match self.allocate(requester, shard) {
-                Some(home) => home,
+                Some(home) => (home, true),
                 None => return, // no region to place it in yet; the requester retries
             },
         };
-        self.direct(
-            requester,
-            Directive::ShardHome {
-                epoch: self.epoch,
-                shard,
-                region: home,
-                allocation: self.allocations.get(&shard).copied().unwrap_or(0),
-            },
-        );
+        let directive = Directive::ShardHome {
+            epoch: self.epoch,
+            shard,
+            region: home,
+            allocation: self.allocations.get(&shard).copied().unwrap_or(0),
+        };
+        self.direct(requester, directive);
+        if new {
+            // Every region learns a new home at once, so a message for the
+            // shard sent through any node is routed without asking us: while
+            // no coordinator is active (a failover) routing goes on.
+            let others: Vec<NodeId> = self
+                .state
+                .regions()
+                .keys()
+                .copied()
+                .filter(|r| *r != requester)
+                .collect();
+            for region in others {
+                self.direct(region, directive);
+            }
+        }
     }
 
     /// Regions that may receive shards: all but those shutting down. Borrowed
@@ -887,13 +903,29 @@ impl Coordinator {
             return false;
         }
         match self.fenced.get(&shard) {
-            Some(until) if now < *until => false,
+            Some(until) if now < *until || !self.renewed_since(*until) => false,
             Some(_) => {
                 self.fenced.remove(&shard);
                 true
             }
             None => true,
         }
+    }
+
+    /// Whether our lease was last renewed by a request that started after
+    /// `instant`. A region that lost us may bridge its tenure by suspending
+    /// our lease tenure, which it does only before its tenure ends; a
+    /// renewal begun after that end succeeded before any such suspension,
+    /// so none happened, and none can while we keep this tenure (I5;
+    /// `docs/architecture.md`, "Shard tenure").
+    fn renewed_since(&self, instant: Instant) -> bool {
+        let Some(lease) = &self.lease else {
+            return true;
+        };
+        let settings = lease.settings();
+        lease
+            .valid_until()
+            .is_some_and(|v| v + settings.safety_margin() > instant + settings.ttl())
     }
 
     fn serve_deferred(&mut self, shard: ShardId) {
@@ -1081,9 +1113,18 @@ impl Coordinator {
             }
         }
         if let Some(tenure) = self.tenure {
-            // It may still host them, until its tenure surely ends (I5).
+            // It may still host them, until its tenure surely ends (I5):
+            // our last grant's bound, or, if we granted it nothing, what
+            // it may hold from before us (the allocation fence); and only
+            // once a renewal of ours shows it did not bridge on us.
             let last = self.last_grant.remove(&region);
-            if let Some(until) = last.map(|t| t + tenure.bound()) {
+            let until = last
+                .map(|t| t + tenure.bound())
+                .into_iter()
+                .chain(self.allocation_fence)
+                .max()
+                .unwrap_or_else(Instant::now);
+            {
                 let shards: Vec<ShardId> = self
                     .state
                     .regions()

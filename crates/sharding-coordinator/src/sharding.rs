@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use cluster::{ClusterView, Transport};
 use sharding_core::protocol::TypeChannels;
-use sharding_core::{Entity, RegionConfig, ShardRegion, TypeName};
+use sharding_core::{Entity, Epoch, RegionConfig, ShardRegion, TenureSuspender, TypeName};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -129,6 +129,19 @@ impl ClusterSharding {
         if let Some((other, _)) = types.iter().find(|(_, s)| s.channels == channels) {
             return Err(StartError::ChannelClash(other.clone(), type_name));
         }
+        // The region bridges its tenure on a suspension of its coordinator's
+        // lease tenure, through this node's own handle of that lease.
+        let suspender = tenure.and(settings.lease.clone()).map(|lease| {
+            Arc::new(move |epoch: Epoch| {
+                let lease = Arc::clone(&lease);
+                Box::pin(async move {
+                    matches!(
+                        lease.suspend(lease_api::FencingToken::new(epoch.0)).await,
+                        Ok(lease_api::Suspension::Suspended)
+                    )
+                }) as lease_api::BoxFuture<'static, bool>
+            }) as TenureSuspender
+        });
         let spawned = Coordinator::spawn(Parts {
             type_name: type_name.clone(),
             transport: Arc::clone(&self.transport),
@@ -146,6 +159,7 @@ impl ClusterSharding {
                 settings: settings.region,
                 observer: settings.region_observer,
                 tenure,
+                suspender,
             },
             Arc::clone(&self.transport),
             self.view.clone(),

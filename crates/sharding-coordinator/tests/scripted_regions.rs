@@ -349,3 +349,47 @@ async fn after_a_release_an_unclaimed_shard_waits_out_the_predecessors_grants() 
         "homed {took:?} after activation, inside the predecessor's grants"
     );
 }
+
+/// A coordinator re-homes a lost region's shards only under a renewal of
+/// its lease begun after that region's tenure surely ended: until its end
+/// the region may have suspended our lease tenure and bridged its own on
+/// the suspension, which a coordinator cut off from the store never hears
+/// of. Here the coordinator loses the store, then region 2 (granted just
+/// now, hosting shard 7) leaves: no renewal can succeed, so shard 7 is never
+/// re-homed before the lease runs out. Before, it was re-homed once the
+/// tenure bound (16 s) had passed, under the renewal from before the cut.
+#[tokio::test(start_paused = true)]
+async fn a_lost_regions_shards_wait_for_a_renewal_after_its_tenure() {
+    let mut c = Cluster::start().await;
+    let epoch = c.epoch().unwrap();
+    let shard = ShardId(7);
+    c.regions[0].register(vec![shard], epoch);
+    c.regions[1].register(vec![], epoch);
+    sleep(Duration::from_millis(50)).await;
+    c.regions[0].send(&CoordinatorMsg::RenewTenure { seq: 1 });
+    sleep(Duration::from_millis(50)).await;
+    assert!(
+        c.regions[0]
+            .received()
+            .iter()
+            .any(|m| matches!(m, RegionMsg::Directive(Directive::TenureGranted { .. }))),
+        "region 2 was not granted a tenure"
+    );
+    c.store.cut_off("node-1");
+    let left = Instant::now();
+    let gone = c.regions.remove(0);
+    gone.membership.leave().await;
+    // The lease, last renewed at most a heartbeat before the cut, holds for
+    // at least 24 s more; the tenure bound passes at 16 s.
+    while left.elapsed() < Duration::from_secs(22) {
+        c.regions[0].send(&CoordinatorMsg::GetShardHome { shard });
+        sleep(Duration::from_millis(500)).await;
+        let answered = homes(&c.regions[0].received(), shard);
+        assert!(
+            answered.is_empty(),
+            "re-homed on {answered:?} {:?} after region 2 left, with no renewal since its tenure ended",
+            left.elapsed()
+        );
+    }
+    assert!(c.epoch().is_some(), "the coordinator lost its lease early");
+}

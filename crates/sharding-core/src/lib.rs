@@ -23,4 +23,4 @@ pub use region::{
     RegionConfig, RegionEvent, RegionObserver, RegionSettings, RegionStatsSnapshot, ShardRegion,
     ShardingError,
 };
-pub use tenure::{TenureError, TenureSettings};
+pub use tenure::{TenureError, TenureSettings, TenureSuspender};

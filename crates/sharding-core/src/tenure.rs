@@ -8,9 +8,22 @@
 //! coordinator re-homes them only once that tenure has surely ended.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::time::Instant;
+
+use crate::Epoch;
+
+/// Suspends, in the lease store, the tenure of the coordinator whose epoch
+/// (its fencing token) is given, and resolves to whether the store now shows
+/// that tenure suspended with nobody holding the lease after it. `false` on
+/// any doubt (unreachable store, another tenure, a backend that cannot). A
+/// region calls it when its coordinator stops answering, to bridge its
+/// tenure until a successor re-grants (`docs/architecture.md`, "Shard
+/// tenure").
+pub type TenureSuspender = Arc<dyn Fn(Epoch) -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// Timing of shard tenure. Used only with a lease: without one two sides
 /// of a partition would each grant tenures (and I6 keeps that path as it was).
@@ -30,6 +43,13 @@ pub struct TenureSettings {
     /// Kept off the region's belief and added to the coordinator's wait
     /// (default 1 s): scheduling delays and the instant a lapse takes.
     pub margin: Duration,
+    /// How long a region keeps hosting after a look at the lease store that
+    /// found its coordinator's tenure suspended and nobody holding the lease
+    /// after it (default 8 s; a region looks again every `renew_interval`).
+    /// This bridges the gap after a coordinator crash until a successor
+    /// re-grants, and is what that successor waits out for shards nobody
+    /// claims (`docs/architecture.md`, "Shard tenure").
+    pub bridge: Duration,
 }
 
 impl Default for TenureSettings {
@@ -39,6 +59,7 @@ impl Default for TenureSettings {
             renew_interval: Duration::from_secs(3),
             clock_rate_bound: 0.01,
             margin: Duration::from_secs(1),
+            bridge: Duration::from_secs(8),
         }
     }
 }
@@ -75,6 +96,15 @@ impl TenureSettings {
                 ),
             );
         }
+        if self.bridge <= self.margin + self.renew_interval * 2 || self.bridge > self.tenure {
+            return bad(
+                "bridge",
+                format!(
+                    "{:?} must exceed margin ({:?}) + 2 x renew_interval ({:?}), or one slow look at the store lapses it, and stay at most tenure ({:?})",
+                    self.bridge, self.margin, self.renew_interval, self.tenure
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -106,6 +136,15 @@ impl TenureSettings {
     /// `tenure x (1 + clock_rate_bound) + margin`.
     pub fn bound(&self) -> Duration {
         self.tenure.mul_f64(1.0 + self.clock_rate_bound) + self.margin
+    }
+
+    /// How long a coordinator whose lease followed a suspended tenure waits
+    /// before placing a shard nobody claims, since it became active: every
+    /// region bridging on the suspension looked at the store before we
+    /// acquired, so its bridge ends within `bridge x (1 + clock_rate_bound)
+    /// + margin`.
+    pub fn bridge_bound(&self) -> Duration {
+        self.bridge.mul_f64(1.0 + self.clock_rate_bound) + self.margin
     }
 }
 
@@ -171,6 +210,29 @@ impl TenureClock {
         self.valid_until
     }
 
+    /// Whether the tenure is held at `now` but close enough to its end that
+    /// the region should look at the store for a suspension to bridge on:
+    /// two renew intervals or less left (two renewals unanswered).
+    pub(crate) fn wants_bridge(&self, now: Instant) -> bool {
+        self.valid_until
+            .is_some_and(|v| now < v && v - now <= self.settings.renew_interval * 2)
+    }
+
+    /// A look at the store that started at `started` found our
+    /// coordinator's tenure suspended and nobody after it; its answer came
+    /// at `now`. Only an answer that came while the tenure still held
+    /// bridges it (so the look saw the store before our coordinator could
+    /// act on our lapse): then valid until `started + bridge - margin`, never
+    /// shortened. Returns whether it bridged.
+    pub(crate) fn bridged(&mut self, started: Instant, now: Instant) -> bool {
+        if !self.is_valid(now) {
+            return false;
+        }
+        let until = started + self.settings.bridge - self.settings.margin;
+        self.valid_until = self.valid_until.map(|v| v.max(until));
+        true
+    }
+
     /// The tenure lapsed (or the region restarts its registration): nothing
     /// is held until the next grant.
     pub(crate) fn lapse(&mut self) {
@@ -204,6 +266,16 @@ mod tests {
             ..settings()
         };
         assert_eq!(zero.validate().unwrap_err().field, "renew_interval");
+        let bridge = TenureSettings {
+            bridge: Duration::from_secs(6),
+            ..settings()
+        };
+        assert_eq!(bridge.validate().unwrap_err().field, "bridge");
+        let long = TenureSettings {
+            bridge: Duration::from_secs(16),
+            ..settings()
+        };
+        assert_eq!(long.validate().unwrap_err().field, "bridge");
         // The default lease: ttl 30 s, heartbeat 3 s; a 2 s lease has no room.
         let s = Duration::from_secs;
         assert_eq!(settings().fits_under(s(30), s(1), s(3)), Ok(()));
@@ -245,5 +317,33 @@ mod tests {
         assert!(!clock.granted(99), "answers nothing we sent");
         clock.lapse();
         assert!(!clock.is_valid(t0 + Duration::from_secs(7)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bridge_counts_from_the_look_and_only_while_the_tenure_holds() {
+        let s = Duration::from_secs;
+        let mut clock = TenureClock::new(settings());
+        let t0 = Instant::now();
+        let seq = clock.request(t0);
+        assert!(clock.granted(seq)); // valid until t0 + 14 s
+        assert!(
+            !clock.wants_bridge(t0 + s(7)),
+            "8 s left: renewals may still come"
+        );
+        assert!(
+            clock.wants_bridge(t0 + s(8)),
+            "6 s left: two renewals unanswered"
+        );
+        // A look that started at 9 s and came back at 9.5 s: valid until 16 s.
+        assert!(clock.bridged(t0 + s(9), t0 + Duration::from_millis(9_500)));
+        assert_eq!(clock.valid_until(), Some(t0 + s(16)));
+        // An early look never shortens it.
+        assert!(clock.bridged(t0 + s(1), t0 + s(10)));
+        assert_eq!(clock.valid_until(), Some(t0 + s(16)));
+        // An answer after the end bridges nothing: the coordinator may
+        // already have acted on the lapse.
+        assert!(!clock.bridged(t0 + s(15), t0 + s(16)));
+        assert_eq!(clock.valid_until(), Some(t0 + s(16)));
+        assert_eq!(settings().bridge_bound(), Duration::from_millis(9_080));
     }
 }

@@ -124,6 +124,7 @@ impl<E: Entity<Message = Add>> Rig<E> {
                     sink.lock().unwrap().push(e.clone());
                 })),
                 tenure,
+                suspender: None,
             },
             transport,
             membership.view(),
@@ -612,6 +613,7 @@ fn tenure() -> TenureSettings {
         renew_interval: Duration::from_secs(2),
         clock_rate_bound: 0.01,
         margin: Duration::from_secs(1),
+        bridge: Duration::from_secs(6),
     }
 }
 

@@ -257,6 +257,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             renew_interval: Duration::from_millis(200),
             clock_rate_bound: 0.01,
             margin: Duration::from_millis(100),
+            bridge: Duration::from_millis(600),
         };
     }
     let region = sharding.start(settings)?;

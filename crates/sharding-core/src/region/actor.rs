@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use cluster::{ClusterView, Envelope, NodeId, Transport};
+use cluster::{ClusterView, Envelope, MemberStatus, NodeId, Transport};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -18,7 +18,7 @@ use super::{RegionCmd, RegionEvent, RegionObserver, ShardingError, Shared};
 use crate::protocol::{
     CoordinatorMsg, Directive, Epoch, FencingToken, RegionMsg, TypeChannels, decode, encode,
 };
-use crate::tenure::{TenureClock, TenureSettings};
+use crate::tenure::{TenureClock, TenureSettings, TenureSuspender};
 use crate::{Entity, ShardId};
 
 /// Why a region refuses a directive.
@@ -58,10 +58,12 @@ pub(super) struct Parts<E: Entity> {
     pub(super) commands: mpsc::Receiver<RegionCmd<E>>,
     pub(super) observer: Option<RegionObserver>,
     pub(super) tenure: Option<TenureSettings>,
+    pub(super) suspender: Option<TenureSuspender>,
 }
 
 pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
     let (stopped_tx, stopped_rx) = mpsc::unbounded_channel();
+    let (looks_tx, looks_rx) = mpsc::unbounded_channel();
     let inbox = parts.transport.subscribe(parts.channels.region);
     let actor = Actor {
         node: parts.shared.node,
@@ -86,8 +88,12 @@ pub(super) fn spawn<E: Entity>(parts: Parts<E>) {
         stopped_tx,
         shutting_down: None,
         tenure: parts.tenure.map(TenureClock::new),
+        suspender: parts.suspender,
+        acked_by: None,
+        looking: false,
+        looks_tx,
     };
-    tokio::spawn(actor.run(parts.commands, inbox, stopped_rx));
+    tokio::spawn(actor.run(parts.commands, inbox, stopped_rx, looks_rx));
 }
 
 struct Actor<E: Entity> {
@@ -140,6 +146,15 @@ struct Actor<E: Entity> {
     shutting_down: Option<oneshot::Sender<()>>,
     /// With a lease: the tenure that lets this region host shards (I5).
     tenure: Option<TenureClock>,
+    /// Suspends our coordinator's lease tenure, to bridge ours.
+    suspender: Option<TenureSuspender>,
+    /// The coordinator whose acknowledgement set `max_epoch` (kept across
+    /// leader changes, unlike `registered_with`).
+    acked_by: Option<NodeId>,
+    /// A look at the store is in flight.
+    looking: bool,
+    /// Where looks at the store report: (started, suspended).
+    looks_tx: mpsc::UnboundedSender<(Instant, bool)>,
 }
 
 impl<E: Entity> Actor<E> {
@@ -148,6 +163,7 @@ impl<E: Entity> Actor<E> {
         mut commands: mpsc::Receiver<RegionCmd<E>>,
         mut inbox: mpsc::Receiver<Envelope>,
         mut stopped: mpsc::UnboundedReceiver<Stopped<E>>,
+        mut looks: mpsc::UnboundedReceiver<(Instant, bool)>,
     ) {
         let mut view = self.view.watch();
         let mut tick = tokio::time::interval(self.shared.settings.retry_interval);
@@ -168,9 +184,13 @@ impl<E: Entity> Actor<E> {
                 () = sleep_until(lapse_at.unwrap_or_else(Instant::now)), if lapse_at.is_some() => self.lapse(),
                 // Rare events first; then the traffic: directives before user messages.
                 Some(s) = stopped.recv() => self.shard_stopped(s),
+                Some((started, suspended)) = looks.recv() => self.looked(started, suspended),
                 Ok(()) = view.changed() => self.on_view_change(),
                 _ = tick.tick() => self.retry(),
-                _ = renew.tick(), if self.tenure.is_some() => self.renew(),
+                _ = renew.tick(), if self.tenure.is_some() => {
+                    self.renew();
+                    self.look_for_bridge();
+                }
                 Some(envelope) = inbox.recv() => self.on_envelope(envelope),
                 Some(cmd) = commands.recv() => match cmd {
                     RegionCmd::Route(d) => self.route(d),
@@ -278,6 +298,56 @@ impl<E: Entity> Actor<E> {
         };
         let seq = tenure.request(Instant::now());
         self.to_coordinator(coordinator, &CoordinatorMsg::RenewTenure { seq });
+    }
+
+    /// Close to a lapse without an answer from our coordinator: look at the
+    /// lease store, suspending the tenure of the coordinator whose epoch we
+    /// obey. Once suspended it can renew no more, so it can never act on our
+    /// lapse (it re-homes a lost region's shards only under a renewal begun
+    /// after that region's tenure surely ended), and a successor waits out
+    /// `bridge` for what nobody claims: we may host on ("Shard tenure" in
+    /// `docs/architecture.md`).
+    fn look_for_bridge(&mut self) {
+        let (Some(tenure), Some(suspender)) = (self.tenure.as_ref(), self.suspender.as_ref())
+        else {
+            return;
+        };
+        let now = Instant::now();
+        if self.looking || self.max_epoch == Epoch::default() || !tenure.wants_bridge(now) {
+            return;
+        }
+        // Only a region that still sees most of the cluster answering, and
+        // its coordinator not, suspends: a region cut off with a few nodes
+        // would depose a coordinator the majority still uses, and one whose
+        // coordinator answers probes lost grants, not the coordinator.
+        let state = self.view.state();
+        let up = |m: &cluster::Member| m.status == MemberStatus::Up;
+        let answering = state.members.values().filter(|m| up(m)).count();
+        let coordinator_answers = self
+            .acked_by
+            .and_then(|c| state.members.get(&c))
+            .is_some_and(up);
+        if coordinator_answers || answering * 2 <= state.members.len() {
+            return;
+        }
+        self.looking = true;
+        let look = suspender(self.max_epoch);
+        let report = self.looks_tx.clone();
+        tokio::spawn(async move {
+            let suspended = look.await;
+            let _ = report.send((now, suspended));
+        });
+    }
+
+    /// A look at the store came back.
+    fn looked(&mut self, started: Instant, suspended: bool) {
+        self.looking = false;
+        let Some(tenure) = self.tenure.as_mut() else {
+            return;
+        };
+        if suspended && tenure.bridged(started, Instant::now()) {
+            tracing::debug!(node = %self.node, type_name = %self.shared.type_name, epoch = %self.max_epoch, until = ?tenure.valid_until(), "coordinator's tenure suspended; shard tenure bridged");
+        }
     }
 
     /// The tenure ended without a renewal: stop every shard at once (their
@@ -759,6 +829,7 @@ impl<E: Entity> Actor<E> {
         }
         if let Directive::RegisterAck { .. } = directive {
             self.registered_with = Some(from);
+            self.acked_by = Some(from);
             self.reregistering = false;
         }
         self.max_epoch = epoch;

@@ -216,6 +216,10 @@ pub struct RegionConfig<E: Entity> {
     /// Shard tenure (with a lease): the region hosts shards only while the
     /// active coordinator's grant is valid. `None`: no tenure (I6).
     pub tenure: Option<crate::TenureSettings>,
+    /// With tenure: how the region suspends its coordinator's lease tenure
+    /// to bridge its own when that coordinator stops answering. `None`: no
+    /// bridge (the tenure lapses as granted).
+    pub suspender: Option<crate::TenureSuspender>,
 }
 
 pub(crate) enum RegionCmd<E: Entity> {
@@ -477,6 +481,7 @@ impl<E: Entity> ShardRegion<E> {
             commands: commands_rx,
             observer: config.observer,
             tenure: config.tenure,
+            suspender: config.suspender,
         });
         Self { shared }
     }
