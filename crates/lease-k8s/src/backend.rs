@@ -22,6 +22,13 @@
 //!   a namespace clean-up, a GitOps prune) gives its next holder a token
 //!   above every token any earlier holder had, even when that holder never
 //!   saw the old object. `leaseTransitions` still counts holders for humans.
+//! - A member suspends a tenure ([`lease_api::Lease::suspend`]) by marking
+//!   the record with that tenure's token ([`SUSPENDED`]), a PUT on the
+//!   resourceVersion it read, so it is ordered with every renew: the holder
+//!   renews a marked record no more, and since the mark changes nothing a
+//!   holder writes, nobody's expiry clock restarts for it. The record names
+//!   its tenure's token ([`TENURE`], written by the holder's renewals; until
+//!   the first, the token is the record's own resourceVersion).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -33,7 +40,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use lease_api::{
     AcquireOutcome, BoxFuture, BoxStream, FencingToken, LeaseBackend, LeaseError, LeaseSettings,
-    LostReason, RenewOutcome, StoreEvent, Succession,
+    LostReason, RenewOutcome, StoreEvent, Succession, Suspension,
 };
 use tokio::time::Instant;
 
@@ -41,6 +48,14 @@ use tokio::time::Instant;
 /// ends. A cleared record without it (or with an older tenure's) was not
 /// released by its holder.
 pub const RELEASED: &str = "lease-sharding.dev/released-tenure";
+
+/// The annotation naming the current tenure's fencing token, written by its
+/// holder's renewals, so that a member can name the tenure it suspends.
+pub const TENURE: &str = "lease-sharding.dev/tenure";
+
+/// The annotation a suspension writes: the token of the tenure suspended.
+/// A record whose mark equals its current tenure's token renews no more.
+pub const SUSPENDED: &str = "lease-sharding.dev/suspended-tenure";
 
 /// The wall clock used to write `acquireTime` and `renewTime` (never to judge
 /// expiry). Replaceable in tests to show that a skewed clock is harmless.
@@ -101,6 +116,56 @@ fn released(lease: &LeaseObject) -> bool {
         .as_ref()
         .and_then(|a| a.get(RELEASED));
     marked.is_some_and(|t| *t == transitions(lease).to_string())
+}
+
+fn annotation<'a>(lease: &'a LeaseObject, key: &str) -> Option<&'a str> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// The token of the tenure `lease` shows: its [`TENURE`] mark, or before the
+/// holder's first renew wrote one, the resourceVersion of the write that
+/// began it (the record's own). `None` if it names no holder.
+fn current_tenure(lease: &LeaseObject) -> Option<u64> {
+    holder(lease)?;
+    match annotation(lease, TENURE) {
+        Some(mark) => mark.parse().ok(),
+        None => Some(revision(lease)),
+    }
+}
+
+/// Whether the tenure `lease` shows (or last showed, if cleared by someone
+/// else) was suspended.
+fn suspended(lease: &LeaseObject) -> bool {
+    let Some(mark) = annotation(lease, SUSPENDED) else {
+        return false;
+    };
+    let tenure = match annotation(lease, TENURE) {
+        Some(t) => t.parse().ok(),
+        None => Some(revision(lease)),
+    };
+    mark.parse::<u64>().ok().is_some_and(|m| Some(m) == tenure)
+}
+
+/// Whether `after` differs from `before` only by a suspension: the same
+/// object and spec (no holder wrote), and a suspension mark it lacked.
+fn is_suspension(before: &LeaseObject, after: &LeaseObject) -> bool {
+    before.metadata.uid == after.metadata.uid
+        && before.spec == after.spec
+        && annotation(after, SUSPENDED).is_some()
+        && annotation(before, SUSPENDED) != annotation(after, SUSPENDED)
+}
+
+fn set_annotation(lease: &mut LeaseObject, key: &str, value: String) {
+    lease
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(key.to_owned(), value);
 }
 
 fn transitions(lease: &LeaseObject) -> u64 {
@@ -262,19 +327,23 @@ impl KubernetesBackend {
     /// holder (`current`; `None`: deleted) that [`Self::fenced_until`] calls
     /// free. Its term surely ran out only if we saw it held, or saw it
     /// cleared, a ttl ago; a release may leave promises out, and so may our
-    /// own earlier tenure or a deleted record we never saw.
+    /// own earlier tenure. A deleted record may have carried a suspension
+    /// we never saw, whose suspenders may still act on it: unknown.
     fn succession_after(
         &self,
         settings: &LeaseSettings,
         current: Option<&LeaseObject>,
     ) -> Succession {
-        if current.is_some_and(released) {
+        let Some(current) = current else {
+            return Succession::Unknown;
+        };
+        if released(current) {
             return Succession::Unknown;
         }
-        match (self.last_held().as_ref(), current) {
-            (Some(last), _) if last.holder == settings.owner_name() => Succession::Unknown,
-            (Some(_), _) | (None, Some(_)) => Succession::AfterTermEnded,
-            (None, None) => Succession::Unknown,
+        match self.last_held().as_ref() {
+            Some(last) if last.holder == settings.owner_name() => Succession::Unknown,
+            _ if suspended(current) => Succession::AfterSuspendedTerm,
+            _ => Succession::AfterTermEnded,
         }
     }
 
@@ -313,7 +382,17 @@ impl KubernetesBackend {
                 || (o.lease.metadata.uid == lease.metadata.uid
                     && revision(&o.lease) > revision(lease))
         });
-        if !unchanged {
+        // A suspension is no renewal: the term runs from the holder's last.
+        let kept = observed
+            .as_ref()
+            .filter(|o| is_suspension(&o.lease, lease))
+            .map(|o| o.changed_at);
+        if let (false, Some(changed_at)) = (unchanged, kept) {
+            *observed = Some(Observed {
+                lease: lease.clone(),
+                changed_at,
+            });
+        } else if !unchanged {
             let now = Instant::now();
             *observed = Some(Observed {
                 lease: lease.clone(),
@@ -424,8 +503,12 @@ impl KubernetesBackend {
                     return Ok(AcquireOutcome::HeldByOther(Some(h.to_owned())));
                 }
                 // Silent for its whole ttl on our clock: its term ran out.
-                self.take_over(settings, current, Succession::AfterTermEnded)
-                    .await
+                let succession = if suspended(&current) {
+                    Succession::AfterSuspendedTerm
+                } else {
+                    Succession::AfterTermEnded
+                };
+                self.take_over(settings, current, succession).await
             }
             None => match self.fenced_until(settings, Some(&current)) {
                 // Cleared, not released: its holder may not know yet.
@@ -450,6 +533,13 @@ impl KubernetesBackend {
         let now = self.now();
         let owner = settings.owner_name().to_owned();
         let ttl = duration_secs(settings);
+        let mut current = current;
+        // The marks belong to the tenure that ends here; ours is named by
+        // this write's resourceVersion until our first renew.
+        if let Some(a) = current.metadata.annotations.as_mut() {
+            a.remove(TENURE);
+            a.remove(SUSPENDED);
+        }
         let written = self
             .replace(settings, current, |spec| {
                 spec.holder_identity = Some(owner);
@@ -506,6 +596,11 @@ impl KubernetesBackend {
         };
         // One PUT in steady state; after a 409, one read and one more try.
         for _ in 0..2 {
+            if suspended(&lease) {
+                return Ok(RenewOutcome::Lost(LostReason::Suspended));
+            }
+            // Names our tenure for members that may suspend it.
+            set_annotation(&mut lease, TENURE, token.get().to_string());
             let now = self.now();
             match self
                 .replace(settings, lease, |spec| spec.renew_time = Some(now))
@@ -571,6 +666,52 @@ impl KubernetesBackend {
 }
 
 impl KubernetesBackend {
+    /// Marks tenure `token` suspended if the record still shows it: a PUT
+    /// on the resourceVersion read, so a renew and the mark never cross.
+    async fn suspend_inner(
+        &self,
+        settings: &LeaseSettings,
+        token: FencingToken,
+    ) -> Result<Suspension, LeaseError> {
+        for _ in 0..3 {
+            let mut lease = match self.api.get_opt(settings.lease_name()).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => return Ok(Suspension::Superseded),
+                Err(e) => return Err(lease_error(settings, e)),
+            };
+            self.observe(&lease);
+            if current_tenure(&lease) != Some(token.get()) {
+                return Ok(Suspension::Superseded);
+            }
+            if suspended(&lease) {
+                return Ok(Suspension::Suspended);
+            }
+            set_annotation(&mut lease, TENURE, token.get().to_string());
+            set_annotation(&mut lease, SUSPENDED, token.get().to_string());
+            match self
+                .api
+                .replace(settings.lease_name(), &PostParams::default(), &lease)
+                .await
+            {
+                Ok(written) => {
+                    self.observe(&written);
+                    tracing::info!(lease = settings.lease_name(), %token, "tenure suspended in the Lease");
+                    return Ok(Suspension::Suspended);
+                }
+                // Moved since we read it (a renew, say): look again.
+                Err(e) if is_status(&e, kube::core::Status::is_conflict) => {}
+                Err(e) if is_status(&e, kube::core::Status::is_not_found) => {
+                    return Ok(Suspension::Superseded);
+                }
+                Err(e) => return Err(lease_error(settings, e)),
+            }
+        }
+        Err(LeaseError::Unavailable {
+            lease: settings.lease_name().to_owned(),
+            reason: "suspend kept conflicting".into(),
+        })
+    }
+
     /// What a watch reports for `lease` (`None`: absent or deleted at `rev`).
     fn store_event(
         &self,
@@ -721,6 +862,14 @@ impl LeaseBackend for KubernetesBackend {
         token: FencingToken,
     ) -> BoxFuture<'a, Result<bool, LeaseError>> {
         Box::pin(self.release_inner(settings, token))
+    }
+
+    fn suspend<'a>(
+        &'a self,
+        settings: &'a LeaseSettings,
+        token: FencingToken,
+    ) -> BoxFuture<'a, Result<Suspension, LeaseError>> {
+        Box::pin(self.suspend_inner(settings, token))
     }
 
     fn watch<'a>(

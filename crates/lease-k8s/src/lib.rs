@@ -46,7 +46,7 @@ use lease_api::{
 };
 use tokio::sync::watch;
 
-pub use backend::{KubernetesBackend, WallClock};
+pub use backend::{KubernetesBackend, RELEASED, SUSPENDED, TENURE, WallClock};
 pub use names::{is_dns1123_label, is_dns1123_subdomain};
 
 /// One owner's handle on a Kubernetes Lease.

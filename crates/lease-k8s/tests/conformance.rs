@@ -46,9 +46,17 @@ impl ConformanceBackend for K8s {
         Some("Not_A_DNS_Name".into())
     }
 
-    /// An admin deletes the Lease object.
+    /// An admin clears `holderIdentity` (the documented way to revoke; a
+    /// deletion, which also loses any suspension mark, is checked in
+    /// `kubernetes.rs`).
     fn revoke<'a>(&'a self, lease: &'a str) -> lease_api::BoxFuture<'a, bool> {
-        Box::pin(async move { self.store.delete(lease).await == 200 })
+        Box::pin(async move {
+            let Some(mut object) = self.store.get(lease).await else {
+                return false;
+            };
+            object["spec"]["holderIdentity"] = serde_json::Value::Null;
+            self.store.update(object).await == 200
+        })
     }
 }
 

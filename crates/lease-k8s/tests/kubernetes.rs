@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{NS, Store, client_for, lease, settings};
-use lease_api::{Lease, LeaseStatus, LostReason};
+use lease_api::{Lease, LeaseStatus, LostReason, Succession, Suspension};
 use lease_k8s::KubernetesLease;
 use lease_k8s::emulator::ApiServer;
 use serde_json::json;
@@ -47,6 +47,8 @@ on_both!(
     a_takeover_seen_on_renew_is_a_loss,
     release_clears_the_holder_and_the_next_owner_gets_a_higher_token,
     a_deleted_lease_never_gives_a_lower_token,
+    a_successor_after_a_deletion_cannot_rule_out_a_suspension,
+    a_suspension_restarts_nobodys_expiry_clock,
 );
 
 async fn wait_for_lost(l: &KubernetesLease, limit: Duration) -> Option<LeaseStatus> {
@@ -302,4 +304,61 @@ fn owner_defaults_to_hostname() {
             "owner_name"
         ),
     }
+}
+
+/// A deleted Lease takes its suspension mark, if it had one, with it; a
+/// contender that saw its holder cannot tell, so its tenure reports
+/// `Unknown` (members may still be bridging on a suspension).
+async fn a_successor_after_a_deletion_cannot_rule_out_a_suspension(server: &Store) {
+    let a = server.lease("deleted-suspended", "a");
+    let b = server.lease("deleted-suspended", "b");
+    assert!(a.acquire().await.unwrap());
+    let token = a.fencing_token().unwrap();
+    assert!(!b.acquire().await.unwrap(), "b saw a holding it");
+    assert_eq!(b.suspend(token).await.unwrap(), Suspension::Suspended);
+    assert_eq!(server.delete("deleted-suspended").await, 200);
+    let end = Instant::now() + Duration::from_secs(6);
+    while !b.acquire().await.unwrap() {
+        assert!(Instant::now() < end, "the deleted lease never became free");
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.succession(), Some(Succession::Unknown));
+}
+
+/// A suspension is not a renewal: a contender watching the Lease judges
+/// its expiry from the holder's last renew, not from the suspension, and
+/// the record it takes over says the term was suspended.
+async fn a_suspension_restarts_nobodys_expiry_clock(server: &Store) {
+    let a = server.lease("suspended-clock", "a");
+    let b = server.lease("suspended-clock", "b");
+    assert!(a.acquire().await.unwrap());
+    let token = a.fencing_token().unwrap();
+    b.observe(); // b watches, so it sees every renew of a
+    sleep(Duration::from_millis(700)).await; // a few renewals
+    server.cut("a");
+    let cut = Instant::now();
+    sleep(Duration::from_millis(1500)).await;
+    assert_eq!(b.suspend(token).await.unwrap(), Suspension::Suspended);
+    let stored = server.get("suspended-clock").await.unwrap();
+    assert_eq!(
+        stored["metadata"]["annotations"][lease_k8s::SUSPENDED],
+        token.get().to_string()
+    );
+    let end = cut + Duration::from_secs(8);
+    while !b.acquire().await.unwrap() {
+        assert!(
+            Instant::now() < end,
+            "the suspended lease never became free"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    // ttl 2 s after a's last renew (before the cut); a clock restarted by
+    // the suspension would run until 1.5 s + ttl after the cut.
+    let waited = cut.elapsed();
+    assert!(
+        waited < Duration::from_millis(2750),
+        "taken {waited:?} after the holder went silent: the suspension restarted the clock"
+    );
+    assert_eq!(b.succession(), Some(Succession::AfterSuspendedTerm));
+    server.heal("a");
 }
