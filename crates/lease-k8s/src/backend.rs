@@ -132,6 +132,10 @@ fn annotation<'a>(lease: &'a LeaseObject, key: &str) -> Option<&'a str> {
 /// began it (the record's own). `None` if it names no holder.
 fn current_tenure(lease: &LeaseObject) -> Option<u64> {
     holder(lease)?;
+    tenure_token(lease)
+}
+
+fn tenure_token(lease: &LeaseObject) -> Option<u64> {
     match annotation(lease, TENURE) {
         Some(mark) => mark.parse().ok(),
         None => Some(revision(lease)),
@@ -144,11 +148,9 @@ fn suspended(lease: &LeaseObject) -> bool {
     let Some(mark) = annotation(lease, SUSPENDED) else {
         return false;
     };
-    let tenure = match annotation(lease, TENURE) {
-        Some(t) => t.parse().ok(),
-        None => Some(revision(lease)),
-    };
-    mark.parse::<u64>().ok().is_some_and(|m| Some(m) == tenure)
+    mark.parse::<u64>()
+        .ok()
+        .is_some_and(|m| Some(m) == tenure_token(lease))
 }
 
 /// Whether `after` differs from `before` only by a suspension: the same
@@ -688,18 +690,13 @@ impl KubernetesBackend {
             }
             set_annotation(&mut lease, TENURE, token.get().to_string());
             set_annotation(&mut lease, SUSPENDED, token.get().to_string());
-            match self
-                .api
-                .replace(settings.lease_name(), &PostParams::default(), &lease)
-                .await
-            {
-                Ok(written) => {
-                    self.observe(&written);
+            match self.replace(settings, lease, |_| {}).await {
+                Ok(Some(_)) => {
                     tracing::info!(lease = settings.lease_name(), %token, "tenure suspended in the Lease");
                     return Ok(Suspension::Suspended);
                 }
                 // Moved since we read it (a renew, say): look again.
-                Err(e) if is_status(&e, kube::core::Status::is_conflict) => {}
+                Ok(None) => {}
                 Err(e) if is_status(&e, kube::core::Status::is_not_found) => {
                     return Ok(Suspension::Superseded);
                 }
